@@ -1,0 +1,70 @@
+"""Errors a user can cause, each printable as one line that names where it happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a user's file: path, 1-based line and column (either may be unknown)."""
+
+    path: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        text = self.path
+        if self.line is not None:
+            text += f":{self.line}"
+            if self.column is not None:
+                text += f":{self.column}"
+        return text
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: where, which field, what is wrong; ``severity`` is "error" or "warning"."""
+
+    message: str
+    location: Location | None = None
+    field: str | None = None
+    severity: str = "error"
+
+    def format(self) -> str:
+        parts = []
+        if self.location is not None:
+            parts.append(str(self.location))
+        if self.field:
+            parts.append(self.field)
+        prefix = ": ".join(parts)
+        label = "warning: " if self.severity == "warning" else ""
+        return f"{prefix}: {label}{self.message}" if prefix else f"{label}{self.message}"
+
+
+class EvsysError(Exception):
+    """An error caused by the user's input or environment; the CLI prints it as one line per problem."""
+
+    def __init__(self, problems: list[Problem] | Problem | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(p.format() for p in self.problems))
+
+
+class ConfigError(EvsysError):
+    """The run config is invalid."""
+
+
+class DataError(EvsysError):
+    """A data, task or prediction file is invalid."""
+
+
+class PluginError(EvsysError):
+    """A plugin is missing, broken, or registers a name twice."""
+
+
+class UnknownNameError(PluginError):
+    """A kind (algorithm, backend, verifier, ...) names nothing registered."""

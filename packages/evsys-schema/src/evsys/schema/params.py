@@ -1,0 +1,26 @@
+"""Base params models that algorithm, backend and callback plugins extend."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from evsys.schema.config import StrictModel
+
+
+class NoParams(StrictModel):
+    """For a plugin that takes no parameters."""
+
+
+class TrainingParams(StrictModel):
+    """What every algorithm shares; the run loop and the backend read these."""
+
+    learning_rate: float = Field(gt=0, description="AdamW learning rate.")
+    max_steps: int = Field(ge=1, description="Number of optimizer steps.")
+    batch_size: int = Field(default=1, ge=1, description="Examples per step.")
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank of the trained adapter.")
+    seed: int = Field(default=0, ge=0, description="Seed for data order, sampling and initialization.")
+    save_every: int | None = Field(
+        default=None, ge=1, description="Save a checkpoint every N steps (one is always saved at the end)."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping.")
