@@ -1,1 +1,12 @@
-"""evsys.cli."""
+"""evsys.cli: the ``evsys`` command and the Python API.
+
+    from evsys.cli import run
+    print(run("examples/sdft_walkthrough/config.local.yaml"))
+"""
+
+from __future__ import annotations
+
+from evsys.cli.api import RunResult, run
+from evsys.schema.errors import EvsysError
+
+__all__ = ["EvsysError", "RunResult", "run"]

@@ -1,0 +1,71 @@
+"""Params of the ``local`` backend (``backend.params`` in a run config). Imports no torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from evsys.schema.config import StrictModel
+
+DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_LORA_ALPHA = 32
+
+
+class LocalBackendParams(StrictModel):
+    """How the local backend (torch + transformers + peft) loads, adapts and runs the model."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the model runs; 'auto' is 'cuda' when a GPU is visible, else 'cpu'."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weight dtype of the base model; 'auto' is bfloat16 on CUDA and float32 on CPU. LoRA weights stay float32.",
+    )
+    lora_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "LoRA scaling numerator (the update is scaled by lora_alpha / rank); null: 32, the fixed value "
+            "Tinker uses, so learning rates carry over between the local and tinker backends."
+        ),
+    )
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        description=(
+            "Module names that get a LoRA adapter: by default every linear layer of attention and MLP "
+            "(q/k/v/o_proj, gate/up/down_proj, the Llama/Qwen/Mistral names); 'all-linear' lets peft pick "
+            "every linear layer except the output head (use it for other architectures)."
+        ),
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Sequences per forward pass in forward_backward, topk_logprobs and sample; gradients accumulate "
+            "across micro-batches. null: the whole batch at once. Lower it when memory runs short."
+        ),
+    )
+    logits_chunk_size: int = Field(
+        default=1024,
+        ge=1,
+        description="Token positions sent through the output head at once (bounds the [positions, vocab] logits in memory).",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory, about 30% more compute."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        default="auto", description="Attention kernel; 'auto' lets transformers choose (sdpa when available)."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("target_modules must name at least one module (or be 'all-linear')")
+        return value
+
+    def resolved_lora_alpha(self) -> float:
+        """The LoRA alpha actually used (``lora_alpha``, or 32 when null)."""
+        return float(self.lora_alpha) if self.lora_alpha is not None else float(DEFAULT_LORA_ALPHA)

@@ -1,0 +1,59 @@
+"""Params of the ``tinker`` backend (``backend.params`` in a run config). Imports no SDK."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from evsys.schema.config import StrictModel
+
+
+class TinkerBackendParams(StrictModel):
+    """How EvSys talks to the Tinker service. The API key is never a param: it comes from the environment."""
+
+    base_url: str | None = Field(
+        default=None,
+        description="Tinker API URL; null: the SDK's default (TINKER_BASE_URL, then the production service).",
+    )
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        description="Retries of a request that failed with a transient error (connection, timeout, 408/409/429/5xx).",
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, ge=0, description="Wait before the first retry, in seconds; doubles on each further retry."
+    )
+    retry_backoff_max_s: float = Field(default=60.0, ge=0, description="Longest wait between two retries, in seconds.")
+    retry_total_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Bound on the time one request may spend retrying, in seconds; past it the error is raised.",
+    )
+    request_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wait at most this long for one result, in seconds (then it counts as a transient error); "
+        "null: wait as long as the SDK does.",
+    )
+    teacher_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Teacher (top-k logprob) and sampling requests in flight at once.",
+    )
+    teacher_suffix_only: bool = Field(
+        default=False,
+        description="Ask the service to score only the positions from from_position on (prompt_logprobs_last_n), "
+        "letting it serve the prefix from its cache; off: score the whole sequence, as the SDFT recipe does.",
+    )
+    pipeline_optim_step: bool = Field(
+        default=True,
+        description="Submit optim_step before waiting for the forward_backward result (the loss resolves lazily), "
+        "so the two requests reach the service back to back.",
+    )
+    checkpoint_ttl_s: int | None = Field(
+        default=None,
+        ge=3600,
+        description="Time to live of saved checkpoints on the service, in seconds; null: they never expire.",
+    )
+    display_name: str | None = Field(
+        default=None, description="Name shown for the session in the Tinker console; null: the run's model name."
+    )

@@ -1,0 +1,65 @@
+"""The Python API: ``from evsys.cli import run``.
+
+    result = run("examples/sdft_walkthrough/config.local.yaml")
+    print(result)   # Status / Metrics / Logs, as the walkthrough shows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from evsys.cli.loop import Runner
+from evsys.schema.errors import ConfigError, Problem
+from evsys.schema.plugins import default_registry
+from evsys.schema.protocols import Callback
+from evsys.schema.registry import PluginRegistry
+from evsys.schema.validation import ValidatedConfig, load_config
+
+LOG_FILES = "metrics.jsonl, predictions/, summary.md"
+
+
+@dataclass
+class RunResult:
+    """What a run ends with: its status, final metrics and where the logs are."""
+
+    status: str
+    metrics: dict[str, float | None]
+    logs: Path
+    run_dir: Path
+    error: str | None = None
+
+    def __str__(self) -> str:
+        lines = [
+            f"Status:    {self.status}",
+            f"Metrics:   {self.metrics}",
+            f"Logs:      {self.logs} ({LOG_FILES})",
+        ]
+        if self.error:
+            lines.append(f"Error:     {self.error}")
+        return "\n".join(lines)
+
+
+def run(
+    config: str | Path | ValidatedConfig,
+    *,
+    registry: PluginRegistry | None = None,
+    callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
+) -> RunResult:
+    """Validate ``config`` (a path or an already validated config) and run it.
+
+    User mistakes raise :class:`evsys.schema.errors.EvsysError` before training starts; a failure
+    during training is re-raised after ``summary.md`` records it.
+    """
+    registry = registry or default_registry()
+    if isinstance(config, (str, Path)):
+        validated = load_config(config, registry)
+    elif isinstance(config, ValidatedConfig):
+        validated = config
+    else:
+        raise ConfigError(Problem(f"run() takes a config path, got {type(config).__name__}"))
+    runner = Runner(validated, registry, extra_callbacks=callbacks, overwrite=overwrite)
+    status, metrics, error = runner.run()
+    return RunResult(status, metrics, runner.output_dir, runner.run_dir, error)

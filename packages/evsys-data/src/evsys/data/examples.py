@@ -1,0 +1,150 @@
+"""Load and check training examples: source -> transform -> row model, every problem with file:line."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from evsys.data.jsonl import JsonlLine
+from evsys.data.templates import template_fields
+from evsys.data.transforms import load_transform
+from evsys.schema.errors import DataError, Location, Problem
+from evsys.schema.plugins import default_registry
+from evsys.schema.registry import PluginRegistry
+from evsys.schema.validation import pydantic_problems
+
+MAX_REPORTED = 50
+
+#: template source text -> placeholder names allowed beyond the row's ``inputs``
+TemplateChecks = Mapping[str, frozenset[str]]
+
+
+def _located(problems: Iterable[Problem], path: str, line: int) -> list[Problem]:
+    return [dataclasses.replace(p, location=Location(path, line)) for p in problems]
+
+
+def _validate_row(row: Any, row_models: tuple[type[BaseModel], ...], path: str, line: int) -> tuple[BaseModel | None, list[Problem]]:
+    if not isinstance(row, dict):
+        return None, [Problem(f"a row must be a JSON object, got {type(row).__name__}", Location(path, line))]
+    best: list[Problem] | None = None
+    for model in row_models:
+        try:
+            return model.model_validate(row), []
+        except ValidationError as exc:
+            problems = _located(pydantic_problems(exc, model, None), path, line)
+            if best is None or len(problems) < len(best):
+                best = problems
+    return None, best or []
+
+
+def _check_templates(example: BaseModel, templates: TemplateChecks, path: str, line: int) -> list[Problem]:
+    inputs = getattr(example, "inputs", None)
+    if not isinstance(inputs, dict):
+        return []
+    problems = []
+    for template, extra in templates.items():
+        missing = template_fields(template) - set(inputs) - set(extra)
+        if missing:
+            names = ", ".join("{" + m + "}" for m in sorted(missing))
+            problems.append(Problem(f"template placeholder {names} is not a key of inputs (keys: {', '.join(sorted(inputs)) or 'none'})", Location(path, line), "inputs"))
+    return problems
+
+
+def _source_lines(path: str | Path, source_kind: str, registry: PluginRegistry) -> Iterator[JsonlLine]:
+    reader: Callable[[str | Path], Iterator[JsonlLine]] = registry.get("source", source_kind).load()
+    return reader(path)
+
+
+def iter_examples(
+    path: str | Path,
+    row_models: tuple[type[BaseModel], ...],
+    *,
+    source_kind: str = "jsonl",
+    transform: str | None = None,
+    templates: TemplateChecks | None = None,
+    registry: PluginRegistry | None = None,
+) -> Iterator[tuple[int, BaseModel | None, list[Problem]]]:
+    """Yield ``(line, example, problems)`` for every row; ``example`` is None when the row is invalid."""
+    registry = registry or default_registry()
+    name = str(path)
+    transform_fn = load_transform(registry.get("transform", transform)) if transform else None
+    for item in _source_lines(path, source_kind, registry):
+        if item.error is not None:
+            yield item.line, None, [Problem(item.error, Location(name, item.line))]
+            continue
+        row = item.row
+        if transform_fn is not None:
+            try:
+                row = transform_fn(row)
+            except Exception as exc:  # noqa: BLE001 - a user transform's failure is reported per line
+                yield item.line, None, [Problem(f"transform '{transform}' failed: {type(exc).__name__}: {exc}", Location(name, item.line))]
+                continue
+            if row is None:
+                continue
+        example, problems = _validate_row(row, row_models, name, item.line)
+        if example is not None and templates:
+            problems = _check_templates(example, templates, name, item.line)
+            if problems:
+                example = None
+        yield item.line, example, problems
+
+
+def check_examples_file(
+    path: str | Path,
+    row_models: tuple[type[BaseModel], ...],
+    *,
+    source_kind: str = "jsonl",
+    transform: str | None = None,
+    templates: TemplateChecks | None = None,
+    registry: PluginRegistry | None = None,
+    max_reported: int = MAX_REPORTED,
+) -> tuple[int, list[Problem]]:
+    """Check every row; returns ``(valid row count, problems)`` with at most ``max_reported`` problems listed."""
+    problems: list[Problem] = []
+    valid = 0
+    hidden = 0
+    for _, example, row_problems in iter_examples(path, row_models, source_kind=source_kind, transform=transform, templates=templates, registry=registry):
+        if example is not None:
+            valid += 1
+            continue
+        for problem in row_problems:
+            if len(problems) < max_reported:
+                problems.append(problem)
+            else:
+                hidden += 1
+    if hidden:
+        problems.append(Problem(f"... and {hidden} more problem(s)", Location(str(path))))
+    if valid == 0 and not problems:
+        problems.append(Problem("no examples: the file is empty", Location(str(path))))
+    return valid, problems
+
+
+def load_examples(
+    path: str | Path,
+    row_models: tuple[type[BaseModel], ...],
+    *,
+    source_kind: str = "jsonl",
+    transform: str | None = None,
+    templates: TemplateChecks | None = None,
+    registry: PluginRegistry | None = None,
+) -> list[BaseModel]:
+    """Every example of the file; any bad row raises :class:`DataError` listing all problems."""
+    examples: list[BaseModel] = []
+    problems: list[Problem] = []
+    for _, example, row_problems in iter_examples(path, row_models, source_kind=source_kind, transform=transform, templates=templates, registry=registry):
+        if example is not None:
+            examples.append(example)
+        else:
+            problems.extend(row_problems)
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        if len(problems) > MAX_REPORTED:
+            shown.append(Problem(f"... and {len(problems) - MAX_REPORTED} more problem(s)", Location(str(path))))
+        raise DataError(shown)
+    if not examples:
+        raise DataError(Problem("no examples: the file is empty", Location(str(path))))
+    return examples

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (first time only) and run the whole test suite, end-to-end runs on the bundled model included.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k verifiers`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check .
+python -m pytest -q "$@"
