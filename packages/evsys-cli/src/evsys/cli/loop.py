@@ -153,7 +153,7 @@ def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir:
 def build_callbacks(validated: ValidatedConfig, registry: PluginRegistry, extra: Sequence[Callback] = ()) -> list[Callback]:
     """Construct the configured callbacks, then ``extra`` ones (e.g. the CLI's console progress)."""
     built: list[Callback] = []
-    for spec, params in zip(validated.config.callbacks, validated.callback_params):
+    for spec, params in zip(validated.config.callbacks, validated.callback_params, strict=True):
         callback_class = registry.get("callback", spec.kind).load()
         built.append(callback_class(params))
     built.extend(extra)
@@ -165,7 +165,7 @@ def total_steps(algorithm: Any, params: BaseModel, num_examples: int) -> int:
     counter = getattr(algorithm, "total_steps", None)
     if callable(counter):
         return int(counter(num_examples))
-    return int(getattr(params, "max_steps"))
+    return int(params.max_steps)
 
 
 def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:

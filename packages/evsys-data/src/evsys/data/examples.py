@@ -80,7 +80,7 @@ def iter_examples(
         if transform_fn is not None:
             try:
                 row = transform_fn(row)
-            except Exception as exc:  # noqa: BLE001 - a user transform's failure is reported per line
+            except Exception as exc:  # a user transform's failure is reported per line
                 yield item.line, None, [Problem(f"transform '{transform}' failed: {type(exc).__name__}: {exc}", Location(name, item.line))]
                 continue
             if row is None:

@@ -32,7 +32,7 @@ def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
     """
     name = str(path)
     try:
-        handle = Path(path).open("rb")
+        handle = Path(path).open("rb")  # noqa: SIM115 - closed by the with-block below
     except FileNotFoundError:
         raise DataError(Problem("file not found", Location(name))) from None
     except IsADirectoryError:

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from evsys.schema.jsontypes import check_json_type
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class StrictModel(BaseModel):
-    """Base of every EvSys config and params model: unknown keys are errors."""
+    """Base of every EvSys config, params and row model.
+
+    Unknown keys are errors, and a value must already have the JSON type its field declares:
+    ``max_steps: "2"`` or ``batch_size: true`` are errors, as the JSON Schema says, rather than
+    silently coerced (pydantic's lax mode would accept them). Integral floats (``2.0``) are
+    integers, as in JSON Schema; list-for-tuple and the like keep pydantic's lax behaviour.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_type_gate(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is not None:
+            check_json_type(cls, info.field_name, value)
+        return value
 
 
 class ModelSpec(StrictModel):
@@ -120,7 +135,7 @@ class RunConfig(StrictModel):
     model: ModelSpec = Field(description="The base model.")
     backend: BackendSpec = Field(description="Where training runs.")
     algorithm: AlgorithmSpec = Field(description="The post-training algorithm.")
-    data: DataSpec = Field(description="The training data.")
+    data: DataSpec = Field(description="The training data: a source kind, a path and an optional transform.")
     metadata: MetadataSpec = Field(default_factory=MetadataSpec, description="Benchmarks and tags.")
     callbacks: list[CallbackSpec] = Field(
         default_factory=_default_callbacks,

@@ -23,4 +23,4 @@ class TrainingParams(StrictModel):
         default=None, ge=1, description="Save a checkpoint every N steps (one is always saved at the end)."
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    grad_clip: float | None = Field(default=1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping.")
+    grad_clip: float | None = Field(default=None, gt=0, description="Clip the gradient norm to this value; null (the default, as on Tinker): no clipping. Losses are raw sums, so norms grow with the batch.")

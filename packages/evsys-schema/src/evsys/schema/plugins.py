@@ -31,7 +31,7 @@ from evsys.schema.registry import (
     VerifierRegistrar,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "DISABLE_AUTOLOAD_ENV", "build_registry", "default_registry", "hookimpl", "reset_default_registry"]
+__all__ = ["DISABLE_AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "build_registry", "default_registry", "hookimpl", "reset_default_registry"]
 
 ENTRY_POINT_GROUP = "evsys"
 DISABLE_AUTOLOAD_ENV = "EVSYS_DISABLE_PLUGIN_AUTOLOAD"
@@ -72,7 +72,7 @@ def build_registry(
             return
         try:
             manager.register(module, name=name)
-        except Exception as exc:  # noqa: BLE001 - a malformed plugin is reported, not fatal
+        except Exception as exc:  # a malformed plugin is reported, not fatal
             registry.broken.append(BrokenPlugin(name, distribution, version, f"{type(exc).__name__}: {exc}"))
             return
         origin[id(module)] = (distribution, version)
@@ -88,7 +88,7 @@ def build_registry(
             seen.add((entry_point.name, entry_point.value))
             try:
                 module = entry_point.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            except Exception as exc:  # a broken plugin must not break the others
                 registry.broken.append(BrokenPlugin(entry_point.name, distribution, version, f"{type(exc).__name__}: {exc}"))
                 continue
             add_plugin(entry_point.name, module, distribution, version)
@@ -104,7 +104,7 @@ def build_registry(
                 impl.function(registry=registrar)
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a hook that raises marks its plugin broken
+            except Exception as exc:  # a hook that raises marks its plugin broken
                 registry.broken.append(BrokenPlugin(impl.plugin_name, distribution, version, f"{hook_name}: {type(exc).__name__}: {exc}"))
     return registry
 

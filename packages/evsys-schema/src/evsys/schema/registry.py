@@ -27,7 +27,16 @@ KINDS: tuple[str, ...] = (
     "source",
     "metric",
 )
-_METRIC_FAMILY = re.compile(r"^(?P<prefix>[A-Za-z_][A-Za-z0-9_^]*)@(?P<k>[0-9]+)$")
+#: ``pass@4`` -> family ``pass@k``; ``pass^4`` -> family ``pass^k``
+_METRIC_FAMILY = re.compile(r"^(?P<prefix>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>[@^])(?P<k>[1-9][0-9]*)$")
+
+
+def metric_family(name: str) -> tuple[str, int] | None:
+    """``"pass@4"`` -> ``("pass@k", 4)``; None for a name that is not ``prefix@N`` or ``prefix^N``."""
+    match = _METRIC_FAMILY.match(name)
+    if match is None:
+        return None
+    return f"{match.group('prefix')}{match.group('sep')}k", int(match.group("k"))
 
 
 def load_object(target: str) -> Any:
@@ -56,7 +65,7 @@ class Registration:
         """Import the implementation; a failure raises :class:`PluginError` naming the plugin and the cause."""
         try:
             return load_object(self.target)
-        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, reported as one line
+        except Exception as exc:  # any import failure is the plugin's, reported as one line
             hint = self.meta.get("install_hint")
             suffix = f"; {hint}" if hint else ""
             raise PluginError(
@@ -108,9 +117,9 @@ class PluginRegistry:
         if name in table:
             return table[name]
         if kind == "metric":
-            match = _METRIC_FAMILY.match(name)
-            if match:
-                return table.get(f"{match.group('prefix')}@k")
+            family = metric_family(name)
+            if family is not None:
+                return table.get(family[0])
         return None
 
     def get(self, kind: str, name: str) -> Registration:
@@ -254,7 +263,7 @@ class SourceRegistrar(Registrar):
 
 
 class MetricRegistrar(Registrar):
-    """Registers benchmark metrics; a name ``prefix@k`` registers the family ``prefix@1``, ``prefix@2``, ..."""
+    """Registers benchmark metrics; a name ``prefix@k`` (or ``prefix^k``) registers the family ``prefix@1``, ``prefix@2``, ..."""
 
     kind = "metric"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from evsys.schema.config import StrictModel
 
@@ -72,7 +72,7 @@ _TASK_SCHEMA_RULES: dict[str, Any] = {
 }
 
 
-class TaskRow(BaseModel):
+class TaskRow(StrictModel):
     """A benchmark task: one line of ``tasks.jsonl``."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_TASK_SCHEMA_RULES)

@@ -7,6 +7,7 @@ them and fails when they differ. Draft-07 keeps editors' YAML language servers h
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,21 @@ def _model_schema(model: type[BaseModel] | Any) -> dict[str, Any]:
     return schema
 
 
+def _draft7_refs(node: Any) -> Any:
+    """Draft-07 ignores every keyword beside a ``$ref``: wrap such refs as ``allOf: [{$ref}]``."""
+    if isinstance(node, list):
+        return [_draft7_refs(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _draft7_refs(value) for key, value in node.items()}
+    if "$ref" in node and len(node) > 1:
+        ref = node.pop("$ref")
+        return {"allOf": [{"$ref": ref}], **node}
+    return node
+
+
 def _finish(schema: dict[str, Any], file_name: str) -> dict[str, Any]:
+    schema = _draft7_refs(schema)
     ordered = {"$schema": DRAFT_07, "title": SCHEMA_FILES[file_name]}
     for key, value in schema.items():
         if key != "title":
@@ -65,14 +80,39 @@ def _compose_kind(schema: dict[str, Any], registry: PluginRegistry, kind: str, s
             sub.setdefault("description", registration.description or f"Params of {kind} '{registration.name}'.")
             definitions[def_name] = sub
             params_schema = {"$ref": f"#/definitions/{def_name}"}
+        then: dict[str, Any] = {"properties": {"params": params_schema}}
+        if registration.params is not None and any(f.is_required() for f in registration.params.model_fields.values()):
+            then["required"] = ["params"]  # a missing 'params' is validated as {}, which lacks required keys
         branches.append(
             {
                 "if": {"properties": {"kind": {"const": registration.name}}, "required": ["kind"]},
-                "then": {"properties": {"params": params_schema}},
+                "then": then,
             }
         )
     if branches:
         spec["allOf"] = branches
+
+
+def _compose_names(schema: dict[str, Any], registry: PluginRegistry) -> None:
+    """Constrain the names validation checks against the registry: data sources and benchmark metrics.
+
+    ``data.transform`` stays a free string: ``@register_transform`` adds transforms at run time.
+    """
+    definitions = schema.setdefault("definitions", {})
+    sources = registry.names("source")
+    if sources:
+        definitions["DataSpec"]["properties"]["source_kind"]["enum"] = sources
+    metrics = registry.names("metric")
+    if metrics:
+        choices: list[dict[str, Any]] = []
+        plain = [name for name in metrics if not name.endswith(("@k", "^k"))]
+        if plain:
+            choices.append({"enum": plain})
+        for name in metrics:
+            if name.endswith(("@k", "^k")):
+                choices.append({"pattern": "^" + re.escape(name[:-1]) + "[1-9][0-9]*$"})
+        items = {"type": "string", "anyOf": choices} if len(choices) > 1 else {"type": "string", **choices[0]}
+        definitions["BenchmarkSpec"]["properties"]["metrics"]["items"] = items
 
 
 def config_schema(registry: PluginRegistry) -> dict[str, Any]:
@@ -81,6 +121,7 @@ def config_schema(registry: PluginRegistry) -> dict[str, Any]:
     _compose_kind(schema, registry, "algorithm", "AlgorithmSpec")
     _compose_kind(schema, registry, "backend", "BackendSpec")
     _compose_kind(schema, registry, "callback", "CallbackSpec")
+    _compose_names(schema, registry)
     return _finish(schema, "run_config.schema.json")
 
 

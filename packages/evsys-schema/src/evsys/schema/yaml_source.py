@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,17 @@ import yaml
 from evsys.schema.errors import ConfigError, Location, Problem
 
 FieldPath = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 @dataclass
@@ -83,7 +95,7 @@ def parse_yaml(text: str, path: str) -> YamlDocument:
     """Parse one YAML document; syntax errors and duplicate keys raise :class:`ConfigError` with a location."""
     doc = YamlDocument(path=path, data=None)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             doc.data = None if node is None else _construct(node, (), doc, loader)
@@ -95,6 +107,8 @@ def parse_yaml(text: str, path: str) -> YamlDocument:
         message = exc.problem or "invalid YAML"
         if exc.context:
             message = f"{exc.context}, {message}"
+        if "'\\t'" in message:
+            message += " (YAML indents with spaces, not tabs)"
         raise ConfigError(Problem(f"invalid YAML: {message}", location)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(f"invalid YAML: {exc}", Location(path))) from None

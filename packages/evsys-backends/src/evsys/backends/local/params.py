@@ -59,6 +59,15 @@ class LocalBackendParams(StrictModel):
         default="auto", description="Attention kernel; 'auto' lets transformers choose (sdpa when available)."
     )
 
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "torch intra-op threads on CPU (torch.set_num_threads, process-wide); null: torch's default "
+            "(one per core). Use fewer when other processes share the cores."
+        ),
+    )
+
     @field_validator("target_modules")
     @classmethod
     def _non_empty(cls, value: list[str] | str) -> list[str] | str:

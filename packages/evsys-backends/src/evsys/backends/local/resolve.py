@@ -208,6 +208,7 @@ def ensure_converted(gguf: Path, target: Path) -> Path:
     try:
         _convert_gguf(gguf, tmp)
         (tmp / _STAMP).write_text(json.dumps(stamp))
+        tmp.chmod(0o755)
         if target.exists():  # a stale or partial cache from an older conversion
             stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
             target.rename(stale)
@@ -228,7 +229,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -251,4 +252,5 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         del loaded, plain
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -93,6 +93,7 @@ def call_with_retries(
     """
     start = clock()
     retries = 0
+    slept = 0.0
     while True:
         try:
             return fn()
@@ -105,7 +106,7 @@ def call_with_retries(
                 raise
             retries += 1
             delay = policy.delay(retries)
-            elapsed = clock() - start
+            elapsed = max(clock() - start, slept)
             if retries > policy.max_retries or elapsed + delay > policy.total_s:
                 raise EvsysError(
                     f"Tinker: {what} failed after {retries} attempts in {elapsed:.0f}s "
@@ -116,3 +117,4 @@ def call_with_retries(
                 "Tinker: %s failed (%s); retry %d/%d in %.1fs", what, describe(exc), retries, policy.max_retries, delay
             )
             sleep(delay)
+            slept += delay

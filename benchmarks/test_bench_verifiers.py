@@ -1,0 +1,123 @@
+"""Benchmarks of evsys-verifiers (pytest-benchmark; figures, not pass/fail timings).
+
+Run with ``python -m pytest benchmarks/test_bench_verifiers.py -o addopts="--import-mode=importlib" --benchmark-only``.
+Targets: ``contains`` / ``exact_match`` >= 200,000 verifications/s on one core; ``python_tests``
+>= 30 trivial programs/s on 2 cores; pass@k over 100,000 tasks under 1 s. Each benchmark records
+its throughput in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from evsys.schema.rows import TaskRow
+from evsys.verifiers.functions import contains, exact_match
+from evsys.verifiers.metrics import compute_metric
+from evsys.verifiers.scoring import builtin_registry, score_tasks, verify
+
+BATCH = 20_000
+rng = random.Random(0)
+PAIRS = [(f"The answer is {rng.randint(0, 999)} apples.", str(rng.randint(0, 999))) for _ in range(BATCH)]
+SHORT = [(str(rng.randint(0, 99)), str(rng.randint(0, 99))) for _ in range(BATCH)]
+
+
+def _record(benchmark: Any, items: int, unit: str) -> None:
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info[f"{unit}_per_second"] = round(items / mean)
+
+
+def test_bench_contains(benchmark: Any) -> None:
+    def run() -> None:
+        for output, expected in PAIRS:
+            contains(output, expected)
+
+    benchmark(run)
+    _record(benchmark, BATCH, "verifications")
+
+
+def test_bench_contains_ignore_case(benchmark: Any) -> None:
+    def run() -> None:
+        for output, expected in PAIRS:
+            contains(output, expected, ignore_case=True)
+
+    benchmark(run)
+    _record(benchmark, BATCH, "verifications")
+
+
+def test_bench_exact_match(benchmark: Any) -> None:
+    def run() -> None:
+        for output, expected in SHORT:
+            exact_match(output, expected)
+
+    benchmark(run)
+    _record(benchmark, BATCH, "verifications")
+
+
+def test_bench_verify_through_the_task(benchmark: Any) -> None:
+    """The whole path a benchmark takes: task -> kind -> function -> Verification."""
+    registry = builtin_registry()
+    task = TaskRow.model_validate(
+        {
+            "task_id": "t",
+            "instruction": "q",
+            "verifier": {"kind": "in_process", "fn_name": "contains", "expected": "42"},
+        }
+    )
+
+    def run() -> None:
+        for output, _ in PAIRS:
+            verify(output, task, registry)
+
+    benchmark(run)
+    _record(benchmark, BATCH, "verifications")
+
+
+PROGRAMS = 60
+
+
+def test_bench_python_tests_two_workers(benchmark: Any) -> None:
+    registry = builtin_registry()
+    tests = "def check(candidate):\n    assert candidate(2) == 4\n"
+    tasks = [
+        TaskRow.model_validate(
+            {
+                "task_id": f"p{i}",
+                "prompt": "def double(x):\n",
+                "verifier": {"fn_name": "python_tests", "options": {"tests": tests, "entry_point": "double"}},
+            }
+        )
+        for i in range(PROGRAMS)
+    ]
+    answers = [["def double(x):\n    return 2 * x\n"] for _ in tasks]
+
+    def run() -> None:
+        result = score_tasks(tasks, answers, ["pass@1"], registry=registry, max_workers=2)
+        assert result.metrics["pass@1"] == 1.0
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    _record(benchmark, PROGRAMS, "programs")
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_bench_pass_at_k_100k_tasks(benchmark: Any, k: int) -> None:
+    scores = [[float(rng.random() < 0.3) for _ in range(10)] for _ in range(100_000)]
+    value = benchmark(compute_metric, f"pass@{k}", scores)
+    assert value is not None and 0.0 < value < 1.0
+    benchmark.extra_info["tasks"] = len(scores)
+
+
+def test_bench_check_tasks_file_100k_rows(benchmark: Any, tmp_path: Any) -> None:
+    """``evsys validate --deep``'s share for a 100,000-task tasks.jsonl (budget: 5 s per 100k rows overall)."""
+    import json
+
+    from evsys.verifiers.tasks import check_tasks_file
+
+    path = tmp_path / "tasks.jsonl"
+    row = {"instruction": "What is the capital of Germany?", "verifier": {"fn_name": "contains", "expected": "Berlin"}}
+    path.write_text("".join(json.dumps({"task_id": f"t{i}", **row}) + "\n" for i in range(100_000)), encoding="utf-8")
+    registry = builtin_registry()
+    problems = benchmark.pedantic(check_tasks_file, args=(path, registry), rounds=3, iterations=1)
+    assert problems == []

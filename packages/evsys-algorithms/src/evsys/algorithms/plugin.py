@@ -1,0 +1,39 @@
+"""Registers the built-in algorithms. Imports only params modules: no torch, no backend."""
+
+from __future__ import annotations
+
+from evsys.algorithms.grpo.params import GRPOParams
+from evsys.algorithms.sdft.params import TEACHER_EXTRA_FIELDS, SDFTParams
+from evsys.algorithms.sft.params import SFTParams
+from evsys.schema.plugins import hookimpl
+from evsys.schema.registry import AlgorithmRegistrar
+from evsys.schema.rows import ChatExample, PromptExample, TaskRow
+
+
+@hookimpl
+def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
+    """Register ``sdft``, ``sft`` and ``grpo``."""
+    registry.register(
+        "sdft",
+        "evsys.algorithms.sdft.algorithm:SDFT",
+        params=SDFTParams,
+        row_models=(PromptExample,),
+        templates={"user_template": frozenset(), "teacher_template": TEACHER_EXTRA_FIELDS},
+        description="Self-distillation: on-policy rollouts distilled toward the frozen base model shown the gold answer.",
+    )
+    registry.register(
+        "sft",
+        "evsys.algorithms.sft.algorithm:SFT",
+        params=SFTParams,
+        row_models=(PromptExample, ChatExample),
+        templates={"user_template": frozenset()},
+        description="Supervised fine-tuning: cross-entropy on gold answers / assistant turns, prompt masked.",
+    )
+    registry.register(
+        "grpo",
+        "evsys.algorithms.grpo.algorithm:GRPO",
+        params=GRPOParams,
+        row_models=(PromptExample, TaskRow),
+        templates={"user_template": frozenset()},
+        description="Group-relative policy optimization with verifier rewards (importance_sampling or ppo loss).",
+    )

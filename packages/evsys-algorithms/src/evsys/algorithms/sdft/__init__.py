@@ -1,0 +1,1 @@
+"""SDFT: self-distillation fine-tuning against an answer-aware frozen teacher."""

@@ -1,0 +1,170 @@
+"""SDFT: the student rolls out on-policy; the frozen base model, shown the gold answer, is the teacher.
+
+Each step, for each PromptExample ``{inputs, expected}``:
+
+1. the student samples a completion of the rendered ``user_template`` (``backend.sample``);
+2. the teacher prompt (``teacher_template``, one user turn) is rendered and the student's completion
+   tokens are appended; ``backend.topk_logprobs(..., k=topk, from_position=len(teacher_prompt))``
+   gives the frozen base model's top-K next-token distribution at every answer position;
+3. the student is trained by cross-entropy toward that distribution renormalized over the K tokens:
+   ``loss = -sum_t sum_k q_t(k) log p_student(k | student_prompt, completion[:t])`` (Tinker's
+   ``cross_entropy`` with ``(N, K)`` targets and weights), then one AdamW step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from evsys.algorithms.common import (
+    AlgorithmBase,
+    backend_metrics,
+    first_expected,
+    logsumexp,
+    render_user_prompt,
+    safe_div,
+    sampling_seed,
+)
+from evsys.algorithms.sdft.params import SDFTParams, resolve_teacher_template
+from evsys.data.templates import render_template
+from evsys.schema.protocols import Backend, Datum, Message, RunContext, TopKLogprobs
+from evsys.schema.rows import PromptExample
+
+
+def renormalize(logprobs: Sequence[float]) -> list[float]:
+    """Probabilities of the K listed tokens renormalized to sum to 1: ``softmax(logprobs)``."""
+    total = logsumexp(logprobs)
+    if total == -math.inf:
+        return [0.0 for _ in logprobs]
+    return [math.exp(lp - total) if lp != -math.inf else 0.0 for lp in logprobs]
+
+
+def entropy(probs: Sequence[float]) -> float:
+    """Shannon entropy (nats) of a distribution given as probabilities."""
+    return -sum(p * math.log(p) for p in probs if p > 0.0)
+
+
+def build_sdft_datum(
+    student_prompt: Sequence[int],
+    completion_tokens: Sequence[int],
+    teacher_topk: TopKLogprobs,
+    skip_first_tokens: int = 0,
+) -> Datum:
+    """The distillation datum of one rollout (pure; identical on every backend).
+
+    ``full = student_prompt + completion``; ``input_tokens = full[:-1]`` (length N); row ``n`` predicts
+    ``full[n + 1]``. Answer token ``j`` is predicted at row ``P - 1 + j`` (``P = len(student_prompt)``),
+    where ``target_tokens`` holds the teacher's top-K ids and ``weights`` the teacher's probabilities
+    renormalized over those K ids. Prompt rows, and the first ``skip_first_tokens`` answer rows, have
+    weight 0 (their target ids are 0, a placeholder). ``teacher_topk`` has one row per completion token.
+    """
+    prompt_len = len(student_prompt)
+    n_answer = len(completion_tokens)
+    if prompt_len < 1:
+        raise ValueError("the student prompt is empty")
+    if len(teacher_topk.token_ids) != n_answer or len(teacher_topk.logprobs) != n_answer:
+        raise ValueError(f"teacher top-k has {len(teacher_topk.token_ids)} rows for {n_answer} completion tokens")
+    k = max((len(row) for row in teacher_topk.token_ids), default=1) or 1
+    full = [*student_prompt, *completion_tokens]
+    n_rows = len(full) - 1
+    targets: list[list[int]] = [[0] * k for _ in range(n_rows)]
+    weights: list[list[float]] = [[0.0] * k for _ in range(n_rows)]
+    for j in range(n_answer):
+        row = prompt_len - 1 + j
+        ids = [int(t) for t in teacher_topk.token_ids[j]]
+        probs = renormalize(teacher_topk.logprobs[j]) if j >= skip_first_tokens else [0.0] * len(ids)
+        targets[row] = ids + [0] * (k - len(ids))
+        weights[row] = probs + [0.0] * (k - len(probs))
+    return Datum(input_tokens=full[:-1], target_tokens=targets, weights=weights)
+
+
+class SDFT(AlgorithmBase):
+    """Self-distillation fine-tuning (``algorithm.kind: sdft``); built as ``SDFT(params, backend, context)``."""
+
+    params: SDFTParams
+
+    def __init__(self, params: SDFTParams, backend: Backend, context: RunContext | None = None) -> None:
+        super().__init__(params, backend, context)
+        self.teacher_template = resolve_teacher_template(params.teacher_template)
+
+    def teacher_messages(self, example: PromptExample) -> list[Message]:
+        """The teacher's one user turn: ``teacher_template`` filled from inputs, the prompt and the answer."""
+        answer = first_expected(example.expected)
+        values: dict[str, Any] = {
+            **example.inputs,
+            "prompt": render_template(self.params.user_template, example.inputs),
+            "expected": answer,
+            "demo": answer,
+        }
+        return [{"role": "user", "content": render_template(self.teacher_template, values)}]
+
+    def train_step(self, batch: Sequence[PromptExample], step: int) -> dict[str, float]:
+        """Roll out, score with the teacher, distill, and take one optimizer step."""
+        p = self.params
+        prompts = [render_user_prompt(self.backend, p.user_template, ex.inputs) for ex in batch]
+        groups = self.backend.sample(
+            prompts,
+            n=p.num_rollouts,
+            max_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            seed=sampling_seed(p.seed, step),
+        )
+        student_prompts: list[list[int]] = []
+        completions: list[list[int]] = []
+        teacher_seqs: list[list[int]] = []
+        teacher_starts: list[int] = []
+        student_logprob_sum = 0.0
+        truncated = 0
+        rollouts = 0
+        for example, prompt, samples in zip(batch, prompts, groups, strict=True):
+            teacher_prompt = list(self.backend.render_chat(self.teacher_messages(example), add_generation_prompt=True))
+            for sample in samples:
+                rollouts += 1
+                truncated += sample.stop_reason == "length"
+                tokens = list(sample.tokens)
+                if not tokens:
+                    continue
+                student_logprob_sum += sum(sample.logprobs)
+                student_prompts.append(prompt)
+                completions.append(tokens)
+                teacher_seqs.append(teacher_prompt + tokens)
+                teacher_starts.append(len(teacher_prompt))
+
+        metrics: dict[str, float] = {
+            "train/rollout_len": safe_div(sum(len(c) for c in completions), rollouts),
+            "train/frac_truncated": safe_div(truncated, rollouts),
+            "train/student_logprob": safe_div(student_logprob_sum, sum(len(c) for c in completions)),
+        }
+        if not completions:
+            return {
+                **metrics,
+                "train/mean_loss": 0.0,
+                "train/answer_tokens": 0.0,
+                "train/teacher_entropy": 0.0,
+                "train/skipped": 1.0,
+            }
+
+        teacher = self.backend.topk_logprobs(teacher_seqs, k=p.topk, from_position=teacher_starts)
+        datums = [
+            build_sdft_datum(sp, comp, tk, p.skip_first_tokens)
+            for sp, comp, tk in zip(student_prompts, completions, teacher, strict=True)
+        ]
+        answer_tokens = sum(max(0, len(c) - p.skip_first_tokens) for c in completions)
+        entropies = [
+            entropy(renormalize(row)) for tk in teacher for j, row in enumerate(tk.logprobs) if j >= p.skip_first_tokens
+        ]
+        metrics["train/teacher_entropy"] = safe_div(sum(entropies), len(entropies))
+        metrics["train/answer_tokens"] = float(answer_tokens)
+        if answer_tokens == 0:
+            return {**metrics, "train/mean_loss": 0.0, "train/skipped": 1.0}
+
+        result = self.backend.forward_backward(datums, "cross_entropy")
+        optim = self.optimizer_step()
+        return {
+            **backend_metrics(result, optim),
+            **metrics,
+            "train/loss_sum": float(result.loss_sum),
+            "train/mean_loss": safe_div(result.loss_sum, answer_tokens),
+            "train/skipped": 0.0,
+        }

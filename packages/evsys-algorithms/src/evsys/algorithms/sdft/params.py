@@ -1,0 +1,81 @@
+"""Params of ``sdft`` and its named teacher templates. Imports no torch."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from evsys.data.templates import template_fields
+from evsys.schema.params import TrainingParams
+
+#: The SDFT paper's teacher prompt. ``{prompt}`` is the rendered ``user_template`` (the question),
+#: so with ``user_template: "{question}"`` this is exactly the paper's "{question}\n\nThis is an ...".
+PAPER_TEMPLATE = (
+    "{prompt}\n\nThis is an example for a response to the question:\n{demo}\n\n"
+    "Now answer with a response of your own, including the thinking process."
+)
+#: The question, then the gold answer stated plainly, in the same user turn (the measured default).
+ANSWER_HINT_TEMPLATE = "{prompt}\n\nThe correct answer is {expected}."
+
+#: Named teacher templates accepted by ``teacher_template``.
+TEACHER_TEMPLATES: dict[str, str] = {
+    "answer_hint": ANSWER_HINT_TEMPLATE,
+    "paper": PAPER_TEMPLATE,
+}
+DEFAULT_TEACHER_TEMPLATE = "answer_hint"
+#: Placeholders a teacher template may use beyond the row's ``inputs``.
+TEACHER_EXTRA_FIELDS = frozenset({"expected", "demo", "prompt"})
+
+
+def resolve_teacher_template(value: str) -> str:
+    """The template text of a preset name (``paper``, ``answer_hint``), or ``value`` itself."""
+    return TEACHER_TEMPLATES.get(value.strip(), value)
+
+
+class SDFTParams(TrainingParams):
+    """Params of ``sdft``: the seed's six (learning_rate, max_steps, batch_size, lora_rank, topk,
+    user_template) plus documented extras with defaults."""
+
+    topk: int = Field(
+        default=20,
+        ge=1,
+        description="How many teacher tokens are distilled per answer position (top-K of the teacher, renormalized).",
+    )
+    user_template: str = Field(
+        default="{question}",
+        description="str.format template over the row's inputs; renders the prompt the student rolls out on.",
+    )
+    teacher_template: str = Field(
+        default=DEFAULT_TEACHER_TEMPLATE,
+        description=(
+            "What the frozen teacher sees, as one user turn: a preset name ('answer_hint': the question then "
+            "'The correct answer is {expected}.'; 'paper': the SDFT paper's prompt) or a literal template using "
+            "{prompt} (the rendered user_template), {expected} / {demo} (the gold answer) and any inputs key."
+        ),
+    )
+    max_new_tokens: int = Field(default=64, ge=1, description="Longest student rollout, in tokens.")
+    temperature: float = Field(
+        default=1.0, ge=0, description="Sampling temperature of the on-policy rollouts (0: greedy)."
+    )
+    num_rollouts: int = Field(default=1, ge=1, description="On-policy rollouts per prompt per step.")
+    skip_first_tokens: int = Field(
+        default=0, ge=0, description="Don't distill the first N answer tokens of each rollout (weight 0)."
+    )
+
+    @field_validator("user_template")
+    @classmethod
+    def _check_user_template(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+    @field_validator("teacher_template")
+    @classmethod
+    def _check_teacher_template(cls, value: str) -> str:
+        text = resolve_teacher_template(value)
+        fields = template_fields(text)
+        if not fields & {"expected", "demo"}:
+            presets = ", ".join(sorted(TEACHER_TEMPLATES))
+            raise ValueError(
+                f"teacher_template must show the teacher the gold answer with {{expected}} or {{demo}}, "
+                f"or name a preset ({presets})"
+            )
+        return value

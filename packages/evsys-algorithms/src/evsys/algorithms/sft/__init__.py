@@ -1,0 +1,1 @@
+"""SFT: cross-entropy on gold answers (prompt masked)."""

@@ -1,0 +1,39 @@
+"""Params of ``sft``. Imports no torch."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from evsys.data.templates import template_fields
+from evsys.schema.params import TrainingParams
+
+
+class SFTParams(TrainingParams):
+    """Params of ``sft``: set ``max_steps``, ``epochs``, or both (the run stops at whichever comes first)."""
+
+    max_steps: int | None = Field(  # type: ignore[assignment]
+        default=None, ge=1, description="Number of optimizer steps; with epochs also set, the smaller count wins."
+    )
+    epochs: float | None = Field(
+        default=None, gt=0, description="Passes over the training data; steps = ceil(epochs * examples / batch_size)."
+    )
+    user_template: str = Field(
+        default="{question}", description="str.format template over a PromptExample's inputs; renders the user turn."
+    )
+    max_length: int | None = Field(
+        default=None,
+        ge=2,
+        description="Truncate each rendered sequence (prompt + answer) to this many tokens; null: no limit.",
+    )
+
+    @field_validator("user_template")
+    @classmethod
+    def _check_user_template(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+    @model_validator(mode="after")
+    def _needs_a_length(self) -> SFTParams:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps or epochs (or both)")
+        return self

@@ -1,0 +1,424 @@
+"""The tinker backend against fake clients at the SDK boundary and the real ``tinker.types``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+import tinker
+from tinker import types
+
+from evsys.backends.tinker.backend import CHECKPOINTS_FILE, PendingForwardBackwardResult, TinkerBackend
+from evsys.backends.tinker.fakes import FakeServiceClient, Faults
+from evsys.backends.tinker.params import TinkerBackendParams
+from evsys.schema.errors import EvsysError
+from evsys.schema.protocols import Backend, BackendSetup, Datum, ForwardBackwardResult
+
+SECRET = "tml-THIS-IS-A-SECRET-KEY-0123456789"
+MODEL = "Qwen/Qwen3.5-4B"
+
+
+def _server_error(code: int = 503) -> tinker.APIStatusError:
+    request = httpx.Request("POST", "https://tinker.invalid/api")
+    cls = tinker.InternalServerError if code >= 500 else tinker.RateLimitError
+    return cls(f"status {code}", response=httpx.Response(code, request=request), body=None)
+
+
+def _bad_request() -> tinker.APIStatusError:
+    request = httpx.Request("POST", "https://tinker.invalid/api")
+    return tinker.BadRequestError("bad datum", response=httpx.Response(400, request=request), body=None)
+
+
+def make(
+    tmp_path: Path | None = None, faults: Faults | None = None, **params: object
+) -> tuple[TinkerBackend, FakeServiceClient]:
+    service = FakeServiceClient(faults=faults)
+    setup = BackendSetup(model_name=MODEL, lora_rank=1, seed=3, run_dir=tmp_path)
+    sleeps: list[float] = []
+    backend = TinkerBackend(
+        setup, TinkerBackendParams(retry_backoff_s=0.5, **params), service_client=service, sleep=sleeps.append
+    )
+    backend.sleeps = sleeps  # type: ignore[attr-defined]
+    return backend, service
+
+
+def sft_datum() -> Datum:
+    return Datum(input_tokens=[11, 12, 13], target_tokens=[12, 13, 14], weights=[0.0, 1.0, 1.0])
+
+
+def distill_datum(k: int = 4) -> Datum:
+    return Datum(
+        input_tokens=[11, 12, 13],
+        target_tokens=[[12 + j for j in range(k)]] * 3,
+        weights=[[0.0] * k, [0.25] * k, [0.5, 0.5, 0.0, 0.0][:k]],
+    )
+
+
+# -- construction and auth ------------------------------------------------------------------------
+
+
+def test_builds_a_lora_training_client_of_the_model() -> None:
+    backend, service = make()
+    assert service.requests == [("create_lora_training_client", {"base_model": MODEL, "rank": 1, "seed": 3})]
+    assert isinstance(backend, Backend)
+    assert repr(backend) == "TinkerBackend(model='Qwen/Qwen3.5-4B', lora_rank=1)"
+
+
+def test_missing_key_is_one_clear_line_before_any_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    built: list[object] = []
+    monkeypatch.setattr(tinker, "ServiceClient", lambda *a, **k: built.append(k))
+    with pytest.raises(EvsysError) as info:
+        TinkerBackend(BackendSetup(model_name=MODEL, lora_rank=1), TinkerBackendParams())
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("TINKER_API_KEY is not set: export TINKER_API_KEY=")
+    assert "backend 'tinker'" in message
+    assert built == []
+
+
+def test_stored_credential_file_counts_as_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = tmp_path / ".tinker" / "credentials.json"
+    store.parent.mkdir()
+    store.write_text(
+        json.dumps({"version": 1, "default": "k", "keys": {"k": {"type": "manual", "key": SECRET, "name": "k"}}})
+    )
+    made: list[dict[str, object]] = []
+
+    def service_factory(**kwargs: object) -> FakeServiceClient:
+        made.append(kwargs)
+        return FakeServiceClient()
+
+    monkeypatch.setattr(tinker, "ServiceClient", service_factory)
+    backend = TinkerBackend(BackendSetup(model_name=MODEL, lora_rank=1), TinkerBackendParams())
+    assert made == [{"base_url": None, "display_name": f"evsys {MODEL}"}]
+    assert SECRET not in repr(vars(backend))
+
+
+def test_the_key_is_never_passed_stored_logged_or_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TINKER_API_KEY", SECRET)
+    made: list[dict[str, object]] = []
+    services: list[FakeServiceClient] = []
+
+    def service_factory(**kwargs: object) -> FakeServiceClient:
+        made.append(kwargs)
+        services.append(FakeServiceClient(faults=Faults(fail_result={"sample": [_server_error()]})))
+        return services[-1]
+
+    monkeypatch.setattr(tinker, "ServiceClient", service_factory)
+    caplog.set_level(logging.DEBUG)
+    backend = TinkerBackend(
+        BackendSetup(model_name=MODEL, lora_rank=1, run_dir=tmp_path), TinkerBackendParams(retry_backoff_s=0)
+    )
+    backend.sample([[11, 12]])
+    backend.topk_logprobs([[11, 12, 13]], k=2, from_position=1)
+    backend.forward_backward([sft_datum()], "cross_entropy")
+    backend.optim_step(1e-4)
+    backend.save_checkpoint("step-1")
+    backend.close()
+    assert all("api_key" not in kwargs for kwargs in made)
+    assert services[0].closed == ["success"]
+    haystack = [repr(vars(backend)), repr(backend), caplog.text, repr(backend._params.model_dump())]
+    haystack += [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    assert "retry 1/5" in caplog.text  # the retry was logged ...
+    assert not any(SECRET in text for text in haystack)  # ... and nothing holds the key
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+
+
+def test_sample_requests_and_conversion() -> None:
+    backend, service = make()
+    out = backend.sample([[11, 12], [13]], n=2, max_tokens=8, temperature=0.0, stop=["\n"], seed=5)
+    sampler = service.training_clients[0].samplers[0]
+    assert len(sampler.requests) == 2
+    first = sampler.requests[0]
+    assert first["prompt"].to_ints() == [11, 12] and first["num_samples"] == 2
+    params = first["sampling_params"]
+    assert isinstance(params, types.SamplingParams)
+    assert (params.max_tokens, params.temperature, params.stop, params.seed) == (8, 0.0, ["\n"], 5)
+    assert [[s.text for s in group] for group in out] == [["ok0", "ok1"], ["ok0", "ok1"]]
+    seq = out[0][0]
+    assert seq.tokens[-1] == 2 and seq.stop_reason == "stop" and seq.logprobs == [-0.5] * len(seq.tokens)
+    assert backend.sample([[11]], max_tokens=2)[0][0].stop_reason == "length"
+
+
+def test_sample_requests_are_all_in_flight_before_any_wait() -> None:
+    backend, service = make()
+    backend.sample([[11], [12], [13]])
+    sample_events = [e for e in service.log if e[1].startswith("sample:")]
+    assert sample_events == [("submit", "sample:policy-1")] * 3 + [("result", "sample:policy-1")] * 3
+
+
+def test_sampling_client_is_refreshed_only_after_the_weights_change() -> None:
+    backend, service = make()
+    training = service.training_clients[0]
+    backend.sample([[11]])
+    backend.sample([[12]])
+    assert len(training.samplers) == 1
+    backend.topk_logprobs([[11, 12]], k=2, from_position=1)  # the teacher does not touch the weights
+    backend.sample([[12]])
+    assert len(training.samplers) == 1
+    backend.forward_backward([sft_datum()], "cross_entropy")
+    backend.optim_step(1e-4)
+    backend.sample([[13]])
+    backend.sample([[14]])
+    assert len(training.samplers) == 2
+    assert [len(s.requests) for s in training.samplers] == [3, 2]
+    saves = [e for e in service.log if e == ("submit", "save_weights_and_get_sampling_client")]
+    assert len(saves) == 2
+
+
+def test_render_chat_uses_the_tinker_tokenizer_and_handles_batch_encoding() -> None:
+    backend, service = make()
+    ids = backend.render_chat([{"role": "user", "content": "Hi"}])
+    assert ids == [1, *service.tokenizer.encode("user: Hi\nassistant: ")]
+    assert backend.tokenizer is service.tokenizer
+
+
+# -- the teacher ------------------------------------------------------------------------------------
+
+
+def test_teacher_requests_use_a_base_model_client_with_prompt_logprobs() -> None:
+    backend, service = make()
+    seqs = [[11, 12, 13, 14], [20, 21, 22]]
+    out = backend.topk_logprobs(seqs, k=3, from_position=[2, 1])
+    assert service.requests[-1] == ("create_sampling_client", {"model_path": None, "base_model": MODEL})
+    base = service.sampling_clients[0]
+    assert len(base.requests) == 2
+    for request, seq in zip(base.requests, seqs, strict=True):
+        assert request["prompt"].to_ints() == seq
+        assert request["num_samples"] == 1
+        assert request["sampling_params"] == types.SamplingParams(max_tokens=1)
+        assert request["include_prompt_logprobs"] is True
+        assert request["topk_prompt_logprobs"] == 3
+        assert "prompt_logprobs_last_n" not in request
+    # row i is the top-k of p(. | s[:i]); the fake names s[i] + j at row i
+    assert out[0].token_ids == [[13, 14, 15], [14, 15, 16]]
+    assert out[1].token_ids == [[21, 22, 23], [22, 23, 24]]
+    assert all(len(row) == 3 for r in out for row in r.logprobs)
+    assert service.training_clients[0].samplers == []  # the teacher is the frozen base model
+
+
+def test_teacher_requests_go_out_concurrently_within_the_window() -> None:
+    backend, service = make()
+    backend.topk_logprobs([[11, 12]] * 4, k=2, from_position=1)
+    events = [e[0] for e in service.log if e[1] == "sample:base"]
+    assert events == ["submit"] * 4 + ["result"] * 4
+    backend, service = make(teacher_concurrency=2)
+    backend.topk_logprobs([[11, 12]] * 4, k=2, from_position=1)
+    events = [e[0] for e in service.log if e[1] == "sample:base"]
+    assert events == ["submit", "submit", "result", "submit", "result", "submit", "result", "result"]
+
+
+def test_teacher_suffix_only_and_empty_ranges() -> None:
+    backend, service = make(teacher_suffix_only=True)
+    out = backend.topk_logprobs([[11, 12, 13, 14], [15, 16]], k=2, from_position=[3, 2])
+    assert [r["prompt_logprobs_last_n"] for r in service.sampling_clients[0].requests] == [1]
+    assert out[0].token_ids == [[14, 15]] and out[1].token_ids == [] and out[1].logprobs == []
+    with pytest.raises(ValueError, match="from_position"):
+        backend.topk_logprobs([[11, 12]], k=2, from_position=0)
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def test_forward_backward_requests_real_datums_and_returns_the_loss_sum() -> None:
+    backend, service = make()
+    result = backend.forward_backward([distill_datum(), sft_datum()], "cross_entropy")
+    assert isinstance(result, ForwardBackwardResult)
+    method, request = service.training_clients[0].requests[-1]
+    assert method == "forward_backward"
+    assert request["loss_fn"] == "cross_entropy" and request["loss_fn_config"] is None
+    data = request["data"]
+    assert all(isinstance(d, types.Datum) for d in data)
+    assert data[0].loss_fn_inputs["target_tokens"].shape == [3, 4]
+    assert data[0].loss_fn_inputs["target_tokens"].dtype == "int64"
+    assert data[0].loss_fn_inputs["weights"].shape == [3, 4]
+    assert data[0].loss_fn_inputs["weights"].dtype == "float32"
+    assert data[1].loss_fn_inputs["target_tokens"].shape == [3]
+    assert result.loss_sum == pytest.approx(0.25 * 4 + 1.0 + 2.0)
+    assert result.metrics["loss:sum"] == pytest.approx(result.loss_sum)
+
+
+@pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo"])
+def test_rl_losses_pass_their_name_and_config(loss_fn: str) -> None:
+    backend, service = make()
+    datum = Datum(input_tokens=[11, 12], target_tokens=[12, 13], weights=[1, 1], logprobs=[-1, -2], advantages=[1, 1])
+    config = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2} if loss_fn == "ppo" else None
+    backend.forward_backward([datum], loss_fn, config)  # type: ignore[arg-type]
+    _, request = service.training_clients[0].requests[-1]
+    assert request["loss_fn"] == loss_fn and request["loss_fn_config"] == config
+    assert set(request["data"][0].loss_fn_inputs) == {"target_tokens", "weights", "logprobs", "advantages"}
+    with pytest.raises(ValueError, match="unknown loss"):
+        backend.forward_backward([datum], "dpo")  # type: ignore[arg-type]
+
+
+def test_optim_step_is_submitted_before_waiting_for_forward_backward() -> None:
+    backend, service = make()
+    result = backend.forward_backward([sft_datum()], "cross_entropy")
+    assert isinstance(result, PendingForwardBackwardResult) and not result.resolved
+    metrics = backend.optim_step(2e-4, weight_decay=0.01, grad_clip=1.0)
+    training_events = [e for e in service.log if e[1] in ("forward_backward", "optim_step")]
+    assert training_events == [
+        ("submit", "forward_backward"),
+        ("submit", "optim_step"),
+        ("result", "forward_backward"),
+        ("result", "optim_step"),
+    ]
+    assert result.resolved and result.loss_sum == pytest.approx(2.0)
+    _, request = service.training_clients[0].requests[-1]
+    adam = request["params"]
+    assert isinstance(adam, types.AdamParams)
+    assert (adam.learning_rate, adam.beta1, adam.beta2, adam.eps) == (2e-4, 0.9, 0.95, 1e-8)
+    assert (adam.weight_decay, adam.grad_clip_norm) == (0.01, 1.0)
+    assert metrics == {"optim/lr": 2e-4}
+
+
+def test_forward_backward_and_optim_step_in_one_call() -> None:
+    backend, service = make(pipeline_optim_step=False)
+    result, metrics = backend.forward_backward_and_optim_step(
+        [sft_datum()], "cross_entropy", learning_rate=1e-4, grad_clip=None
+    )
+    assert result.loss_sum == pytest.approx(2.0) and metrics == {"optim/lr": 1e-4}
+    assert [e for e in service.log if e[1] in ("forward_backward", "optim_step")][:2] == [
+        ("submit", "forward_backward"),
+        ("submit", "optim_step"),
+    ]
+    assert service.training_clients[0].requests[-1][1]["params"].grad_clip_norm == 0.0
+
+
+def test_without_pipelining_forward_backward_waits_for_its_result() -> None:
+    backend, service = make(pipeline_optim_step=False)
+    result = backend.forward_backward([sft_datum()], "cross_entropy")
+    assert type(result) is ForwardBackwardResult
+    assert service.log[-1] == ("result", "forward_backward")
+
+
+# -- retries and errors -----------------------------------------------------------------------------
+
+
+def test_transient_errors_are_retried_with_backoff_then_succeed() -> None:
+    faults = Faults(
+        fail_submit={
+            "create_lora_training_client": [tinker.APIConnectionError(request=httpx.Request("GET", "http://x"))]
+        },
+        fail_result={"sample": [_server_error(503), _server_error(429)]},
+    )
+    backend, service = make(faults=faults)
+    assert len(service.training_clients) == 1
+    out = backend.topk_logprobs([[11, 12, 13]], k=2, from_position=1)
+    assert out[0].token_ids == [[12, 13], [13, 14]]
+    assert len(service.sampling_clients[0].requests) == 3  # one request, resubmitted twice
+    assert backend.sleeps == [0.5, 0.5, 1.0]  # type: ignore[attr-defined]
+
+
+def test_a_request_that_could_not_be_submitted_is_resubmitted() -> None:
+    faults = Faults(fail_submit={"sample": [ConnectionError("reset")]}, fail_result={"sample": [_server_error(503)]})
+    backend, service = make(faults=faults)
+    out = backend.sample([[11], [12]])
+    assert [[s.text for s in group] for group in out] == [["ok0"], ["ok0"]]
+    requests = service.training_clients[0].samplers[0].requests
+    # [11] failed to submit and [12]'s result failed: each is retried on its own, in order
+    assert [r["prompt"].to_ints() for r in requests] == [[12], [11], [12]]
+    assert backend.sleeps == [0.5, 0.5]  # type: ignore[attr-defined]
+
+
+def test_retries_are_bounded_then_one_clear_error() -> None:
+    faults = Faults(fail_result={"sample": [_server_error(502)] * 10})
+    backend, _ = make(faults=faults, max_retries=3)
+    with pytest.raises(EvsysError) as info:
+        backend.sample([[11]])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "sample from the policy failed after 4 attempts" in message
+    assert "InternalServerError: status 502" in message
+    assert backend.sleeps == [0.5, 1.0, 2.0]  # type: ignore[attr-defined]
+
+
+def test_retries_stop_at_the_total_time_bound() -> None:
+    faults = Faults(fail_result={"sample": [_server_error(500)] * 10})
+    backend, _ = make(faults=faults, max_retries=10, retry_total_s=2.0)
+    with pytest.raises(EvsysError, match="failed after 3 attempts"):
+        backend.sample([[11]])
+    assert backend.sleeps == [0.5, 1.0]  # a third wait (2s) would pass the 2s bound  # type: ignore[attr-defined]
+
+
+def test_a_non_transient_error_is_not_retried() -> None:
+    backend, _ = make(faults=Faults(fail_result={"sample": [_bad_request()]}))
+    with pytest.raises(EvsysError, match=r"^Tinker: sample from the policy failed: BadRequestError: bad datum$"):
+        backend.sample([[11]])
+    assert backend.sleeps == []  # type: ignore[attr-defined]
+
+
+def test_weight_changing_requests_retry_submission_but_never_a_result() -> None:
+    faults = Faults(fail_submit={"forward_backward": [_server_error(503)]})
+    backend, service = make(faults=faults)
+    backend.forward_backward([sft_datum()], "cross_entropy")
+    backend.optim_step(1e-4)
+    assert [m for m, _ in service.training_clients[0].requests] == ["forward_backward", "optim_step"]
+
+    backend, service = make(faults=Faults(fail_result={"forward_backward": [_server_error(503)]}))
+    result = backend.forward_backward([sft_datum()], "cross_entropy")
+    with pytest.raises(EvsysError, match=r"forward_backward \(cross_entropy\) failed: .*resume the run"):
+        backend.optim_step(1e-4)
+    assert [m for m, _ in service.training_clients[0].requests] == ["forward_backward", "optim_step"]
+    with pytest.raises(EvsysError):
+        _ = result.loss_sum
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def test_checkpoints_are_saved_recorded_and_resumed(tmp_path: Path) -> None:
+    backend, service = make(tmp_path, checkpoint_ttl_s=7200)
+    backend.sample([[11]])
+    path = backend.save_checkpoint("step-000002")
+    assert path == "tinker://run-1/weights/step-000002"
+    assert service.training_clients[0].requests[-1] == ("save_state", {"name": "step-000002", "ttl_seconds": 7200})
+    backend.load_checkpoint(path)
+    assert service.requests[-1] == ("create_training_client_from_state_with_optimizer", {"path": path})
+    resumed = service.training_clients[1]
+    backend.forward_backward([sft_datum()], "cross_entropy")
+    backend.optim_step(1e-4)
+    assert [m for m, _ in resumed.requests] == ["forward_backward", "optim_step"]
+    backend.sample([[11]])
+    assert len(resumed.samplers) == 1  # the sampler follows the resumed weights
+    backend.load_checkpoint("step-000002")  # a name recorded in the run dir
+    rows = [json.loads(line) for line in (tmp_path / CHECKPOINTS_FILE).read_text().splitlines()]
+    assert [(r["event"], r["path"]) for r in rows] == [("save", path), ("load", path), ("load", path)]
+    assert rows[0]["name"] == "step-000002" and rows[0]["model"] == MODEL
+    with pytest.raises(EvsysError, match="not a tinker:// path"):
+        backend.load_checkpoint("nope")
+
+
+def test_save_waits_for_pending_results_first(tmp_path: Path) -> None:
+    backend, service = make(tmp_path)
+    backend.forward_backward([sft_datum()], "cross_entropy")
+    backend.save_checkpoint("mid")
+    order = [e for e in service.log if e[1] in ("forward_backward", "save_state")]
+    assert order == [
+        ("submit", "forward_backward"),
+        ("result", "forward_backward"),
+        ("submit", "save_state"),
+        ("result", "save_state"),
+    ]
+
+
+def test_close_resolves_pending_work_and_leaves_an_injected_service_open() -> None:
+    backend, service = make()
+    backend.forward_backward([sft_datum()], "cross_entropy")
+    backend.close()
+    backend.close()
+    assert service.log[-1] == ("result", "forward_backward")
+    assert service.closed == []

@@ -1,0 +1,169 @@
+"""``evsys-verify TASKS PREDICTIONS --metrics pass@1,maj@4``: score predictions without any training stack.
+
+TASKS is a ``tasks.jsonl`` or a benchmark directory holding one. PREDICTIONS is a JSONL file of
+rows with a ``task_id`` (or ``id``) and an ``answer`` (or ``output`` / ``completion`` / ``response``);
+several rows for one task are several samples, ordered by ``sample_index`` when given, else by line.
+The tasks file is checked as ``evsys validate --deep`` does (unknown verifier kinds, functions or
+options fail before anything is scored). Prints the metrics as one JSON line, then a table.
+Exit status: 0 scored, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from evsys.schema.errors import DataError, EvsysError, Location, Problem
+
+__all__ = ["main", "read_predictions"]
+
+ANSWER_KEYS = ("answer", "output", "completion", "response", "prediction")
+
+
+def read_predictions(path: str | Path) -> dict[str, list[tuple[int, int, str]]]:
+    """Predictions by task id: ``(sample_index, line, answer)`` tuples; bad lines raise :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(Problem("predictions file not found", Location(str(path))))
+    problems: list[Problem] = []
+    by_task: dict[str, list[tuple[int, int, str]]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = Location(str(path), number)
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                problems.append(Problem(f"invalid JSON: {exc}", where))
+                continue
+            if not isinstance(row, dict):
+                problems.append(Problem("a prediction must be a JSON object", where))
+                continue
+            task_id = row.get("task_id", row.get("id"))
+            if task_id is None or isinstance(task_id, (dict, list, bool)):
+                problems.append(Problem("a prediction needs a 'task_id' (or 'id')", where, "task_id"))
+                continue
+            key = next((k for k in ANSWER_KEYS if k in row), None)
+            if key is None or row[key] is None:
+                problems.append(Problem("a prediction needs an 'answer'", where, "answer"))
+                continue
+            answer = row[key] if isinstance(row[key], str) else json.dumps(row[key])
+            index = row.get("sample_index")
+            order = index if isinstance(index, int) and not isinstance(index, bool) else 1 << 62
+            by_task.setdefault(str(task_id), []).append((order, number, answer))
+            if len(problems) >= 50:
+                break
+    if problems:
+        raise DataError(problems)
+    return by_task
+
+
+def _table(metrics: dict[str, float | None]) -> str:
+    width = max([len("metric"), *(len(name) for name in metrics)])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for name, value in metrics.items():
+        text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+        lines.append(f"{name:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evsys-verify",
+        description="Score model predictions against benchmark tasks and print metrics (JSON, then a table).",
+    )
+    parser.add_argument("tasks", help="tasks.jsonl, or a benchmark directory holding one")
+    parser.add_argument("predictions", help="JSONL rows with task_id and answer; several rows per task = samples")
+    parser.add_argument(
+        "--metrics", default="pass@1", help="comma-separated metrics, e.g. pass@1,maj@4 (default pass@1)"
+    )
+    parser.add_argument("--output", "-o", help="write scored prediction rows (JSONL) here")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="threads for subprocess verifiers (default: CPU cores)"
+    )
+    parser.add_argument("--format", choices=("both", "json", "table"), default="both", help="what to print")
+    parser.add_argument("--strict", action="store_true", help="a task without predictions is an error")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, score, print; returns the JSON summary. Raises :class:`EvsysError` on bad input."""
+    args = _parser().parse_args(argv)
+    from evsys.verifiers.scoring import _resolve_registry, score_tasks
+    from evsys.verifiers.tasks import TASKS_FILE, check_tasks_file, load_benchmark_dir, load_tasks
+
+    registry = _resolve_registry(None)
+    tasks_path = Path(args.tasks)
+    if tasks_path.is_dir():
+        if not (tasks_path / TASKS_FILE).is_file():
+            load_benchmark_dir(tasks_path)  # raises: the directory has no tasks.jsonl
+        tasks_path = tasks_path / TASKS_FILE
+    problems = check_tasks_file(tasks_path, registry)
+    if problems:  # bad rows, unknown verifier kinds / functions / options: fail before scoring anything
+        raise DataError(problems)
+    tasks = load_tasks(tasks_path)
+    by_task = read_predictions(args.predictions)
+    known = {task.resolved_id for task in tasks}
+    unknown = [(rows[0][1], task_id) for task_id, rows in by_task.items() if task_id not in known]
+    if unknown:
+        raise DataError(
+            [
+                Problem(f"unknown task_id '{task_id}'", Location(args.predictions, line), "task_id")
+                for line, task_id in sorted(unknown)[:50]
+            ]
+        )
+    missing = [task.resolved_id for task in tasks if task.resolved_id not in by_task]
+    if missing and args.strict:
+        raise DataError(
+            [Problem(f"task '{task_id}' has no predictions", Location(args.predictions)) for task_id in missing[:50]]
+        )
+    if missing:
+        print(
+            f"evsys-verify: warning: {len(missing)} of {len(tasks)} tasks have no predictions and are left out",
+            file=sys.stderr,
+        )
+    scored = [task for task in tasks if task.resolved_id in by_task]
+    answers = [[answer for _, _, answer in sorted(by_task[task.resolved_id])] for task in scored]
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    result = score_tasks(scored, answers, metrics, registry=registry, max_workers=args.workers)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            for row in result.predictions:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary = {
+        "metrics": result.metrics,
+        "tasks": len(scored),
+        "samples": sum(len(a) for a in answers),
+        "errors": result.errors,
+    }
+    if args.format in ("both", "json"):
+        print(json.dumps(summary))
+    if args.format == "both":
+        print()
+    if args.format in ("both", "table"):
+        print(_table(result.metrics))
+        print(f"\n{summary['tasks']} tasks, {summary['samples']} samples, {summary['errors']} verifier errors")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``evsys-verify``; returns the exit status."""
+    try:
+        run(argv)
+    except EvsysError as exc:
+        for problem in exc.problems:
+            print(f"evsys-verify: {problem.format()}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"evsys-verify: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

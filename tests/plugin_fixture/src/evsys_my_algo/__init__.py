@@ -1,0 +1,1 @@
+"""evsys_my_algo: an example third-party EvSys plugin (algorithm ``my_algo``)."""

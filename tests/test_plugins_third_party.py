@@ -1,0 +1,249 @@
+"""A third-party plugin package, discovered through its entry point as pip would install it.
+
+``tests/plugin_fixture`` is a real package (pyproject.toml with ``[project.entry-points.evsys]``).
+Installing it with pip would build a wheel and write ``<name>-<version>.dist-info`` with METADATA
+and entry_points.txt into site-packages; :func:`install_dist` writes that same dist-info (from the
+fixture's own pyproject.toml) into a temporary directory put on ``sys.path``, so
+``importlib.metadata`` finds it exactly as it finds an installed package, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evsys.cli.main import main
+from evsys.schema.errors import PluginError
+from evsys.schema.plugins import DISABLE_AUTOLOAD_ENV, build_registry, reset_default_registry
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+FIXTURE = Path(__file__).parent / "plugin_fixture"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def install_dist(site: Path, name: str, version: str, entry_points: dict[str, str]) -> Path:
+    """Write ``<name>-<version>.dist-info`` (METADATA, entry_points.txt, RECORD) into ``site``."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    lines = ["[evsys]", *(f"{key} = {value}" for key, value in entry_points.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (info / "RECORD").write_text("", encoding="utf-8")
+    return info
+
+
+def install_fixture(site: Path) -> None:
+    """Install tests/plugin_fixture into ``site`` from its pyproject.toml (metadata + a .pth-like path entry)."""
+    project = tomllib.loads((FIXTURE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    install_dist(site, project["name"], project["version"], project["entry-points"]["evsys"])
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A site directory on sys.path holding the fixture plugin; the process registry is rebuilt around the test."""
+    directory = tmp_path / "site"
+    directory.mkdir()
+    install_fixture(directory)
+    monkeypatch.syspath_prepend(str(FIXTURE / "src"))
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    reset_default_registry()
+    yield directory
+    reset_default_registry()
+    for module in [
+        m for m in sys.modules if m.startswith(("evsys_my_algo", "evsys_dup_plugin", "evsys_broken_plugin"))
+    ]:
+        del sys.modules[module]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_config(path: Path, params: str) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            """\
+            model: {name: smollm2-135m-instruct}
+            backend: {kind: local}
+            algorithm:
+              kind: my_algo
+              params:
+            """
+        )
+        + textwrap.indent(textwrap.dedent(params), "    ")
+        + "data: {path: train.jsonl}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_plugins_lists_the_third_party_algorithm(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["plugins", "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    mine = [p for p in report["plugins"] if p["name"] == "my_algo"]
+    assert mine == [
+        {
+            "kind": "algorithm",
+            "name": "my_algo",
+            "distribution": "evsys-my-algo",
+            "version": "0.3.1",
+            "description": "An example third-party algorithm.",
+            "target": "evsys_my_algo.algorithm:MyAlgo",
+        }
+    ]
+    code, out, _ = run_cli(["plugins"], capsys)
+    assert code == 0
+    line = next(line for line in out.splitlines() if " my_algo " in line)
+    assert line.split()[:4] == ["algorithm", "my_algo", "evsys-my-algo", "0.3.1"]
+
+
+def test_schema_composes_the_third_party_params(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["schema"], capsys)
+    assert code == 0
+    schema = json.loads(out)
+    definitions = schema["definitions"]
+    assert "my_algo" in definitions["AlgorithmSpec"]["properties"]["kind"]["enum"]
+    params = definitions["algorithm.my_algo.params"]
+    assert params["properties"]["beam_width"]["maximum"] == 64
+    assert params["properties"]["learning_rate"]["description"] == "AdamW learning rate."
+    branch = next(
+        b for b in definitions["AlgorithmSpec"]["allOf"] if b["if"]["properties"]["kind"]["const"] == "my_algo"
+    )
+    assert branch["then"]["properties"]["params"] == {"$ref": "#/definitions/algorithm.my_algo.params"}
+
+
+def test_validate_checks_the_third_party_params(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / "good.yaml", "learning_rate: 1e-4\nmax_steps: 3\nbeam_width: 8\n")
+    code, out, err = run_cli(["validate", "good.yaml"], capsys)
+    assert (code, err) == (0, "")
+    assert out == "OK: good.yaml (algorithm my_algo, backend local, 3 steps)\n"
+
+    write_config(tmp_path / "bad.yaml", "learning_rate: 1e-4\nmax_steps: 3\nbeam_widht: 100\ntemperature: 0\n")
+    code, out, err = run_cli(["validate", "bad.yaml"], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        "bad.yaml:8:5: algorithm.params.beam_widht: unknown key 'beam_widht' (did you mean 'beam_width'?)",
+        "bad.yaml:9:5: algorithm.params.temperature: Input should be greater than 0",
+        "FAILED: bad.yaml (2 errors)",
+    ]
+
+    (tmp_path / "train.jsonl").write_text('{"inputs": {"q": "hi"}, "expected": "x"}\n', encoding="utf-8")
+    write_config(tmp_path / "tmpl.yaml", "learning_rate: 1e-4\nmax_steps: 3\nprompt_template: '{question}'\n")
+    monkeypatch.setenv("EVSYS_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = run_cli(["validate", "tmpl.yaml", "--deep"], capsys)
+    assert code == 1
+    assert "train.jsonl:1: inputs: template placeholder {question} is not a key of inputs (keys: q)" in err.splitlines()
+
+
+def test_fixture_is_found_by_a_fresh_interpreter(site: Path) -> None:
+    """The same discovery in a subprocess: nothing in-process is involved."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(FIXTURE / "src")])}
+    env.pop(DISABLE_AUTOLOAD_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "evsys.cli.main", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    names = {(p["kind"], p["name"], p["distribution"]) for p in json.loads(done.stdout)["plugins"]}
+    assert ("algorithm", "my_algo", "evsys-my-algo") in names
+
+
+def test_duplicate_name_names_both_packages(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (site / "evsys_dup_plugin.py").write_text(
+        textwrap.dedent(
+            """\
+            from evsys.schema.plugins import hookimpl
+            from evsys.schema.params import TrainingParams
+            from evsys.schema.rows import PromptExample
+
+            @hookimpl
+            def evsys_register_algorithms(registry):
+                registry.register("my_algo", "evsys_dup_plugin:X", params=TrainingParams, row_models=(PromptExample,))
+            """
+        ),
+        encoding="utf-8",
+    )
+    install_dist(site, "evsys-dup-plugin", "1.0", {"dup": "evsys_dup_plugin"})
+    code, _, err = run_cli(["plugins"], capsys)
+    assert code == 1
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("algorithm 'my_algo' is registered twice: by ")
+    assert "evsys-my-algo" in lines[0] and "evsys-dup-plugin" in lines[0]
+
+
+def test_duplicate_name_in_process_plugins() -> None:
+    import types
+
+    from evsys.schema.params import TrainingParams
+    from evsys.schema.plugins import hookimpl
+    from evsys.schema.rows import PromptExample
+
+    def make() -> types.ModuleType:
+        module = types.ModuleType("dup")
+
+        @hookimpl
+        def evsys_register_algorithms(registry):  # type: ignore[no-untyped-def]
+            registry.register("twin", "dup:X", params=TrainingParams, row_models=(PromptExample,))
+
+        module.evsys_register_algorithms = evsys_register_algorithms  # type: ignore[attr-defined]
+        return module
+
+    with pytest.raises(PluginError) as caught:
+        build_registry(plugins=[("pkg-a", make()), ("pkg-b", make())], autoload=False)
+    message = str(caught.value)
+    assert message in (
+        "algorithm 'twin' is registered twice: by pkg-a and by pkg-b",
+        "algorithm 'twin' is registered twice: by pkg-b and by pkg-a",
+    )
+
+
+def test_broken_plugin_is_listed_and_does_not_break_the_others(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (site / "evsys_broken_plugin.py").write_text("import a_module_that_does_not_exist\n", encoding="utf-8")
+    install_dist(site, "evsys-broken-plugin", "0.0.1", {"broken": "evsys_broken_plugin"})
+    code, out, err = run_cli(["plugins", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert {
+        "name": "broken",
+        "distribution": "evsys-broken-plugin",
+        "version": "0.0.1",
+        "error": "ModuleNotFoundError: No module named 'a_module_that_does_not_exist'",
+    } in report["broken"]
+    assert any(p["name"] == "my_algo" for p in report["plugins"])
+    code, out, err = run_cli(["plugins"], capsys)
+    assert code == 0
+    table, broken = out.split("\nBroken plugins (", 1)
+    assert " my_algo " in table
+    assert broken.split(")", 1)[1].startswith(": their names are not registered\nNAME ")
+    assert any(line.split()[:3] == ["broken", "evsys-broken-plugin", "0.0.1"] for line in broken.splitlines())
+
+
+def test_disable_autoload(site: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    reset_default_registry()
+    code, out, _ = run_cli(["plugins", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out) == {"plugins": [], "broken": []}
+    code, out, _ = run_cli(["plugins"], capsys)
+    assert out == "No plugins registered.\n"
