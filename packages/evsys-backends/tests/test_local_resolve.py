@@ -96,7 +96,7 @@ def test_hf_home_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_unknown_alias_suggests_the_bundled_one(hub_cache: Path) -> None:
     text = one_line(check_model_name("smollm2-135m", None))
-    assert "not a local directory and not in the Hugging Face cache" in text
+    assert "is not a known alias (smollm2-135m-instruct), a local directory, nor in the Hugging Face cache" in text
     assert "did you mean 'smollm2-135m-instruct'" in text
     with pytest.raises(EvsysError, match="smollm2-135m"):
         resolve_model_dir("smollm2-135m")

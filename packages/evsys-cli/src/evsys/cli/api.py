@@ -29,6 +29,8 @@ class RunResult:
     logs: Path
     run_dir: Path
     error: str | None = None
+    exit_code: int = 0
+    resumed_from_step: int = 0
 
     def __str__(self) -> str:
         lines = [
@@ -47,11 +49,15 @@ def run(
     registry: PluginRegistry | None = None,
     callbacks: Sequence[Callback] = (),
     overwrite: bool = False,
+    resume: bool = False,
 ) -> RunResult:
     """Validate ``config`` (a path or an already validated config) and run it.
 
+    ``resume=True`` continues the run directory's last complete checkpoint (see docs/reliability.md);
+    ``overwrite=True`` replaces an earlier run; without either, an existing run directory is an error.
     User mistakes raise :class:`evsys.schema.errors.EvsysError` before training starts; a failure
-    during training is re-raised after ``summary.md`` records it.
+    during training is re-raised after ``summary.md`` records it. SIGINT / SIGTERM stop the run after
+    the current step with a checkpoint: the result's status is ``interrupted`` and ``exit_code`` 130 / 143.
     """
     registry = registry or default_registry()
     if isinstance(config, (str, Path)):
@@ -60,6 +66,6 @@ def run(
         validated = config
     else:
         raise ConfigError(Problem(f"run() takes a config path, got {type(config).__name__}"))
-    runner = Runner(validated, registry, extra_callbacks=callbacks, overwrite=overwrite)
+    runner = Runner(validated, registry, extra_callbacks=callbacks, overwrite=overwrite, resume=resume)
     status, metrics, error = runner.run()
-    return RunResult(status, metrics, runner.output_dir, runner.run_dir, error)
+    return RunResult(status, metrics, runner.output_dir, runner.run_dir, error, runner.exit_code, runner.resumed_from_step)

@@ -1,10 +1,16 @@
 """The run loop: build the backend, algorithm and callbacks a config names, train, score benchmarks.
 
 Everything is reached through the plugin registry; nothing here knows a backend or algorithm by name.
+Reliability (docs/reliability.md): a checkpoint every ``save_every`` steps, on an interrupt and at
+the end, each recorded in ``checkpoints/latest`` only once complete (:mod:`evsys.cli.resume`);
+``--resume`` continues from it; SIGINT / SIGTERM stop after the current step
+(:mod:`evsys.cli.interrupts`); the run directory is checked before the model loads
+(:mod:`evsys.cli.rundir`).
 """
 
 from __future__ import annotations
 
+import errno
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -14,12 +20,46 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from evsys.cli.interrupts import InterruptGuard
+from evsys.cli.resume import (
+    FINAL_NAME,
+    ResumePoint,
+    python_random_state,
+    read_latest,
+    remove_stale_temporaries,
+    restore_python_random,
+    step_name,
+    write_latest,
+)
+from evsys.cli.rundir import (
+    check_run_dir,
+    clear_outputs,
+    config_snapshot,
+    prepare_run_dir,
+    read_snapshot,
+    refuse_existing,
+    resume_conflicts,
+    write_snapshot,
+)
 from evsys.data.examples import load_examples
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
 from evsys.schema.protocols import Backend, BackendSetup, Callback, EvalResult, RunContext
 from evsys.schema.registry import PluginRegistry
 from evsys.schema.rows import TaskRow
 from evsys.schema.validation import ValidatedConfig
+
+__all__ = [
+    "LoadedBenchmark",
+    "Runner",
+    "batches",
+    "build_backend",
+    "build_callbacks",
+    "check_run_dir",
+    "evaluate",
+    "load_benchmarks",
+    "load_training_examples",
+    "total_steps",
+]
 
 EVAL_BATCH_SIZE = 16
 
@@ -44,6 +84,7 @@ class RunState:
 
     step: int = 0
     final_metrics: dict[str, float | None] = field(default_factory=dict)
+    last_checkpoint: ResumePoint | None = None
 
 
 def template_checks(validated: ValidatedConfig, registry: PluginRegistry) -> dict[str, frozenset[str]]:
@@ -168,82 +209,240 @@ def total_steps(algorithm: Any, params: BaseModel, num_examples: int) -> int:
     return int(params.max_steps)
 
 
-def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to write into a run directory that already holds a run, unless told to overwrite."""
-    if (run_dir / "metrics.jsonl").exists() and not overwrite:
-        raise ConfigError(
-            Problem(
-                "run directory already holds a run; pass --overwrite to replace it (or change 'name')",
-                Location(str(run_dir)),
-            )
-        )
-    if overwrite:
-        for name in ("metrics.jsonl", "summary.md"):
-            (run_dir / name).unlink(missing_ok=True)
-        predictions = run_dir / "predictions"
-        if predictions.is_dir():
-            for file in predictions.glob("*.jsonl"):
-                file.unlink()
+
+#: errno values that mean "the environment refused a write", reported as one line, not a traceback
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.ENOENT})
+
+
+def callback_key(index: int, callback: Callback) -> str:
+    """The key of a callback's state in the resume point: its position and class."""
+    return f"{index}:{type(callback).__name__}"
+
+
+def _call_quietly(errors: list[BaseException], method: Any, *args: Any) -> None:
+    """Call ``method``; remember an exception instead of letting it hide the run's own outcome."""
+    try:
+        method(*args)
+    except Exception as exc:
+        errors.append(exc)
+
+
+def describe_write_error(exc: OSError) -> str:
+    """``cannot write <file>: No space left on device``."""
+    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"cannot write{where}: {exc.strerror or exc}"
 
 
 class Runner:
-    """Runs one validated config to completion (or failure), notifying callbacks on the way."""
+    """Runs one validated config to completion, interruption or failure, notifying callbacks on the way.
 
-    def __init__(self, validated: ValidatedConfig, registry: PluginRegistry, *, extra_callbacks: Sequence[Callback] = (), overwrite: bool = False) -> None:
+    ``resume=True`` continues from ``checkpoints/latest`` of the run directory (from the start when
+    there is none, setting aside what an earlier attempt wrote); ``overwrite=True`` replaces an
+    earlier run. After :meth:`run`, ``exit_code`` is 0 (completed), 130 or 143 (interrupted by
+    SIGINT / SIGTERM), and ``resumed_from_step`` the step the run continued from.
+    """
+
+    def __init__(
+        self,
+        validated: ValidatedConfig,
+        registry: PluginRegistry,
+        *,
+        extra_callbacks: Sequence[Callback] = (),
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
         self.validated = validated
         self.registry = registry
         self.extra_callbacks = list(extra_callbacks)
         self.overwrite = overwrite
+        self.resume = resume
         config = validated.config
         self.output_dir = Path(config.output_dir)
         self.run_dir = self.output_dir / config.name
         self.state = RunState()
+        self.guard = InterruptGuard()
+        self.exit_code = 0
+        self.resumed_from_step = 0
+        self._data_state: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ before training
+
+    def _resume_point(self) -> ResumePoint | None:
+        """The checkpoint to continue from; a config that changed in a way resuming cannot take is an error."""
+        if not self.resume:
+            return None
+        old = read_snapshot(self.run_dir)
+        if old is not None:
+            problems = resume_conflicts(old, config_snapshot(self.validated), self.validated)
+            if problems:
+                raise ConfigError(problems)
+        return read_latest(self.run_dir)
+
+    def _check_data(self, point: ResumePoint | None, num_examples: int, batch_size: int, seed: int) -> None:
+        recorded = point.data if point is not None else {}
+        if recorded and recorded.get("num_examples") not in (None, num_examples):
+            raise ConfigError(
+                Problem(
+                    f"the training data changed since the checkpoint ({recorded['num_examples']} examples then, "
+                    f"{num_examples} now); resuming needs the same data",
+                    Location(self.validated.config.data.path),
+                )
+            )
+        self._data_state = {"num_examples": num_examples, "batch_size": batch_size, "seed": seed}
 
     def run(self) -> tuple[str, dict[str, float | None], str | None]:
-        """Train and evaluate; returns ``(status, final metrics, error)``. User errors before training raise."""
+        """Train and evaluate; returns ``(status, final metrics, error)``.
+
+        User errors (bad config, data, run directory) raise :class:`EvsysError` before the model
+        loads. A failure during training is recorded in ``summary.md`` and re-raised — as an
+        :class:`EvsysError` naming the file when the environment refused a write.
+        """
         validated, registry = self.validated, self.registry
         config = validated.config
         params = validated.algorithm_params
         seed = int(getattr(params, "seed", 0))
-        check_run_dir(self.run_dir, overwrite=self.overwrite)
+        refuse_existing(self.run_dir, overwrite=self.overwrite, resume=self.resume)
+        point = self._resume_point()
         examples = load_training_examples(validated, registry)
+        self._check_data(point, len(examples), int(getattr(params, "batch_size", 1)), seed)
         benchmarks = load_benchmarks(validated)
         algorithm_class = registry.get("algorithm", config.algorithm.kind).load()
         callbacks = build_callbacks(validated, registry, self.extra_callbacks)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(Problem(f"cannot create the run directory: {exc.strerror}", Location(str(self.run_dir)))) from None
-        backend = build_backend(validated, registry, self.run_dir)
+        if self.overwrite:
+            clear_outputs(self.run_dir)
+        prepare_run_dir(self.run_dir)
+        remove_stale_temporaries(self.run_dir)
+        write_snapshot(self.run_dir, config_snapshot(validated))
+        with self.guard:
+            return self._run(algorithm_class, examples, benchmarks, callbacks, point, seed)
+
+    def _run(
+        self,
+        algorithm_class: Any,
+        examples: list[BaseModel],
+        benchmarks: list[LoadedBenchmark],
+        callbacks: list[Callback],
+        point: ResumePoint | None,
+        seed: int,
+    ) -> tuple[str, dict[str, float | None], str | None]:
+        config, params = self.validated.config, self.validated.algorithm_params
+        backend = build_backend(self.validated, self.registry, self.run_dir)
         status, error = "completed", None
         try:
             algorithm = algorithm_class(params, backend, None)
             max_steps = total_steps(algorithm, params, len(examples))
-            context = RunContext(config.name, self.run_dir, self.output_dir, config, max_steps)
+            if point is not None and point.completed and point.step >= max_steps:
+                raise ConfigError(
+                    Problem(
+                        f"this run already completed all {point.step} steps; nothing to resume "
+                        "(raise max_steps to train further, or pass --overwrite to start again)",
+                        Location(str(self.run_dir)),
+                    )
+                )
+            start = self._restore(point, backend, algorithm, callbacks)
+            context = RunContext(config.name, self.run_dir, self.output_dir, config, max_steps, start)
             if hasattr(algorithm, "context"):
                 algorithm.context = context
             for callback in callbacks:
                 callback.on_run_start(context)
             try:
-                self._train(algorithm, backend, examples, benchmarks, callbacks, max_steps, seed)
+                status = self._train(algorithm, backend, examples, benchmarks, callbacks, max_steps, seed, start)
+                error = self.guard.reason if status == "interrupted" else None
             except KeyboardInterrupt:
                 status, error = "interrupted", "interrupted by the user"
                 raise
             except EvsysError as exc:
                 status, error = "failed", str(exc)
                 raise
+            except OSError as exc:
+                if exc.errno not in WRITE_ERRORS:
+                    status, error = "failed", f"{type(exc).__name__}: {exc}"
+                    raise
+                status, error = "failed", f"{describe_write_error(exc)}{self._kept()}"
+                raise EvsysError(Problem(f"{exc.strerror or exc}{self._kept()}", Location(str(exc.filename or self.run_dir)))) from None
             except Exception as exc:
                 status, error = "failed", f"{type(exc).__name__}: {exc}"
                 raise
             finally:
+                errors: list[BaseException] = []
                 for callback in callbacks:
-                    callback.on_run_end(status, dict(self.state.final_metrics), error)
+                    _call_quietly(errors, callback.on_run_end, status, dict(self.state.final_metrics), error)
+                if errors and status == "completed":
+                    raise self._end_error(errors[0])
         finally:
             backend.close()
+        self.exit_code = self.guard.exit_code if status == "interrupted" else 0
         return status, dict(self.state.final_metrics), error
+
+    def _end_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            return EvsysError(Problem(f"{exc.strerror or exc} (while finishing the run)", Location(str(exc.filename or self.run_dir))))
+        return exc
+
+    def _kept(self) -> str:
+        last = self.state.last_checkpoint
+        where = f"the checkpoint of step {last.step} is intact" if last is not None else "no checkpoint was completed yet"
+        return f"; rows up to step {self.state.step} are kept and {where}: fix the cause and rerun with --resume"
+
+    def _restore(self, point: ResumePoint | None, backend: Backend, algorithm: Any, callbacks: list[Callback]) -> int:
+        """Load ``point`` into the backend, algorithm and callbacks; returns the step to continue after."""
+        if self.resume:
+            saved = point.callbacks if point is not None else {}
+            for index, callback in enumerate(callbacks):
+                load = getattr(callback, "load_state_dict", None)
+                if callable(load):
+                    load(dict(saved.get(callback_key(index, callback), {})))
+        if point is None:
+            return 0
+        backend.load_checkpoint(point.checkpoint)
+        load_algorithm = getattr(algorithm, "load_state_dict", None)
+        if callable(load_algorithm):
+            load_algorithm(point.algorithm)
+        restore_python_random(point.python_random)
+        self.state.step = point.step
+        self.state.final_metrics = dict(point.final_metrics)
+        self.state.last_checkpoint = point
+        self.resumed_from_step = point.step
+        return point.step
+
+    # ------------------------------------------------------------------ training
 
     def _record(self, metrics: dict[str, float | None]) -> None:
         self.state.final_metrics.update(metrics)
+
+    def _checkpoint(self, backend: Backend, algorithm: Any, callbacks: list[Callback], name: str, *, completed: bool = False, reuse: str | None = None) -> None:
+        """Save a checkpoint (unless ``reuse`` names one of this step), then point ``latest`` at it."""
+        step = self.state.step
+        if reuse is None:
+            try:
+                reuse = backend.save_checkpoint(name)
+            except EvsysError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+                    raise
+                raise EvsysError(
+                    Problem(f"could not save checkpoint '{name}': {type(exc).__name__}: {exc}{self._kept()}", Location(str(self.run_dir)))
+                ) from None
+        states: dict[str, dict[str, Any]] = {}
+        for index, callback in enumerate(callbacks):
+            get_state = getattr(callback, "state_dict", None)
+            if callable(get_state):
+                states[callback_key(index, callback)] = dict(get_state())
+        get_algorithm_state = getattr(algorithm, "state_dict", None)
+        point = ResumePoint(
+            step=step,
+            name=name,
+            checkpoint=str(reuse),
+            completed=completed,
+            final_metrics=dict(self.state.final_metrics),
+            algorithm=dict(get_algorithm_state()) if callable(get_algorithm_state) else {},
+            callbacks=states,
+            data=dict(self._data_state),
+            python_random=python_random_state(),
+        )
+        write_latest(self.run_dir, point)
+        self.state.last_checkpoint = point
 
     def _train(
         self,
@@ -254,12 +453,16 @@ class Runner:
         callbacks: list[Callback],
         max_steps: int,
         seed: int,
-    ) -> None:
+        start: int,
+    ) -> str:
+        """Steps ``start + 1 .. max_steps``, then the final benchmarks; returns 'completed' or 'interrupted'."""
         params = self.validated.algorithm_params
         batch_size = int(getattr(params, "batch_size", 1))
         save_every = getattr(params, "save_every", None)
-        stream = batches(examples, batch_size, seed)
-        for step in range(1, max_steps + 1):
+        stream = batches(examples, batch_size, seed, start_step=start)
+        for step in range(start + 1, max_steps + 1):
+            if self.guard.requested:
+                break
             started = time.perf_counter()
             metrics = dict(algorithm.train_step(next(stream), step))
             metrics.setdefault("train/step_seconds", time.perf_counter() - started)
@@ -271,13 +474,29 @@ class Runner:
                 if benchmark.run_every is not None and step % benchmark.run_every == 0:
                     self._evaluate(backend, benchmark, step, seed, callbacks)
             if save_every and step % save_every == 0 and step != max_steps:
-                backend.save_checkpoint(f"step_{step:06d}")
-        for benchmark in benchmarks:
-            if benchmark.run_every is None:
-                self._evaluate(backend, benchmark, max_steps, seed, callbacks)
-        backend.save_checkpoint("final")
+                self._checkpoint(backend, algorithm, callbacks, step_name(step))
+        last = self.state.last_checkpoint
+        if self.guard.requested and self.state.step < max_steps:
+            if self.state.step > 0 and (last is None or last.step != self.state.step):
+                self._checkpoint(backend, algorithm, callbacks, step_name(self.state.step))
+            return "interrupted"
+        if last is None or last.step != max_steps or last.name != FINAL_NAME:
+            self._checkpoint(backend, algorithm, callbacks, FINAL_NAME)
+        final = [b for b in benchmarks if b.run_every is None]
+        for benchmark in final:
+            if self.guard.requested:
+                return "interrupted"
+            self._evaluate(backend, benchmark, max_steps, seed, callbacks)
+        checkpoint = self.state.last_checkpoint
+        assert checkpoint is not None
+        self._checkpoint(backend, algorithm, callbacks, checkpoint.name, completed=True, reuse=checkpoint.checkpoint)
+        return "completed"
 
     def _evaluate(self, backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: list[Callback]) -> None:
+        for callback in callbacks:
+            announce = getattr(callback, "eval_started", None)
+            if callable(announce):
+                announce(benchmark.name, len(benchmark.tasks), step)
         result = evaluate(backend, benchmark, step, seed)
         self._record(result.metrics)
         for callback in callbacks:

@@ -1,13 +1,34 @@
-"""``console``: one progress line per step on stderr (step / max_steps, loss, last benchmark metric, elapsed, ETA)."""
+"""``console``: run progress on stderr — a live bar on a terminal, plain lines elsewhere.
+
+What is shown: step / max_steps, loss, the last benchmark metric, tokens per second, elapsed time
+and ETA. How it is shown depends on where stderr goes (the *mode*):
+
+- ``bar``: one line redrawn in place (``\\r``), when the stream is a terminal, ``CI`` is not set and
+  ``TERM`` is not ``dumb``. Benchmark results are printed above the bar as they arrive.
+- ``lines``: one plain line per step (every ``every`` steps, and always the last), one per benchmark
+  result, one at the end — for CI logs, pipes and files. Never a control character.
+- ``off``: nothing.
+
+``EVSYS_PROGRESS=bar|lines|off`` overrides the choice; ``evsys run --quiet`` turns progress off.
+No colour is ever printed, so ``NO_COLOR`` holds trivially.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from evsys.logging.params import ConsoleParams
 from evsys.schema.protocols import BaseCallback, EvalResult, RunContext
+
+Mode = Literal["bar", "lines", "off"]
+PROGRESS_ENV = "EVSYS_PROGRESS"
+#: metrics counting the tokens a step generated or trained on, first found wins (for tokens/s)
+TOKEN_METRICS = ("train/rollout_tokens", "train/answer_tokens", "train/tokens")
+BAR_WIDTH = 20
 
 
 def _clock(seconds: float) -> str:
@@ -17,31 +38,99 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-class ConsoleProgress(BaseCallback):
-    """Prints progress to a stream (stderr by default)."""
+def _value(value: float | None) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
-    def __init__(self, params: ConsoleParams | None = None, *, stream: IO[str] | None = None, **kwargs: Any) -> None:
+
+def choose_mode(stream: IO[str], environ: dict[str, str] | None = None) -> Mode:
+    """The progress mode for ``stream``: ``EVSYS_PROGRESS`` if set, else ``bar`` on an interactive terminal, else ``lines``."""
+    env = os.environ if environ is None else environ
+    forced = env.get(PROGRESS_ENV, "").strip().lower()
+    if forced in ("bar", "lines", "off"):
+        return forced  # type: ignore[return-value]
+    if env.get("CI", "").strip().lower() not in ("", "0", "false") or env.get("TERM") == "dumb":
+        return "lines"
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return "bar" if callable(isatty) and isatty() else "lines"
+    except ValueError:  # a closed stream
+        return "lines"
+
+
+def tokens_per_second(metrics: dict[str, float]) -> float | None:
+    """``train/rollout_tokens_per_s`` if the algorithm reports it, else tokens counted this step / step time."""
+    reported = metrics.get("train/rollout_tokens_per_s")
+    if reported is not None:
+        return float(reported)
+    seconds = metrics.get("train/step_seconds")
+    tokens = next((metrics[key] for key in TOKEN_METRICS if metrics.get(key) is not None), None)
+    if tokens is None or not seconds or seconds <= 0:
+        return None
+    return float(tokens) / float(seconds)
+
+
+class ConsoleProgress(BaseCallback):
+    """Prints run progress to a stream (stderr by default) as a live bar or as plain lines (see the module doc)."""
+
+    def __init__(
+        self,
+        params: ConsoleParams | None = None,
+        *,
+        stream: IO[str] | None = None,
+        mode: Mode | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(params or ConsoleParams(), **kwargs)
         self.params: ConsoleParams
         self._stream = stream or sys.stderr
+        self.mode: Mode = mode or choose_mode(self._stream)
         self._start = time.monotonic()
         self._first_step = 0
         self._max_steps = 0
         self._last_eval = ""
+        self._bar_shown = False
+        self._last_bar = ""
+
+    # ----------------------------------------------------------------- output
 
     def _print(self, text: str) -> None:
+        """Print a whole line (above the bar, which is redrawn after it)."""
+        if self.mode == "off":
+            return
+        if self.mode == "bar" and self._bar_shown:
+            self._stream.write("\r\x1b[2K")
         print(text, file=self._stream, flush=True)
+        if self.mode == "bar" and self._bar_shown:
+            self._bar_shown = bool(self._last_bar)
+            self._stream.write(self._last_bar)
+            self._stream.flush()
+
+    def _draw(self, text: str, *, keep: bool = True) -> None:
+        """Redraw the bar line in place, cut to the terminal's width; ``keep``: redraw it after printed lines."""
+        width = shutil.get_terminal_size((100, 20)).columns
+        text = text[: max(10, width - 1)]
+        self._stream.write("\r\x1b[2K" + text)
+        self._stream.flush()
+        self._bar_shown = True
+        if keep:
+            self._last_bar = text
+
+    def _end_bar(self) -> None:
+        if self.mode == "bar" and self._bar_shown:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._bar_shown = False
+
+    # ----------------------------------------------------------------- callback
 
     def on_run_start(self, context: RunContext) -> None:
-        """Remember the step range."""
+        """Remember the step range and start the clock."""
         self._start = time.monotonic()
         self._first_step = context.resumed_from_step
         self._max_steps = context.max_steps
 
-    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        """Print ``step 3/10 | loss 0.4123 | val/val/pass@1 0.30 | 00:12 elapsed, ETA 00:28``."""
-        if step % self.params.every and step != self._max_steps:
-            return
+    def step_line(self, step: int, metrics: dict[str, float]) -> str:
+        """``step 3/10 | loss 0.4123 | 512 tok/s | val/val/pass@1 0.300 | 00:12 elapsed, ETA 00:28``."""
         elapsed = time.monotonic() - self._start
         done = step - self._first_step
         remaining = (self._max_steps - step) * elapsed / done if done > 0 else 0.0
@@ -49,22 +138,45 @@ class ConsoleProgress(BaseCallback):
         loss = metrics.get("train/mean_loss")
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
-        tokens_per_s = metrics.get("train/rollout_tokens_per_s")
-        if tokens_per_s is not None:
-            parts.append(f"{tokens_per_s:.0f} tok/s")
+        speed = tokens_per_second(metrics)
+        if speed is not None:
+            parts.append(f"{speed:.0f} tok/s")
         if self._last_eval:
             parts.append(self._last_eval)
         parts.append(f"{_clock(elapsed)} elapsed, ETA {_clock(remaining)}")
-        self._print(" | ".join(parts))
+        return " | ".join(parts)
+
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        """Redraw the bar, or print a step line every ``every`` steps (and at the last step)."""
+        if self.mode == "off":
+            return
+        line = self.step_line(step, metrics)
+        if self.mode == "bar":
+            total = max(self._max_steps, 1)
+            filled = min(BAR_WIDTH, BAR_WIDTH * step // total)
+            self._draw(f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {line}")
+            return
+        if step % self.params.every and step != self._max_steps:
+            return
+        self._print(line)
+
+    def eval_started(self, benchmark: str, num_tasks: int, step: int) -> None:
+        """Say that a benchmark is being scored (``evsys eval`` calls this; not part of the Callback protocol)."""
+        text = f"eval step {step} | scoring {benchmark} ({num_tasks} task{'s' if num_tasks != 1 else ''}) ..."
+        if self.mode == "bar":
+            self._draw(text, keep=False)
+        elif self.mode == "lines":
+            self._print(text)
 
     def on_eval_end(self, result: EvalResult) -> None:
         """Print the benchmark's metrics and keep the first for later step lines."""
-        shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} n/a" for k, v in result.metrics.items())
+        shown = ", ".join(f"{key} {_value(value)}" for key, value in result.metrics.items())
         self._print(f"eval step {result.step} | {shown}")
         if result.metrics:
             key, value = next(iter(result.metrics.items()))
-            self._last_eval = f"{key} {value:.3f}" if isinstance(value, float) else f"{key} n/a"
+            self._last_eval = f"{key} {_value(value)}"
 
     def on_run_end(self, status: str, final_metrics: dict[str, float | None], error: str | None = None) -> None:
-        """Print the final status."""
+        """End the bar and print the final status."""
+        self._end_bar()
         self._print(f"run {status} after {_clock(time.monotonic() - self._start)}" + (f": {error}" if error else ""))

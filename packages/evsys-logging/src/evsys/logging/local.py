@@ -1,13 +1,21 @@
-"""``local_logger``: metrics.jsonl, predictions/<benchmark>.jsonl and summary.md in the run directory."""
+"""``local_logger``: metrics.jsonl, predictions/<benchmark>.jsonl and summary.md in the run directory.
+
+Every row is flushed as it is written, and secret values are redacted (:mod:`evsys.logging.redact`).
+For resuming, :meth:`LocalLogger.state_dict` records how many bytes of each file a checkpoint
+covers; :meth:`LocalLogger.load_state_dict` plus ``on_run_start`` of the resumed run move anything
+written after that checkpoint to ``<file>.orphaned-<timestamp>``, so each step appears once.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evsys.logging.jsonl_writer import JsonlWriter, write_text_atomic
+from evsys.logging.jsonl_writer import JsonlWriter, set_aside_tail, timestamp, write_text_atomic
 from evsys.logging.params import LocalLoggerParams
+from evsys.logging.redact import Redactor
 from evsys.schema.protocols import BaseCallback, EvalResult, RunContext
 
 METRICS_FILE = "metrics.jsonl"
@@ -36,15 +44,58 @@ class LocalLogger(BaseCallback):
         self._last_step = 0
         self._latest: dict[str, tuple[int, float | None]] = {}
         self._evals: list[tuple[int, str, float | None]] = []
+        self._resume: dict[str, Any] | None = None
+        self._redactor = Redactor()
+        self.orphaned: list[Path] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must remember: each file's size now, and the evaluations so far."""
+        sizes: dict[str, int] = {}
+        if self._metrics is not None:
+            if self.params.fsync:
+                self._metrics.sync()
+            sizes[METRICS_FILE] = self._metrics.size()
+        for name, writer in self._predictions.items():
+            if self.params.fsync:
+                writer.sync()
+            sizes[f"{PREDICTIONS_DIR}/{name}.jsonl"] = writer.size()
+        return {"sizes": sizes, "evals": [list(e) for e in self._evals], "last_step": self._last_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from a checkpoint's :meth:`state_dict` (``{}``: from the start); applied in ``on_run_start``."""
+        self._resume = dict(state)
+
+    def _apply_resume(self, directory: Path) -> None:
+        state, self._resume = self._resume or {}, None
+        sizes: dict[str, int] = {str(k): int(v) for k, v in dict(state.get("sizes", {})).items()}
+        stamp = timestamp()
+        files = [directory / METRICS_FILE, *sorted((directory / PREDICTIONS_DIR).glob("*.jsonl"))]
+        for file in files:
+            relative = file.relative_to(directory).as_posix()
+            moved = set_aside_tail(file, sizes.get(relative, 0), stamp)
+            if moved is not None:
+                self.orphaned.append(moved)
+        for step, key, value in state.get("evals", []):
+            self._evals.append((int(step), str(key), value))
+            self._latest[str(key)] = (int(step), value)
 
     def on_run_start(self, context: RunContext) -> None:
-        """Open the run directory's files for appending."""
+        """Open the run directory's files for appending (after setting aside rows a resumed run redoes)."""
         self._context = context
+        self._redactor = Redactor.from_environment(context.config)
         self.directory = Path(self.params.dir) if self.params.dir else context.run_dir
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / PREDICTIONS_DIR).mkdir(exist_ok=True)
-        self._metrics = JsonlWriter(self.directory / METRICS_FILE, fsync=self.params.fsync)
+        if self._resume is not None:
+            self._apply_resume(self.directory)
+        self._metrics = self._writer(self.directory / METRICS_FILE)
+        for existing in sorted((self.directory / PREDICTIONS_DIR).glob("*.jsonl")):
+            if existing.stat().st_size:
+                self._predictions.setdefault(existing.stem, self._writer(existing))
         self._last_step = context.resumed_from_step
+
+    def _writer(self, path: Path) -> JsonlWriter:
+        return JsonlWriter(path, fsync=self.params.fsync, redact=self._redactor.value)
 
     def _remember(self, step: int, metrics: dict[str, float | None]) -> None:
         for key, value in metrics.items():
@@ -63,7 +114,7 @@ class LocalLogger(BaseCallback):
         self._metrics.write({"step": result.step, "split": result.split, "metrics": result.metrics})
         writer = self._predictions.get(result.benchmark)
         if writer is None:
-            writer = JsonlWriter(self.directory / PREDICTIONS_DIR / f"{result.benchmark}.jsonl", fsync=self.params.fsync)
+            writer = self._writer(self.directory / PREDICTIONS_DIR / f"{result.benchmark}.jsonl")
             self._predictions[result.benchmark] = writer
         for row in result.predictions:
             writer.write(row)
@@ -99,8 +150,10 @@ class LocalLogger(BaseCallback):
         lines += ["", "## Files", "", f"- [{METRICS_FILE}]({METRICS_FILE}): one row per step and per evaluation"]
         for name in sorted(self._predictions):
             lines.append(f"- [{PREDICTIONS_DIR}/{name}.jsonl]({PREDICTIONS_DIR}/{name}.jsonl): answers to benchmark '{name}'")
-        write_text_atomic(self.directory / SUMMARY_FILE, "\n".join(lines) + "\n")
-        if self._metrics is not None:
-            self._metrics.close()
-        for writer in self._predictions.values():
-            writer.close()
+        try:
+            write_text_atomic(self.directory / SUMMARY_FILE, self._redactor.text("\n".join(lines) + "\n"))
+        finally:
+            if self._metrics is not None:
+                self._metrics.close()
+            for writer in self._predictions.values():
+                writer.close()

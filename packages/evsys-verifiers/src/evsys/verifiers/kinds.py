@@ -109,7 +109,7 @@ def build_subprocess(spec: VerifierSpec, registry: Any = None) -> Verifier:
     ``options.json``, plus any ``options.files`` (name -> text); their names are also in
     ``$EVSYS_OUTPUT_FILE``, ``$EVSYS_EXPECTED_FILE`` and ``$EVSYS_OPTIONS_FILE``. In ``command``,
     ``{output_file}``, ``{expected_file}``, ``{options_file}`` and ``{python}`` (this interpreter) are
-    replaced. The verdict is :func:`subprocess_score`; a timeout or too much output scores 0.
+    replaced. The verdict is :func:`subprocess_score`; a timeout or too much output scores 0 with the reason as the error.
     Options: ``timeout`` (default ``spec.timeout`` or 30 s), ``memory_mb``, ``files``.
     """
     if not spec.command:
@@ -144,8 +144,10 @@ def build_subprocess(spec: VerifierSpec, registry: Any = None) -> Verifier:
         }
         limits = runner.Limits(memory_bytes=int(memory_mb) * 1024 * 1024 if memory_mb else None)
         result = runner.run_command(argv, files=files, timeout=timeout, limits=limits, env=env)
-        if result.timed_out or result.output_exceeded:
-            return 0.0
+        if result.timed_out:  # scored 0 with the reason recorded (verify() turns this into Verification.error)
+            raise TimeoutError(f"the subprocess verifier {result.reason()} (timeout {timeout:g}s)")
+        if result.output_exceeded:
+            raise RuntimeError("the subprocess verifier printed more than the output limit")
         return subprocess_score(result.stdout, result.returncode)
 
     return verifier

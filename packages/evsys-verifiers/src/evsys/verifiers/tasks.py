@@ -83,9 +83,15 @@ def _row_problems(exc: ValidationError, text: str, location: Location) -> list[P
     return problems
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+def _lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
+    """Non-blank lines with their numbers; a line that is not UTF-8 yields its decode error instead."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, exc
+                continue
             if line.strip():
                 yield number, line
 
@@ -102,12 +108,15 @@ def _read(path: Path) -> list[tuple[int, TaskRow | None, list[Problem]]]:
     gc.disable()
     try:
         for number, line in _lines(path):
+            if isinstance(line, UnicodeDecodeError):
+                rows.append((number, None, [Problem(f"not valid UTF-8 (byte {line.start})", Location(name, number))]))
+                continue
             try:
                 rows.append((number, validate(line), []))
             except ValidationError as exc:
                 rows.append((number, None, _row_problems(exc, line, Location(name, number))))
-    except UnicodeDecodeError as exc:
-        raise DataError(Problem(f"not UTF-8 text: {exc}", Location(name))) from None
+    except OSError as exc:
+        raise DataError(Problem(f"cannot read file: {exc.strerror}", Location(name))) from None
     finally:
         if gc_was_enabled:
             gc.enable()

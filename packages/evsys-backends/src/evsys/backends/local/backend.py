@@ -302,7 +302,7 @@ class LocalBackend:
         logprobs: list[list[float]] = [[] for _ in range(batch)]
         texts: list[str | None] = [None] * batch
         reasons: list[str] = ["length"] * batch
-        active = list(range(batch))
+        rows_in_batch = list(range(batch))  # original row of each row of the (shrinking) decode batch
         for step in range(max_tokens):
             logp = torch.log_softmax(logits, dim=-1)
             if temperature == 0:
@@ -313,23 +313,28 @@ class LocalBackend:
             chosen = logp.gather(1, tokens[:, None]).squeeze(1)
             is_eos = torch.isin(tokens, eos) if len(eos) else torch.zeros_like(tokens, dtype=torch.bool)
             token_list, logp_list, eos_list = tokens.tolist(), chosen.tolist(), is_eos.tolist()
-            still: list[int] = []
-            for b in active:
-                generated[b].append(token_list[b])
-                logprobs[b].append(logp_list[b])
-                if eos_list[b]:
+            keep: list[int] = []
+            for i, b in enumerate(rows_in_batch):
+                generated[b].append(token_list[i])
+                logprobs[b].append(logp_list[i])
+                if eos_list[i]:
                     reasons[b] = "stop"
                     continue
                 if stops:
                     text = self._tokenizer.decode(generated[b], skip_special_tokens=True)
-                    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                    cut = min((j for j in (text.find(s) for s in stops) if j >= 0), default=-1)
                     if cut >= 0:
                         texts[b], reasons[b] = text[:cut], "stop"
                         continue
-                still.append(b)
-            active = still
-            if not active or step == max_tokens - 1:
+                keep.append(i)
+            if not keep or step == max_tokens - 1:
                 break
+            if len(keep) < len(rows_in_batch) and hasattr(cache, "batch_select_indices"):
+                # drop finished rows from the batch and its KV cache: no compute on completed rollouts
+                index = torch.as_tensor(keep, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(index)
+                tokens, mask, next_position = tokens[index], mask[index], next_position[index]
+                rows_in_batch = [rows_in_batch[i] for i in keep]
             mask[:, width + step] = 1
             out = model(
                 input_ids=tokens[:, None],

@@ -119,8 +119,9 @@ def _bundled_missing_message() -> str:
 
 def _hub_missing_message(hub_id: str, revision: str | None) -> str:
     at = f" at revision '{revision}'" if revision else ""
+    alias = "" if "/" in hub_id else f"a known alias ({BUNDLED_ALIAS}), "
     return (
-        f"model '{hub_id}'{at} is not a local directory and not in the Hugging Face cache "
+        f"model '{hub_id}'{at} is not {alias}a local directory, nor in the Hugging Face cache "
         f"({hf_hub_cache_dir()}); the local backend never downloads: run `huggingface-cli download {hub_id}` "
         f"on a connected machine (set HF_HUB_CACHE / HF_HOME to where it lands), or point model.name at a "
         f"local directory holding config.json{did_you_mean(hub_id, [BUNDLED_ALIAS])}"

@@ -1,0 +1,1 @@
+"""evsys-acme: an example third-party EvSys plugin (see README.md)."""

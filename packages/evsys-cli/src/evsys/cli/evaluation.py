@@ -1,0 +1,156 @@
+"""Score a config's benchmarks without training, on the base model or a checkpoint (``evsys eval``).
+
+The same scoring as in the run loop (:func:`evsys.cli.loop.evaluate`) and the same files as a run
+(``local_logger``: ``metrics.jsonl``, ``predictions/<benchmark>.jsonl``, ``summary.md``), written to
+``<output_dir>/<name>/eval/<label>/`` where label is ``base`` or the checkpoint's directory name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
+from evsys.cli.loop import build_backend, evaluate, load_benchmarks
+from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
+from evsys.logging.params import LocalLoggerParams
+from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
+from evsys.schema.plugins import default_registry
+from evsys.schema.protocols import Callback, RunContext
+from evsys.schema.registry import PluginRegistry
+from evsys.schema.validation import ValidatedConfig, load_config
+
+EVAL_DIR = "eval"
+BASE_LABEL = "base"
+LOG_FILES = "metrics.jsonl, predictions/, summary.md"
+
+
+@dataclass
+class EvalRunResult:
+    """What ``evsys eval`` ends with: status, the benchmarks' metrics and where the files are."""
+
+    status: str
+    metrics: dict[str, float | None]
+    logs: Path
+    checkpoint: str | None
+    step: int
+    error: str | None = None
+
+    def __str__(self) -> str:
+        lines = [
+            f"Status:    {self.status}",
+            f"Metrics:   {self.metrics}",
+            f"Logs:      {self.logs} ({LOG_FILES})",
+        ]
+        if self.error:
+            lines.append(f"Error:     {self.error}")
+        return "\n".join(lines)
+
+
+def default_eval_dir(validated: ValidatedConfig, label: str) -> Path:
+    """``<output_dir>/<name>/eval/<label>``."""
+    config = validated.config
+    return Path(config.output_dir) / config.name / EVAL_DIR / label
+
+
+def resolve_eval_checkpoint(checkpoint: str | None) -> tuple[str | None, str]:
+    """``(checkpoint path or URI, label)``: a local path is resolved with :func:`find_checkpoint`; a URI passes through."""
+    if checkpoint is None:
+        return None, BASE_LABEL
+    if "://" in checkpoint:  # a remote backend's checkpoint (e.g. tinker://...)
+        return checkpoint, checkpoint.rstrip("/").rsplit("/", 1)[-1] or "checkpoint"
+    found = find_checkpoint(checkpoint)
+    return str(found), found.name
+
+
+def default_step(validated: ValidatedConfig, checkpoint: str | None, label: str) -> int:
+    """The step the rows are recorded at: 0 for the base model, N for ``step_N``, ``max_steps`` for ``final``."""
+    if checkpoint is None:
+        return 0
+    numbered = step_of(label)
+    if numbered is not None:
+        return numbered
+    if label == FINAL:
+        return int(getattr(validated.algorithm_params, "max_steps", None) or 0)
+    return 0
+
+
+def prepare_eval_dir(directory: Path, *, overwrite: bool) -> None:
+    """Create ``directory``; one holding an earlier evaluation is refused unless ``overwrite`` (then its files go)."""
+    if (directory / METRICS_FILE).exists():
+        if not overwrite:
+            raise ConfigError(Problem("already holds an evaluation; pass --overwrite to replace it (or --output DIR)", Location(str(directory))))
+        for name in (METRICS_FILE, SUMMARY_FILE):
+            (directory / name).unlink(missing_ok=True)
+        for file in (directory / PREDICTIONS_DIR).glob("*.jsonl"):
+            file.unlink()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(Problem(f"cannot create the eval directory: {exc.strerror}", Location(str(directory)))) from None
+
+
+def evaluate_config(
+    config: str | Path | ValidatedConfig,
+    *,
+    checkpoint: str | None = None,
+    output: str | Path | None = None,
+    step: int | None = None,
+    registry: PluginRegistry | None = None,
+    callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
+) -> EvalRunResult:
+    """Score every benchmark of ``config`` on the base model, or on ``checkpoint`` (a run or checkpoint directory).
+
+    Nothing is trained. User mistakes raise :class:`EvsysError` before the model loads; a failure while
+    scoring is recorded in ``summary.md`` and re-raised.
+    """
+    registry = registry or default_registry()
+    validated = config if isinstance(config, ValidatedConfig) else load_config(config, registry)
+    benchmarks = load_benchmarks(validated)
+    if not benchmarks:
+        raise ConfigError(Problem("metadata.benchmark: the config has no benchmarks to score", Location(validated.path)))
+    checkpoint_path, label = resolve_eval_checkpoint(checkpoint)
+    directory = Path(output) if output is not None else default_eval_dir(validated, label)
+    at_step = default_step(validated, checkpoint_path, label) if step is None else step
+    prepare_eval_dir(directory, overwrite=overwrite)
+    observers: list[Callback] = [LocalLogger(LocalLoggerParams(dir=str(directory))), *callbacks]
+    config_model = validated.config
+    context = RunContext(
+        f"{config_model.name}/{EVAL_DIR}/{label}", directory, Path(config_model.output_dir), config_model, at_step, at_step
+    )
+    seed = int(getattr(validated.algorithm_params, "seed", 0))
+    backend = build_backend(validated, registry, directory)
+    metrics: dict[str, float | None] = {}
+    status, error = "completed", None
+    try:
+        if checkpoint_path is not None:
+            backend.load_checkpoint(checkpoint_path)
+        for observer in observers:
+            observer.on_run_start(context)
+        try:
+            for benchmark in benchmarks:
+                for observer in observers:
+                    announce = getattr(observer, "eval_started", None)
+                    if callable(announce):
+                        announce(benchmark.name, len(benchmark.tasks), at_step)
+                result = evaluate(backend, benchmark, at_step, seed)
+                metrics.update(result.metrics)
+                for observer in observers:
+                    observer.on_eval_end(result)
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted by the user"
+            raise
+        except EvsysError as exc:
+            status, error = "failed", str(exc)
+            raise
+        except Exception as exc:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            for observer in observers:
+                observer.on_run_end(status, dict(metrics), error)
+    finally:
+        backend.close()
+    return EvalRunResult(status, metrics, directory, checkpoint_path, at_step, error)

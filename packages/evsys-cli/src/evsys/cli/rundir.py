@@ -1,0 +1,165 @@
+"""The run directory: refuse to clobber one, clear it for ``--overwrite``, check it is writable, snapshot the config."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from evsys.logging.jsonl_writer import ORPHANED_SUFFIX, write_text_atomic
+from evsys.logging.redact import Redactor
+from evsys.schema.errors import ConfigError, Location, Problem
+from evsys.schema.validation import ValidatedConfig
+from evsys.schema.yaml_source import format_field_path
+
+SNAPSHOT_FILE = "resolved_config.json"
+OUTPUT_FILES = ("metrics.jsonl", "summary.md", SNAPSHOT_FILE)
+OUTPUT_DIRS = ("predictions", "checkpoints")
+MIN_FREE_BYTES = 1 << 20
+#: algorithm params a resumed run may change
+RESUMABLE_CHANGES = frozenset({"max_steps", "save_every"})
+
+
+def refuse_existing(run_dir: Path, *, overwrite: bool, resume: bool = False) -> None:
+    """A run directory that already holds something is an error unless ``--resume`` or ``--overwrite``."""
+    if overwrite and resume:
+        raise ConfigError(Problem("--resume continues the run and --overwrite replaces it; pass one of them"))
+    if overwrite or resume:
+        return
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(
+            Problem(
+                "run directory already exists; pass --resume to continue it, --overwrite to replace it, or change 'name'",
+                Location(str(run_dir)),
+            )
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(Problem("the run directory path is a file; change 'name' or 'output_dir'", Location(str(run_dir))))
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove what a run writes (files, set-aside rows, predictions, checkpoints); other files stay."""
+    if not run_dir.is_dir():
+        return
+    for name in OUTPUT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for orphan in run_dir.glob(f"*{ORPHANED_SUFFIX}*"):
+        orphan.unlink(missing_ok=True)
+    for name in OUTPUT_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse an existing run directory unless ``overwrite``; with it, clear the earlier outputs."""
+    refuse_existing(run_dir, overwrite=overwrite)
+    if overwrite:
+        clear_outputs(run_dir)
+
+
+def _os_problem(action: str, exc: OSError, path: Path) -> Problem:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOTDIR:
+        reason += " (a part of the path is a file)"
+    return Problem(f"{action}: {reason}", Location(str(getattr(exc, "filename", None) or path)))
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove it is writable and not full, before anything heavy starts."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(_os_problem("cannot create the run directory", exc, run_dir)) from None
+    probe = run_dir / f".evsys-write-test-{os.getpid()}"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(b"evsys\n" * 64)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise ConfigError(_os_problem("the run directory is not writable", exc, run_dir)) from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(Problem(f"the run directory's file system is full ({free} bytes free)", Location(str(run_dir))))
+
+
+def _version() -> str:
+    try:
+        return metadata.version("evsys-cli")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
+    """The resolved config (every params model completed with its defaults), secrets redacted."""
+    config = validated.config.model_dump(mode="json")
+    config["algorithm"]["params"] = validated.algorithm_params.model_dump(mode="json")
+    config["backend"]["params"] = validated.backend_params.model_dump(mode="json")
+    for spec, params in zip(config.get("callbacks", []), validated.callback_params, strict=False):
+        spec["params"] = params.model_dump(mode="json")
+    redactor = Redactor.from_environment(config)
+    return {"evsys_version": _version(), "config_file": redactor.text(validated.path), "config": redactor.config(config)}
+
+
+def write_snapshot(run_dir: Path, snapshot: dict[str, Any]) -> None:
+    """Write ``resolved_config.json`` atomically."""
+    write_text_atomic(run_dir / SNAPSHOT_FILE, json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_snapshot(run_dir: Path) -> dict[str, Any] | None:
+    """The snapshot an earlier run wrote, or None."""
+    try:
+        data = json.loads((run_dir / SNAPSHOT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _flatten(value: Any, prefix: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], Any]:
+    if isinstance(value, dict):
+        out: dict[tuple[str | int, ...], Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, (*prefix, key)))
+        return out or {prefix: {}}
+    return {prefix: value}
+
+
+def _compared(config: dict[str, Any]) -> dict[tuple[str | int, ...], Any]:
+    """The parts of a resolved config a resumed run must keep: model, backend kind, algorithm, data."""
+    algorithm = dict(config.get("algorithm", {}))
+    algorithm["params"] = {k: v for k, v in dict(algorithm.get("params", {})).items() if k not in RESUMABLE_CHANGES}
+    kept = {
+        "model": config.get("model"),
+        "backend": {"kind": dict(config.get("backend", {})).get("kind")},
+        "algorithm": algorithm,
+        "data": config.get("data"),
+    }
+    return _flatten(kept)
+
+
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any], validated: ValidatedConfig) -> list[Problem]:
+    """What changed between the snapshot ``old`` and ``new`` that a resumed run cannot take."""
+    before, after = _compared(dict(old.get("config", {}))), _compared(dict(new.get("config", {})))
+    problems = []
+    for key in sorted(set(before) | set(after), key=str):
+        if before.get(key) != after.get(key):
+            problems.append(
+                Problem(
+                    f"changed since the run started ({json.dumps(before.get(key))} -> {json.dumps(after.get(key))}); "
+                    "a resumed run keeps its model, algorithm and data (only max_steps and save_every may change)",
+                    validated.document.locate(key),
+                    format_field_path(key),
+                )
+            )
+    return problems

@@ -1,0 +1,98 @@
+"""For the same rollouts and the same teacher numbers, SDFT sends the same datums on Tinker as on local.
+
+The Tinker side is the real adapter over fake SDK clients (real ``tinker.types``); the local side is
+the real ``LocalBackend`` on a tiny model, with ``sample`` and ``topk_logprobs`` answering the numbers
+the fake service answers. What goes to ``forward_backward`` on local is converted with the adapter's
+own ``to_tinker_datum`` and compared array by array with what the fake training client received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evsys.algorithms.sdft.algorithm import SDFT
+from evsys.algorithms.sdft.params import SDFTParams
+from evsys.backends.local.backend import LocalBackend
+from evsys.backends.local.params import LocalBackendParams
+from evsys.backends.local.testing import build_tiny_model_dir
+from evsys.backends.tinker.backend import TinkerBackend
+from evsys.backends.tinker.convert import to_tinker_datum
+from evsys.backends.tinker.fakes import FakeServiceClient, policy_completion, teacher_topk
+from evsys.backends.tinker.params import TinkerBackendParams
+from evsys.schema.protocols import BackendSetup, Datum, ForwardBackwardResult, SampledSequence, TopKLogprobs
+from evsys.schema.rows import PromptExample
+
+
+class ScriptedLocalBackend(LocalBackend):
+    """The real local backend whose rollouts and teacher numbers are the fake Tinker service's."""
+
+    sent: list[Datum]
+
+    def sample(self, prompts, n=1, max_tokens=64, temperature=1.0, stop=None, seed=None):  # type: ignore[override]
+        out = []
+        for prompt in prompts:
+            group = []
+            for index in range(n):
+                tokens = policy_completion(prompt, index, max_tokens, eos=self.tokenizer.eos_token_id)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                stop_reason = "stop" if tokens[-1] == self.tokenizer.eos_token_id else "length"
+                group.append(SampledSequence(tokens, [-0.5] * len(tokens), text, stop_reason))
+            out.append(group)
+        return out
+
+    def topk_logprobs(self, sequences: Sequence[Sequence[int]], k: int, from_position):  # type: ignore[override]
+        starts = [from_position] * len(sequences) if isinstance(from_position, int) else list(from_position)
+        result = []
+        for sequence, start in zip(sequences, starts, strict=True):
+            dense = teacher_topk(sequence, k)
+            result.append(
+                TopKLogprobs(
+                    token_ids=np.asarray(dense.token_ids)[start:].tolist(),
+                    logprobs=np.asarray(dense.logprobs)[start:].astype(float).tolist(),
+                )
+            )
+        return result
+
+    def forward_backward(self, batch, loss_fn, loss_fn_config=None) -> ForwardBackwardResult:  # type: ignore[override]
+        self.sent = list(batch)
+        return super().forward_backward(batch, loss_fn, loss_fn_config)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_sdft_builds_identical_datums_on_both_backends(tiny_model: Path, tmp_path: Path) -> None:
+    params = SDFTParams(learning_rate=1e-4, max_steps=1, batch_size=2, lora_rank=1, topk=3, user_template="{question}", max_new_tokens=8)
+    batch = [
+        PromptExample(inputs={"question": "Capital of Atlantis?"}, expected="Poseidonia"),
+        PromptExample(inputs={"question": "Capital of Utopia?"}, expected="Amaurot"),
+    ]
+
+    local = ScriptedLocalBackend(BackendSetup(model_name=str(tiny_model), lora_rank=1, run_dir=tmp_path / "local"), LocalBackendParams())
+    SDFT(params, local, None).train_step(batch, step=1)
+
+    service = FakeServiceClient(tokenizer=local.tokenizer)
+    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(), service_client=service)
+    SDFT(params, remote, None).train_step(batch, step=1)
+    remote.close()
+
+    ((method, request),) = [r for r in service.training_clients[0].requests if r[0] == "forward_backward"]
+    assert request["loss_fn"] == "cross_entropy"
+    sent_to_tinker = request["data"]
+    assert len(sent_to_tinker) == len(local.sent) == 2
+    for local_datum, tinker_datum in zip(local.sent, sent_to_tinker, strict=True):
+        converted = to_tinker_datum(local_datum)
+        assert converted.model_input.to_ints() == tinker_datum.model_input.to_ints()
+        assert set(converted.loss_fn_inputs) == set(tinker_datum.loss_fn_inputs) == {"target_tokens", "weights"}
+        for key in ("target_tokens", "weights"):
+            ours, theirs = converted.loss_fn_inputs[key], tinker_datum.loss_fn_inputs[key]
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+            np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+        weights = tinker_datum.loss_fn_inputs["weights"].to_numpy()
+        assert weights.shape[1] == 3 and weights.sum() > 0  # (N, K) soft targets over the answer
