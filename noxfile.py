@@ -4,6 +4,7 @@
     nox -s package        # each light package alone in a fresh venv (no torch)
     nox -s lint schemas   # ruff; schemas/ up to date
     nox -s bench          # pytest-benchmark figures (benchmarks/)
+    nox -s bench_peer     # EvSys vs TRL's SDFTTrainer (installs trl, never part of the default install)
     nox -s demo           # the SDFT walkthrough on the bundled model
 """
 
@@ -60,7 +61,33 @@ def schemas(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (pytest-benchmark): validate --deep, verifiers, local backend steps and memory."""
     _install_all(session)
-    session.run("pytest", "benchmarks", "--benchmark-only", "--benchmark-columns=min,median,mean,rounds", *session.posargs)
+    # the root addopts carry --benchmark-skip (so the test suite never runs benchmarks): replace them
+    session.run(
+        "pytest",
+        "benchmarks",
+        "-o",
+        "addopts=--import-mode=importlib -p no:cacheprovider",
+        "--benchmark-only",
+        "--benchmark-columns=min,median,mean,rounds",
+        "-s",
+        *session.posargs,
+    )
+
+
+@nox.session
+def bench_peer(session: nox.Session) -> None:
+    """EvSys' SDFT step against TRL's SDFTTrainer on the same work (installs the optional `trl` extra)."""
+    _install_all(session)
+    session.install("-e", "packages/evsys-backends[trl]")
+    session.run(
+        "pytest",
+        "benchmarks/test_bench_peer_trl.py",
+        "-o",
+        "addopts=--import-mode=importlib -p no:cacheprovider",
+        "--benchmark-only",
+        "-s",
+        *session.posargs,
+    )
 
 
 @nox.session

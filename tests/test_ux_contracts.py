@@ -88,9 +88,8 @@ def test_check_backend_names_the_broken_promise(backend: Any) -> None:
     ],
 )
 def test_builtin_algorithms_keep_the_algorithm_contract(backend: Any, kind: str, params: dict[str, Any], batch: list[Any]) -> None:
-    from evsys.schema.plugins import build_registry
-
     import evsys.algorithms.plugin as algorithms_plugin
+    from evsys.schema.plugins import build_registry
 
     registry = build_registry(plugins=[("evsys-algorithms", algorithms_plugin)], autoload=False)
     registration = registry.get("algorithm", kind)
@@ -137,9 +136,8 @@ VERIFIER_CASES: dict[str, tuple[tuple[Any, ...], tuple[Any, ...]]] = {
 
 
 def test_builtin_verifier_functions_keep_the_verifier_contract() -> None:
-    from evsys.schema.plugins import build_registry
-
     import evsys.verifiers.plugin as verifiers_plugin
+    from evsys.schema.plugins import build_registry
 
     registry = build_registry(plugins=[("evsys-verifiers", verifiers_plugin)], autoload=False)
     names = registry.names("verifier_function")

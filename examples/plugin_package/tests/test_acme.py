@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evsys.schema.plugins import build_registry
-from evsys.testing import check_callback, check_verifier_function
-
 import evsys_acme.plugin
 from evsys_acme.callbacks import EventLog
 from evsys_acme.transforms import qa_pairs
 from evsys_acme.verifiers import starts_with
+
+from evsys.schema.plugins import build_registry
+from evsys.testing import check_callback, check_verifier_function
 
 
 def test_registers_its_three_parts() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from evsys.schema.protocols import BaseCallback, EvalResult, RunContext
-
 from evsys_acme.params import EventLogParams
 
 

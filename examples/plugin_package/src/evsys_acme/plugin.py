@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from evsys.schema.plugins import hookimpl
 from evsys.schema.registry import CallbackRegistrar, TransformRegistrar, VerifierRegistrar
-
 from evsys_acme.params import EventLogParams
 
 

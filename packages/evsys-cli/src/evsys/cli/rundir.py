@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -82,10 +83,8 @@ def prepare_run_dir(run_dir: Path) -> None:
     except OSError as exc:
         raise ConfigError(_os_problem("the run directory is not writable", exc, run_dir)) from None
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
-        except OSError:
-            pass
     try:
         free = shutil.disk_usage(run_dir).free
     except OSError:
@@ -113,8 +112,12 @@ def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
 
 
 def write_snapshot(run_dir: Path, snapshot: dict[str, Any]) -> None:
-    """Write ``resolved_config.json`` atomically."""
-    write_text_atomic(run_dir / SNAPSHOT_FILE, json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
+    """Write ``resolved_config.json`` atomically (a refused write is a :class:`ConfigError` naming it)."""
+    path = run_dir / SNAPSHOT_FILE
+    try:
+        write_text_atomic(path, json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(Problem(f"cannot write the config snapshot: {exc.strerror or exc}", Location(str(path)))) from None
 
 
 def read_snapshot(run_dir: Path) -> dict[str, Any] | None:

@@ -110,6 +110,13 @@ def parse_yaml(text: str, path: str) -> YamlDocument:
         if "'\\t'" in message:
             message += " (YAML indents with spaces, not tabs)"
         raise ConfigError(Problem(f"invalid YAML: {message}", location)) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it knows only the offset
+        position = max(0, int(exc.position))
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        character = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        message = f"invalid YAML: character #x{ord(character):04x} is not allowed in a YAML file"
+        raise ConfigError(Problem(message, Location(path, line, column))) from None
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(f"invalid YAML: {exc}", Location(path))) from None
     return doc

@@ -7,6 +7,7 @@ import math
 import pickle
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def _check_topk(rows: object, sequences: Sequence[Sequence[int]], starts: Sequen
             _expect(len(ids) == k and len(lps) == k, f"topk_logprobs: expected k={k} entries per position, got {len(ids)}")
             _expect(all(isinstance(i, int) for i in ids) and len(set(ids)) == k, "topk_logprobs: token ids must be k distinct ints")
             _expect(all(_finite(x) and x <= 1e-4 for x in lps), "topk_logprobs: logprobs must be finite and <= 0")
-            _expect(all(a >= b - 1e-6 for a, b in zip(lps, lps[1:], strict=False)), "topk_logprobs: logprobs must be sorted, largest first")
+            _expect(all(a >= b - 1e-6 for a, b in pairwise(lps)), "topk_logprobs: logprobs must be sorted, largest first")
         logprobs.append([list(map(float, lps)) for lps in row.logprobs])
     return logprobs
 

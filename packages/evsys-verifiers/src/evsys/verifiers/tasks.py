@@ -96,6 +96,20 @@ def _lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
                 yield number, line
 
 
+def _non_json_constant(line: str) -> str | None:
+    """``NaN`` / ``Infinity`` / ``-Infinity`` when ``line`` uses one as a value (pydantic's parser accepts them; JSON does not)."""
+    found: list[str] = []
+
+    def reject(name: str) -> None:
+        found.append(name)
+
+    try:
+        json.loads(line, parse_constant=reject)
+    except ValueError:
+        return None
+    return found[0] if found else None
+
+
 def _read(path: Path) -> list[tuple[int, TaskRow | None, list[Problem]]]:
     if not path.is_file():
         raise DataError(Problem("tasks file not found", Location(str(path))))
@@ -110,6 +124,9 @@ def _read(path: Path) -> list[tuple[int, TaskRow | None, list[Problem]]]:
         for number, line in _lines(path):
             if isinstance(line, UnicodeDecodeError):
                 rows.append((number, None, [Problem(f"not valid UTF-8 (byte {line.start})", Location(name, number))]))
+                continue
+            if ("NaN" in line or "Infinity" in line) and (constant := _non_json_constant(line)):
+                rows.append((number, None, [Problem(f"{constant} is not valid JSON", Location(name, number))]))
                 continue
             try:
                 rows.append((number, validate(line), []))

@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from evsys.backends.local.params import LocalBackendParams
 from evsys.backends.local.resolve import resolve_model_dir
+from evsys.backends.local.rollout import CALIBRATION_MESSAGES, FusedDecoder, int8_available, unsupported_reason
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import (
     BackendSetup,
@@ -116,6 +117,12 @@ class LocalBackend:
         self._tmp_root: Path | None = None
         self._saved_any = False
         self._step = 0
+        self._fused: FusedDecoder | None = None
+        if self.params.rollout_weights == "int8" and not int8_available(self.device):
+            raise EvsysError(
+                f"backend.params.rollout_weights 'int8' needs torch's fbgemm/x86 int8 kernels on the CPU "
+                f"(device here: {self.device.type}); use rollout_weights 'model'"
+            )
         if self.params.cpu_threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.params.cpu_threads)
 
@@ -208,6 +215,32 @@ class LocalBackend:
             ids[b, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
         return ids.to(self.device)
 
+    def _rollout_decoder(self, total_length: int) -> FusedDecoder | None:
+        """The fused decode path for a batch of ``total_length`` positions, or None for the generic loop."""
+        if self.params.rollout_engine == "generic":
+            return None
+        reason = unsupported_reason(self._causal_lm, total_length)
+        if reason is not None:
+            if self.params.rollout_engine == "fused" or self.params.rollout_weights == "int8":
+                raise EvsysError(
+                    f"backend.params.rollout_engine 'fused' / rollout_weights 'int8' cannot run "
+                    f"'{self.setup.model_name}': {reason}; use rollout_engine 'generic' and rollout_weights 'model'"
+                )
+            return None
+        if self._fused is None:
+            calibration = None
+            if self.params.rollout_weights == "int8":
+                try:
+                    ids = self.render_chat(list(CALIBRATION_MESSAGES), add_generation_prompt=False)
+                except EvsysError:  # no chat template: the plain text
+                    ids = self._tokenizer.encode(" ".join(m["content"] for m in CALIBRATION_MESSAGES))
+                calibration = torch.as_tensor([ids], dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                self._fused = FusedDecoder(self._causal_lm, self.params.rollout_weights, calibration)
+        else:
+            self._fused.refresh_lora()
+        return self._fused
+
     # ----------------------------------------------------------------- protocol: text
 
     @property
@@ -276,7 +309,6 @@ class LocalBackend:
         stops: list[str],
         generator: torch.Generator,
     ) -> list[SampledSequence]:
-        model = self._causal_lm
         batch = len(rows)
         width = max(len(r) for r in rows)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
@@ -288,15 +320,19 @@ class LocalBackend:
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         eos = torch.as_tensor(sorted(self.eos_token_ids), dtype=torch.long, device=self.device)
 
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask[:, :width],
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = _output_cache(out)
-        logits = out.logits[:, -1, :].float()
+        decoder = self._rollout_decoder(width + max_tokens)
+        if decoder is not None:
+            logits = decoder.start(input_ids, mask[:, :width], positions, width + max_tokens)
+        else:
+            out = self._causal_lm(
+                input_ids=input_ids,
+                attention_mask=mask[:, :width],
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = _output_cache(out)
+            logits = out.logits[:, -1, :].float()
         next_position = positions[:, -1] + 1
         generated: list[list[int]] = [[] for _ in range(batch)]
         logprobs: list[list[float]] = [[] for _ in range(batch)]
@@ -308,8 +344,12 @@ class LocalBackend:
             if temperature == 0:
                 tokens = logits.argmax(dim=-1)
             else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                # inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one exponential
+                # per vocabulary entry, ~1 ms per row and token on a CPU for a 49k vocabulary)
+                probs = torch.softmax(logits / temperature, dim=-1, dtype=torch.float64)
+                cdf = probs.cumsum(dim=-1)
+                u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+                tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
             chosen = logp.gather(1, tokens[:, None]).squeeze(1)
             is_eos = torch.isin(tokens, eos) if len(eos) else torch.zeros_like(tokens, dtype=torch.bool)
             token_list, logp_list, eos_list = tokens.tolist(), chosen.tolist(), is_eos.tolist()
@@ -329,22 +369,28 @@ class LocalBackend:
                 keep.append(i)
             if not keep or step == max_tokens - 1:
                 break
-            if len(keep) < len(rows_in_batch) and hasattr(cache, "batch_select_indices"):
+            if len(keep) < len(rows_in_batch) and (decoder is not None or hasattr(cache, "batch_select_indices")):
                 # drop finished rows from the batch and its KV cache: no compute on completed rollouts
                 index = torch.as_tensor(keep, dtype=torch.long, device=self.device)
-                cache.batch_select_indices(index)
+                if decoder is not None:
+                    decoder.keep(index)
+                else:
+                    cache.batch_select_indices(index)
                 tokens, mask, next_position = tokens[index], mask[index], next_position[index]
                 rows_in_batch = [rows_in_batch[i] for i in keep]
-            mask[:, width + step] = 1
-            out = model(
-                input_ids=tokens[:, None],
-                attention_mask=mask[:, : width + step + 1],
-                position_ids=next_position[:, None],
-                use_cache=True,
-                **{self._cache_kwarg: cache},
-            )
-            cache = _output_cache(out)
-            logits = out.logits[:, -1, :].float()
+            if decoder is not None:
+                logits = decoder.step(tokens, next_position)
+            else:
+                mask[:, width + step] = 1
+                out = self._causal_lm(
+                    input_ids=tokens[:, None],
+                    attention_mask=mask[:, : width + step + 1],
+                    position_ids=next_position[:, None],
+                    use_cache=True,
+                    **{self._cache_kwarg: cache},
+                )
+                cache = _output_cache(out)
+                logits = out.logits[:, -1, :].float()
             next_position = next_position + 1
 
         results = []
@@ -600,7 +646,8 @@ class LocalBackend:
         target = root / name
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            with _quiet_transformers():  # no 'Writing model shards' bar at every checkpoint
+                self.model.save_pretrained(str(tmp), safe_serialization=True)
             state = {
                 "format": 1,
                 "step": self._step,
@@ -667,6 +714,7 @@ class LocalBackend:
 
     def close(self) -> None:
         """Free the model and optimizer; remove the temporary checkpoint root if nothing was saved there."""
+        self._fused = None
         for attr in ("model", "_optimizer", "_trainable"):
             if hasattr(self, attr):
                 delattr(self, attr)

@@ -58,6 +58,24 @@ class LocalBackendParams(StrictModel):
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         default="auto", description="Attention kernel; 'auto' lets transformers choose (sdpa when available)."
     )
+    rollout_engine: Literal["auto", "fused", "generic"] = Field(
+        default="auto",
+        description=(
+            "Decode loop of sample: 'fused' is EvSys' lean Llama-family decoder (static KV cache, LoRA added "
+            "as a low-rank update, no per-token transformers/peft dispatch); 'generic' is the transformers "
+            "forward with its KV cache (any architecture); 'auto' is 'fused' when the model supports it."
+        ),
+    )
+    rollout_weights: Literal["model", "int8"] = Field(
+        default="model",
+        description=(
+            "Base weights read by sample: 'model' (the training weights; sampler logprobs equal the policy's "
+            "up to float rounding) or 'int8' (CPU, fused engine: a per-channel int8 copy of the frozen base "
+            "linears, ~4x less memory traffic per token, +~25% of the float32 model in memory; the LoRA update "
+            "stays float32; sampler logprobs differ from the float32 policy's by a measured tolerance, see "
+            "docs/performance.md)."
+        ),
+    )
 
     cpu_threads: int | None = Field(
         default=None,

@@ -1,0 +1,397 @@
+"""A lean decode path for rollouts on Llama-family models (Llama, Mistral, Qwen2), with a static KV cache.
+
+Why: on a CPU at batch 1 each new token reads every weight once, and ``transformers``' generic forward
+plus peft's LoRA dispatch add per-token Python work on top. :class:`FusedDecoder` runs the same
+computation as ``LlamaForCausalLM`` with the LoRA adapter active, written as a handful of tensor ops per
+layer over a preallocated KV cache, and can read the frozen base weights from an int8 copy:
+
+- ``weights="model"``: the model's own weight tensors (no copy); the LoRA update is added as
+  ``scale * B(A x)`` from the live peft parameters, so logprobs equal ``forward_backward``'s up to
+  float rounding (~1e-6 in float32).
+- ``weights="int8"`` (CPU only): the frozen base linears (q/k/v fused, o, gate/up fused, and the output
+  head; not down_proj, whose activations have outliers int8 cannot carry) are quantized once, per output
+  channel, to int8 after SmoothQuant scaling (alpha 0.7, activation maxima from a fixed calibration
+  chat), and run with fbgemm's dynamic-quantization GEMM, reading ~2.5x fewer bytes per token; the LoRA
+  update stays float32 and exact. The base weights never change during training, so the copy is built
+  once (~1/5 of the float32 model in memory) and never drifts. Logprobs are those of the int8 sampler (like vLLM's in the SDFT paper): within a measured
+  tolerance of the float32 policy's (docs/performance.md), and exactly what importance weights
+  ``exp(logp - sampler_logp)`` need.
+
+Anything else (another architecture, a LoRA variant such as DoRA, sliding-window attention shorter
+than the sequence) is refused by :func:`unsupported_reason`, and the backend falls back to the generic
+``transformers`` decode loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+_ATTN = ("q_proj", "k_proj", "v_proj")
+SMOOTH_ALPHA = 0.7
+#: Text the int8 copy is calibrated on (per-channel activation maxima for SmoothQuant), as a chat:
+#: prose, arithmetic, code and a list, so the outlier channels of typical prompts show up.
+CALIBRATION_MESSAGES = (
+    {"role": "user", "content": "Explain why the sky is blue, then compute 17 * 23 and show your work."},
+    {
+        "role": "assistant",
+        "content": (
+            "Sunlight scatters off air molecules; shorter (blue) wavelengths scatter most, so the sky looks blue.\n"
+            "17 * 23 = 17 * 20 + 17 * 3 = 340 + 51 = 391.\n"
+            "def add(a, b):\n    return a + b  # Python\n"
+            "1. Paris, France\n2. Tokyo, Japan\n3. 100 degrees Celsius; $4.50; 2024-01-31; x^2 + y^2 = z^2."
+        ),
+    },
+)
+_MLP = ("gate_proj", "up_proj")
+
+
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+#: fbgemm's AVX2 int8 kernels can saturate 16-bit sums with full-range activations; VNNI ones cannot.
+REDUCE_RANGE = not _has_vnni()
+
+
+def int8_available(device: torch.device) -> bool:
+    """fbgemm/x86 dynamic-quantization kernels exist on this build (CPU only)."""
+    if device.type != "cpu":
+        return False
+    engines = getattr(torch.backends.quantized, "supported_engines", [])
+    return any(e in engines for e in ("fbgemm", "x86")) and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+def unsupported_reason(causal_lm: Any, total_length: int | None = None) -> str | None:
+    """Why :class:`FusedDecoder` cannot run this model (None when it can)."""
+    config = causal_lm.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {sorted(SUPPORTED_MODEL_TYPES)}"
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+        return "only silu MLPs without tensor-parallel slicing"
+    window = getattr(config, "sliding_window", None)
+    uses_window = getattr(config, "use_sliding_window", model_type == "mistral")
+    if window and uses_window and (total_length is None or total_length > window):
+        return "sliding-window attention"
+    layer = causal_lm.get_decoder().layers[0]
+    for name in (*_ATTN, "o_proj"):
+        if not hasattr(layer.self_attn, name):
+            return f"no self_attn.{name}"
+    if any(hasattr(layer.self_attn, n) for n in ("q_norm", "k_norm")):
+        return "q/k norms"
+    for name in (*_MLP, "down_proj"):
+        if not hasattr(layer.mlp, name):
+            return f"no mlp.{name}"
+    for module in causal_lm.modules():
+        if getattr(module, "use_dora", {}) and any(module.use_dora.values()):
+            return "DoRA adapters"
+        if getattr(module, "merged_adapters", None):
+            return "merged adapters"
+    return None
+
+
+def _base_and_lora(module: Any) -> tuple[torch.nn.Linear, list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    """The plain linear under a peft LoRA layer, and its active adapters as ``(A, B, scaling)``."""
+    base = getattr(module, "base_layer", module)
+    loras = []
+    if base is not module and not getattr(module, "disable_adapters", False):
+        for name in module.active_adapters:
+            if name in module.lora_A:
+                loras.append((module.lora_A[name].weight, module.lora_B[name].weight, float(module.scaling[name])))
+    return base, loras
+
+
+@dataclass
+class _Linear:
+    """One (possibly fused) linear: base weights (float or int8-packed) plus a low-rank float update."""
+
+    out_features: int
+    weight: torch.Tensor | None = None  # float weight [out, in] (weights="model")
+    packed: Any = None  # fbgemm packed int8 weight (weights="int8")
+    bias: torch.Tensor | None = None
+    lora_a: torch.Tensor | None = None  # [r_total, in]
+    lora_b: torch.Tensor | None = None  # [out, r_total], scaling folded in
+    sources: list[Any] = field(default_factory=list)  # the peft modules, to refresh the LoRA part
+    smooth: torch.Tensor | None = None  # int8: x / smooth feeds the int8 GEMM (SmoothQuant), None: no scaling
+    prescaled: bool = False  # int8: the caller already divided x by smooth (folded into an RMSNorm weight)
+
+    def refresh_lora(self) -> None:
+        parts = [_base_and_lora(m)[1] for m in self.sources]
+        if not any(parts):
+            self.lora_a = self.lora_b = None
+            return
+        a_rows, blocks, total_rank = [], [], sum(a.shape[0] for p in parts for a, _, _ in p)
+        offset_out, offset_rank = 0, 0
+        b_full = None
+        for module, adapters in zip(self.sources, parts, strict=True):
+            out = _base_and_lora(module)[0].out_features
+            for a, b, scale in adapters:
+                a_rows.append(a.detach())
+                if b_full is None:
+                    b_full = torch.zeros(self.out_features, total_rank, dtype=b.dtype, device=b.device)
+                r = a.shape[0]
+                b_full[offset_out : offset_out + out, offset_rank : offset_rank + r] = b.detach() * scale
+                offset_rank += r
+            offset_out += out
+            blocks.append(out)
+        self.lora_a = torch.cat(a_rows) if a_rows else None
+        self.lora_b = b_full
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            xq = x if (self.smooth is None or self.prescaled) else x / self.smooth
+            flat = xq.reshape(-1, x.shape[-1])
+            y = torch.ops.quantized.linear_dynamic(flat, self.packed, REDUCE_RANGE).reshape(*x.shape[:-1], -1)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        if self.lora_a is not None:
+            xl = x * self.smooth if (self.prescaled and self.smooth is not None) else x
+            y = y + F.linear(F.linear(xl.to(self.lora_a.dtype), self.lora_a), self.lora_b).to(y.dtype)
+        return y
+
+
+def _pack_int8(weight: torch.Tensor, smooth: torch.Tensor | None = None) -> Any:
+    """Per-output-channel symmetric int8 quantization of ``weight * smooth`` (per input column),
+    prepacked for fbgemm's dynamic linear."""
+    w = weight.detach().float()
+    if smooth is not None:
+        w = w * smooth[None, :]
+    w = w.contiguous()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+def _smoothing(act_max: torch.Tensor | None, weight: torch.Tensor, alpha: float = SMOOTH_ALPHA) -> torch.Tensor | None:
+    """SmoothQuant's per-input-channel scale ``max|x_j|^a / max|W_j|^(1-a)`` (None without statistics)."""
+    if act_max is None:
+        return None
+    w_max = weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
+    scale = act_max.clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)
+    return scale.clamp(min=1e-5)
+
+
+def _build_linear(modules: list[Any], int8: bool, act_max: torch.Tensor | None = None) -> _Linear:
+    bases = [_base_and_lora(m)[0] for m in modules]
+    out = sum(b.out_features for b in bases)
+    biases = [b.bias for b in bases]
+    bias = None
+    if any(x is not None for x in biases):
+        bias = torch.cat(
+            [
+                (x.detach() if x is not None else torch.zeros(b.out_features, dtype=b.weight.dtype))
+                for x, b in zip(biases, bases, strict=True)
+            ]
+        )
+    lin = _Linear(out_features=out, bias=bias, sources=list(modules))
+    if int8:
+        weight = torch.cat([b.weight.detach() for b in bases]) if len(bases) > 1 else bases[0].weight
+        lin.smooth = _smoothing(act_max, weight)
+        lin.packed = _pack_int8(weight, lin.smooth)
+        if lin.bias is not None:
+            lin.bias = lin.bias.float()
+    else:
+        if len(bases) > 1:  # no fusion in float: a fused copy would double the resident weights
+            raise ValueError("float linears are not fused")
+        lin.weight = bases[0].weight
+    return lin
+
+
+class _Layer:
+    def __init__(self, layer: Any, int8: bool, stats: dict[str, torch.Tensor] | None = None) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        stats = stats or {}
+        self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
+        self.norm2, self.eps2 = layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon)
+        if int8:
+            self.qkv: list[_Linear] = [_build_linear([getattr(attn, n) for n in _ATTN], True, stats.get("qkv"))]
+            self.gate_up: list[_Linear] = [_build_linear([getattr(mlp, n) for n in _MLP], True, stats.get("gate_up"))]
+        else:
+            self.qkv = [_build_linear([getattr(attn, n)], False) for n in _ATTN]
+            self.gate_up = [_build_linear([getattr(mlp, n)], False) for n in _MLP]
+        self.o = _build_linear([attn.o_proj], int8, stats.get("o"))
+        # down_proj reads the model's float weights even in int8 mode: its input (silu(gate) * up) has
+        # outliers that per-tensor int8 activations cannot carry (KL to the float policy 0.08 -> 0.02 nats)
+        self.down = _build_linear([mlp.down_proj], False)
+
+    def linears(self) -> list[_Linear]:
+        return [*self.qkv, *self.gate_up, self.o, self.down]
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class FusedDecoder:
+    """Prefill + one-token decode steps of a peft-wrapped Llama-family ``*ForCausalLM`` (adapter on).
+
+    Build once per backend (``weights`` is ``"model"`` or ``"int8"``); call :meth:`refresh_lora` before
+    each ``sample`` (the LoRA parameters change every optimizer step), then :meth:`start` per batch.
+    """
+
+    def __init__(self, causal_lm: Any, weights: str = "model", calibration: torch.Tensor | None = None) -> None:
+        if weights not in ("model", "int8"):
+            raise ValueError(f"weights must be 'model' or 'int8', got {weights!r}")
+        stats: list[dict[str, torch.Tensor]] | None = None
+        if weights == "int8" and calibration is not None:
+            stats = FusedDecoder(causal_lm, "model").activation_maxima(calibration)
+        self.int8 = weights == "int8"
+        self.causal_lm = causal_lm
+        config = causal_lm.config
+        decoder = causal_lm.get_decoder()
+        self.embed = decoder.embed_tokens.weight
+        self.final_norm, self.final_eps = decoder.norm.weight, float(decoder.norm.variance_epsilon)
+        self.rotary = decoder.rotary_emb
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.scale = self.head_dim**-0.5
+        self.layers = [
+            _Layer(layer, self.int8, stats[i] if stats else None) for i, layer in enumerate(decoder.layers)
+        ]
+        head = causal_lm.get_output_embeddings()
+        self.head = _build_linear([head], self.int8, stats[-1].get("head") if stats else None)
+        self.head.sources = []  # the output head never carries LoRA here
+        self.q_out = self.heads * self.head_dim
+        self.kv_out = self.kv_heads * self.head_dim
+        self.refresh_lora()
+
+    def refresh_lora(self) -> None:
+        """Re-read the live LoRA parameters (after optimizer steps or a checkpoint load)."""
+        for layer in self.layers:
+            for lin in layer.linears():
+                lin.refresh_lora()
+
+    # -------------------------------------------------------------- one batch
+
+    def start(self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Prefill left-padded ``input_ids`` ``[B, W]`` (``valid`` marks real tokens) into a cache of
+        ``capacity`` positions; returns float32 logits ``[B, V]`` of the last position."""
+        batch, width = input_ids.shape
+        device, dtype = input_ids.device, self.embed.dtype
+        shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.valid[:, :width] = valid.bool()
+        self.length = width
+        max_pos = int(positions.max()) + capacity - width + 1
+        cos, sin = self.rotary(self.embed[:1][None], torch.arange(max_pos, device=device)[None])
+        self.cos, self.sin = cos[0], sin[0]
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        mask = causal[None, None] & self.valid[:, None, None, :width]
+        # a fully padded query row (left pads) would attend to nothing: let it see itself
+        mask = mask | torch.eye(width, dtype=torch.bool, device=device)[None, None]
+        hidden = self._forward(input_ids, positions, self._additive(mask), 0)
+        if getattr(self, "_stats", None) is not None:  # calibration: every position through the head
+            return self._logits(hidden)[:, -1]
+        return self._logits(hidden[:, -1])
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Append one token per row at ``positions`` ``[B]``; float32 logits ``[B, V]`` of the next token."""
+        at = self.length
+        self.valid[:, at] = True
+        mask = self.valid[:, None, None, : at + 1]
+        hidden = self._forward(tokens[:, None], positions[:, None], self._additive(mask), at)
+        return self._logits(hidden[:, -1])
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the rows ``index`` of the batch (finished rollouts leave)."""
+        self.k, self.v = self.k[:, index], self.v[:, index]
+        self.valid = self.valid[index]
+
+    @torch.no_grad()
+    def activation_maxima(self, ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per input channel max |x| of every linear's input over ``ids`` ``[1, L]`` (SmoothQuant calibration);
+        one dict per layer (``qkv``, ``o``, ``gate_up``, ``down``) and a last one with ``head``."""
+        length = ids.shape[1]
+        self._stats: list[dict[str, torch.Tensor]] = [{} for _ in range(len(self.layers) + 1)]
+        valid = torch.ones_like(ids, dtype=torch.bool)
+        try:
+            self.start(ids, valid, torch.arange(length, device=ids.device)[None], length)
+        finally:
+            stats, self._stats = self._stats, None  # type: ignore[assignment]
+        return stats
+
+    def _record(self, layer: int, name: str, x: torch.Tensor) -> None:
+        stats = getattr(self, "_stats", None)
+        if stats is not None:
+            m = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(dim=0)
+            stats[layer][name] = torch.maximum(stats[layer][name], m) if name in stats[layer] else m
+
+    # -------------------------------------------------------------- the model
+
+    def _additive(self, mask: torch.Tensor) -> torch.Tensor:
+        """A boolean attention mask as the additive float mask SDPA would build in every layer: once per step."""
+        dtype = self.embed.dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = _rms(hidden, self.final_norm, self.final_eps)
+        self._record(-1, "head", h)
+        return self.head(h).float()
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, at: int) -> torch.Tensor:
+        batch, t = ids.shape
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [B, 1, T, D]
+        end = at + t
+        hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
+        for i, layer in enumerate(self.layers):
+            h = _rms(x, layer.norm1, layer.eps1)
+            self._record(i, "qkv", h)
+            if len(layer.qkv) == 1:
+                q, k, v = layer.qkv[0](h).split((self.q_out, self.kv_out, self.kv_out), dim=-1)
+            else:
+                q, k, v = (lin(h) for lin in layer.qkv)
+            q = q.view(batch, t, nh, hd).transpose(1, 2)
+            k = k.view(batch, t, nkv, hd).transpose(1, 2)
+            v = v.view(batch, t, nkv, hd).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k[i, :, :, at:end] = k
+            self.v[i, :, :, at:end] = v
+            a = F.scaled_dot_product_attention(
+                q,
+                self.k[i, :, :, :end],
+                self.v[i, :, :, :end],
+                attn_mask=mask,
+                scale=self.scale,
+                enable_gqa=nkv != nh,
+            )
+            a = a.transpose(1, 2).reshape(batch, t, nh * hd)
+            self._record(i, "o", a)
+            x = x + layer.o(a)
+            h = _rms(x, layer.norm2, layer.eps2)
+            self._record(i, "gate_up", h)
+            if len(layer.gate_up) == 1:
+                gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
+            else:
+                gate, up = (lin(h) for lin in layer.gate_up)
+            m = F.silu(gate) * up
+            self._record(i, "down", m)
+            x = x + layer.down(m)
+        self.length = end
+        return x

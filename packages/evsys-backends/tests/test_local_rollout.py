@@ -1,0 +1,109 @@
+"""The fused rollout decoder (evsys.backends.local.rollout) against the generic transformers loop, on a tiny Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from evsys.backends.local.backend import LocalBackend
+from evsys.backends.local.params import LocalBackendParams
+from evsys.backends.local.rollout import int8_available, unsupported_reason
+from evsys.backends.local.testing import build_tiny_model_dir
+from evsys.schema.errors import EvsysError
+from evsys.schema.protocols import BackendSetup, Datum
+
+PROMPTS = [[1, 87, 85, 71, 84, 201, 74, 75], [1, 67, 201, 90], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama-rollout") / "model")
+
+
+def make(model_dir: Path, **params: object) -> LocalBackend:
+    return LocalBackend(BackendSetup(model_name=str(model_dir), lora_rank=4, seed=0), LocalBackendParams(**params))
+
+
+def same_lora(src: LocalBackend, dst: LocalBackend, seed: int = 3) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in src.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    dst.model.load_state_dict(src.model.state_dict())
+
+
+def policy_logprobs(backend: LocalBackend, prompt: list[int], tokens: list[int]) -> list[float]:
+    with torch.no_grad():
+        logits = backend.model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(tokens)]
+
+
+def test_fused_equals_generic_loop(tiny_dir: Path) -> None:
+    fused, generic = make(tiny_dir, rollout_engine="fused"), make(tiny_dir, rollout_engine="generic")
+    same_lora(fused, generic)
+    for temperature in (0.0, 1.0):
+        a = fused.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
+        b = generic.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
+        for ga, gb in zip(a, b, strict=True):
+            for sa, sb in zip(ga, gb, strict=True):
+                assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
+                assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
+    assert fused._fused is not None and generic._fused is None
+
+
+def test_fused_sees_every_optimizer_step(tiny_dir: Path) -> None:
+    """The decoder reads the live LoRA parameters: after a training step its logprobs are the new policy's."""
+    backend = make(tiny_dir)
+    same_lora(backend, backend)
+    [[first]] = backend.sample([PROMPTS[0]], max_tokens=6, seed=1)
+    seq = PROMPTS[0] + first.tokens
+    datum = Datum(input_tokens=seq[:-1], target_tokens=seq[1:], weights=[1.0] * (len(seq) - 1))
+    backend.forward_backward([datum], "cross_entropy")
+    backend.optim_step(learning_rate=0.05)
+    [[after]] = backend.sample([PROMPTS[0]], max_tokens=6, seed=1)
+    assert after.logprobs == pytest.approx(policy_logprobs(backend, PROMPTS[0], after.tokens), abs=1e-4)
+
+
+@pytest.mark.skipif(not int8_available(torch.device("cpu")), reason="no fbgemm/x86 int8 kernels in this torch")
+def test_int8_rollouts_stay_close_to_the_float_policy(tiny_dir: Path) -> None:
+    backend = make(tiny_dir, rollout_weights="int8")
+    same_lora(backend, backend)
+    out = backend.sample(PROMPTS, n=4, max_tokens=12, seed=0)
+    diffs = []
+    for prompt, group in zip(PROMPTS, out, strict=True):
+        for s in group:
+            assert len(s.tokens) == len(s.logprobs) >= 1
+            diffs += [a - b for a, b in zip(s.logprobs, policy_logprobs(backend, prompt, s.tokens), strict=True)]
+    d = torch.tensor(diffs).abs()
+    # the int8 sampler is an approximation of the float policy: close, not equal (see docs/performance.md)
+    assert float(d.mean()) < 0.1 and float(d.max()) < 1.0, (float(d.mean()), float(d.max()))
+    assert float(d.max()) > 0  # it really ran the int8 copy
+
+
+def test_params_and_errors(tiny_dir: Path) -> None:
+    assert LocalBackendParams().rollout_engine == "auto" and LocalBackendParams().rollout_weights == "model"
+    with pytest.raises(ValueError):
+        LocalBackendParams(rollout_weights="int4")  # type: ignore[arg-type]
+    assert not int8_available(torch.device("cuda"))
+    backend = make(tiny_dir)
+    assert unsupported_reason(backend._causal_lm) is None
+    backend._causal_lm.config.model_type = "gpt2"  # pretend: an architecture the fused decoder does not know
+    assert "model_type" in (unsupported_reason(backend._causal_lm) or "")
+    [[s]] = backend.sample([PROMPTS[0]], max_tokens=3, seed=0)  # auto falls back to the generic loop
+    assert len(s.tokens) >= 1 and backend._fused is None
+    strict = make(tiny_dir, rollout_engine="fused")
+    strict._causal_lm.config.model_type = "gpt2"
+    with pytest.raises(EvsysError, match="rollout_engine"):
+        strict.sample([PROMPTS[0]], max_tokens=3)

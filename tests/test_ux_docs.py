@@ -1,0 +1,45 @@
+"""The docs: the config reference is generated and fresh, and the pages' relative links resolve."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+#: pages of this change whose links are checked
+PAGES = ["getting-started.md", "cli.md", "backends.md", "plugins.md", "architecture.md", "config-reference.md", "walkthrough-sdft.md"]
+#: written by the SFT/GRPO walkthrough work; linked before they land
+PENDING = {"walkthrough-sft.md", "walkthrough-grpo.md"}
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_config_reference_is_fresh() -> None:
+    from evsys.cli.reference import REGENERATE_COMMAND, render
+    from evsys.cli.schema_cmd import builtin_registry
+
+    assert (DOCS / "config-reference.md").read_text(encoding="utf-8") == render(builtin_registry()), f"stale: run {REGENERATE_COMMAND}"
+
+
+def test_config_reference_covers_every_params_field() -> None:
+    from evsys.cli.schema_cmd import builtin_registry
+
+    text = (DOCS / "config-reference.md").read_text(encoding="utf-8")
+    registry = builtin_registry()
+    for kind in ("algorithm", "backend", "callback"):
+        for registration in registry.registrations(kind):
+            assert f"### {kind} `{registration.name}`" in text
+            for field in (registration.params.model_fields if registration.params else {}):
+                assert f"| `{field}` |" in text, (kind, registration.name, field)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_resolve(page: str) -> None:
+    text = FENCE.sub("", (DOCS / page).read_text(encoding="utf-8"))  # links inside code blocks are output, not links
+    for target in LINK.findall(text):
+        if "://" in target or target.startswith("mailto:") or Path(target).name in PENDING:
+            continue
+        assert (DOCS / target).exists(), f"{page}: broken link {target}"
