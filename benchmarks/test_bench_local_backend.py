@@ -47,7 +47,15 @@ DATA = [
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    """Peak resident set size of this process so far, MiB: VmHWM (reset by exec, unlike ru_maxrss, which
+    a child started by subprocess inherits from its parent), else ru_maxrss (KiB on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -71,7 +79,9 @@ def get_backend(weights: str):
         )
         backend.eos_token_ids = frozenset()  # every rollout is NEW_TOKENS tokens (EOS "blocked")
         _BACKENDS[weights] = backend
-        print(f"\n[local backend {weights}] torch threads={torch.get_num_threads()} peak RSS after load {peak_rss_mib():.0f} MiB")
+        print(
+            f"\n[local backend {weights}] torch threads={torch.get_num_threads()} peak RSS after load {peak_rss_mib():.0f} MiB"
+        )
     return _BACKENDS[weights]
 
 
@@ -105,7 +115,12 @@ def test_bench_sample(benchmark, batch: int, weights: str) -> None:
     )
     generated = sum(len(s.tokens) for group in result for s in group)
     median = benchmark.stats.stats.median
-    report(benchmark, f"sample batch={batch} weights={weights}", tokens=generated, tokens_per_s=round(generated / median, 1))
+    report(
+        benchmark,
+        f"sample batch={batch} weights={weights}",
+        tokens=generated,
+        tokens_per_s=round(generated / median, 1),
+    )
 
 
 def make_algorithm(kind: str, backend, batch: int):

@@ -58,6 +58,15 @@ DATA = [
 
 
 def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB: VmHWM (reset by exec, unlike ru_maxrss, which
+    a child started by subprocess inherits from its parent), else ru_maxrss (KiB on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -72,7 +81,9 @@ def _threads() -> None:
 class Timer:
     """Wraps a backend's methods to sum the seconds spent in each during one step."""
 
-    def __init__(self, backend: Any, names: tuple[str, ...] = ("sample", "topk_logprobs", "forward_backward", "optim_step")) -> None:
+    def __init__(
+        self, backend: Any, names: tuple[str, ...] = ("sample", "topk_logprobs", "forward_backward", "optim_step")
+    ) -> None:
         self.spent: dict[str, float] = dict.fromkeys(names, 0.0)
         for name in names:
             original = getattr(backend, name)
@@ -188,7 +199,9 @@ def build_trl(batch: int, steps: int, callbacks: list[Any], output_dir: str) -> 
         generation_kwargs={"min_new_tokens": NEW_TOKENS},
         seed=0,
     )
-    lora = LoraConfig(r=RANK, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=RANK, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return SDFTTrainer(
@@ -270,7 +283,9 @@ def side_alone(side: str, batch: int, steps: int, warmup: int, rollout_weights: 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-needs_trl = pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="needs trl (pip install 'evsys-backends[trl]')")
+needs_trl = pytest.mark.skipif(
+    importlib.util.find_spec("trl") is None, reason="needs trl (pip install 'evsys-backends[trl]')"
+)
 
 
 def _bundled() -> bool:

@@ -5,8 +5,8 @@ SmolLM2-135M-Instruct: teach 20 made-up capitals with `sft` and with `sdft`, the
 
 - new-fact accuracy: greedy answers to paraphrased questions about the made-up capitals
   (benchmark `new_facts`, scored in the run loop after training);
-- retention: greedy answers about 20 real capitals the base model answers correctly
-  (benchmark `retention`, scored the same way);
+- retention: greedy answers about 20 real capitals, chosen among those the base model answers
+  correctly (benchmark `retention`, scored the same way);
 - the gold-answer log-probability for both: log p(" <answer>" | question, "The capital of X is"), the
   answer after a fixed answer prefix, so a change of answer format cannot pass for knowledge gained
   or kept. It moves before accuracy does.
@@ -17,7 +17,8 @@ log-probabilities from the saved checkpoints (`checkpoints/step_000020`, ..., `c
 with the study helper `gold_logprobs` below — study code, not part of EvSys: the verifiers score
 generated text only.
 
-    python examples/retention_study/run_study.py                 # every arm, 2 at a time; prints the table
+    python examples/retention_study/run_study.py                 # the 4 main arms, 2 at a time; prints the table
+    python examples/retention_study/run_study.py --arms all      # + the SDFT search arms
     python examples/retention_study/run_study.py --arms sft,sdft --jobs 1
     python examples/retention_study/run_study.py --no-train      # re-read finished runs, rebuild the table
 
@@ -47,13 +48,18 @@ OUTPUTS = HERE / "outputs"
 BENCHMARKS = {"new_facts": HERE / "data" / "new_facts", "retention": HERE / "data" / "retention"}
 #: Arms in table order: config file stem -> short description for the table.
 ARMS: dict[str, str] = {
-    "sft": "SFT, lr 5e-4, 60 steps",
-    "sdft": "SDFT, lr 5e-4, 60 steps",
-    "sft_sentence": "SFT on sentence answers, lr 5e-4, 60 steps",
-    "sft_lowlr": "SFT, lr 1e-4, 60 steps",
-    "sft_tuned": "SFT, lr 1e-3, 60 steps",
-    "sdft_tuned": "SDFT, lr 1e-3, 60 steps, 4 rollouts, T 0.7, 16 tokens",
+    "sft": "SFT, lr 5e-4",
+    "sdft": "SDFT, lr 5e-4",
+    "sft_sentence": "SFT on sentence answers, lr 5e-4",
+    "sft_lowlr": "SFT, lr 1e-4",
+    "sft_tuned": "SFT, lr 1e-3",
+    "sdft_tuned": "SDFT, lr 1e-3, 4 rollouts, T 0.7, 16 tokens",
+    "sdft_answer": "SDFT, lr 1e-3, 4 rollouts, T 0.7, 12 tokens, skip 6",
+    "sdft_answer_2e3": "SDFT, lr 2e-3, 4 rollouts, T 0.7, 12 tokens, skip 6",
 }
+#: What one plain `run_study.py` runs: the matched pair and the two SFT controls (under 20 minutes on
+#: 2 cores, two arms at a time). `--arms all` adds the SDFT search arms (about 25 minutes more).
+DEFAULT_ARMS = ("sft", "sdft", "sft_sentence", "sft_lowlr")
 SENTENCE_PREFIXES = ("the capital of", "the capital city of")
 
 
@@ -173,6 +179,10 @@ def measure_base(config: dict[str, Any]) -> tuple[ArmResult, dict[str, list[dict
         backend.close()
     result.sentence_form = sentence_fraction(predictions["retention"])
     result.measure_seconds = time.perf_counter() - started
+    base_dir = OUTPUTS / "base" / "predictions"  # the base model's answers, beside the arms' own
+    base_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in predictions.items():
+        (base_dir / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return result, predictions
 
 
@@ -202,6 +212,8 @@ def measure_arm(name: str, base_predictions: dict[str, list[dict[str, Any]]]) ->
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     run_dir = OUTPUTS / config["name"]
     result = ArmResult(name, ARMS.get(name, name), steps=int(config["algorithm"]["params"]["max_steps"]))
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise SystemExit(f"arm '{name}' has not run yet ({run_dir} holds no metrics.jsonl); drop --no-train")
     seconds_file = run_dir / "train_seconds.txt"
     result.train_seconds = float(seconds_file.read_text()) if seconds_file.exists() else float("nan")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -243,19 +255,23 @@ def measure_arm(name: str, base_predictions: dict[str, list[dict[str, Any]]]) ->
 
 def table(results: list[ArmResult]) -> str:
     lines = [
-        "| arm | new facts acc | new facts gold logprob | retention acc | retention gold logprob | known capitals lost | sentence-form answers | train time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm (60 steps each) | new facts acc | new facts gold logprob (steps 0 → 20 → 40 → 60) | retention acc | retention gold logprob | known capitals lost | sentence-form answers | forgetting per nat learned | train time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    known = round(results[0].accuracy["retention"] * len(load_tasks("retention")))  # base-correct known capitals
     for r in results:
         curve = r.logprob_curve.get("new_facts", {})
         trace = (
             " → ".join(f"{curve[s]:.1f}" for s in sorted(curve)) if len(curve) > 1 else f"{r.logprob['new_facts']:.1f}"
         )
-        lost = f"{len(r.lost)}" + (f" ({', '.join(r.lost)})" if r.lost else "")
+        lost = f"{len(r.lost)} of {known}" + (f" ({', '.join(r.lost)})" if 0 < len(r.lost) <= 5 else "")
         train = "—" if r.name == "base" else f"{r.train_seconds / 60:.1f} min"
+        learned = r.logprob["new_facts"] - results[0].logprob["new_facts"]
+        forgot = results[0].logprob["retention"] - r.logprob["retention"]
+        ratio = f"{forgot / learned:.2f}" if r.name != "base" and learned > 0 else "—"
         lines.append(
             f"| {r.label} | {r.accuracy['new_facts']:.2f} | {trace} | {r.accuracy['retention']:.2f} | "
-            f"{r.logprob['retention']:.2f} | {lost if r.name != 'base' else '—'} | {r.sentence_form:.2f} | {train} |"
+            f"{r.logprob['retention']:.2f} | {lost if r.name != 'base' else '—'} | {r.sentence_form:.2f} | {ratio} | {train} |"
         )
     return "\n".join(lines)
 
@@ -263,7 +279,9 @@ def table(results: list[ArmResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--arms", default=",".join(ARMS), help=f"comma-separated config names (default: {','.join(ARMS)})"
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+        help=f"comma-separated config names, or 'all' (default: {','.join(DEFAULT_ARMS)}; all: {','.join(ARMS)})",
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="arms trained at once (each uses one CPU thread); default 2"
@@ -271,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="only re-measure finished runs and rebuild the table")
     parser.add_argument("--out", default=str(OUTPUTS / "results.md"), help="where to write the markdown table")
     args = parser.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = list(ARMS) if args.arms.strip() == "all" else [a.strip() for a in args.arms.split(",") if a.strip()]
     for arm in arms:
         if not (CONFIGS / f"{arm}.yaml").is_file():
             parser.error(f"no config {CONFIGS / arm}.yaml")
@@ -296,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nWhole study: {total / 60:.1f} min wall time "
         f"({'measuring only' if args.no_train else f'{len(arms)} arms, {args.jobs} at a time'}); "
         'gold logprob = mean over tasks of log p(answer | question, "The capital of X is"), '
-        "new facts at steps 0 → 20 → 40 → ... → final. "
+        "new facts at steps 0 → 20 → 40 → ... → final; forgetting per nat learned = retention gold logprob lost "
+        "/ new-facts gold logprob gained. "
         f"The sdft teacher (the base model shown the answer) gives the new facts {base.teacher_logprob:.1f}.\n"
     )
     print(text + "\n" + footer)

@@ -103,6 +103,8 @@ def test_params_and_errors(tiny_dir: Path) -> None:
     assert "model_type" in (unsupported_reason(backend._causal_lm) or "")
     [[s]] = backend.sample([PROMPTS[0]], max_tokens=3, seed=0)  # auto falls back to the generic loop
     assert len(s.tokens) >= 1 and backend._fused is None
+    with pytest.raises(EvsysError, match="rollout_engine"):
+        make(tiny_dir, rollout_engine="generic", rollout_weights="int8")
     strict = make(tiny_dir, rollout_engine="fused")
     strict._causal_lm.config.model_type = "gpt2"
     with pytest.raises(EvsysError, match="rollout_engine"):

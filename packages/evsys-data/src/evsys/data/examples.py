@@ -93,6 +93,36 @@ def iter_examples(
         yield item.line, example, problems
 
 
+def _collect(
+    path: str | Path,
+    row_models: tuple[type[BaseModel], ...],
+    options: dict[str, Any],
+    max_reported: int,
+    keep: bool,
+) -> tuple[list[BaseModel], int, list[Problem]]:
+    """Valid examples (kept only if ``keep``), their count, and at most ``max_reported`` problems."""
+    examples: list[BaseModel] = []
+    valid = 0
+    problems: list[Problem] = []
+    hidden = 0
+    for _, example, row_problems in iter_examples(path, row_models, **options):
+        if example is not None:
+            valid += 1
+            if keep:
+                examples.append(example)
+            continue
+        for problem in row_problems:
+            if len(problems) < max_reported:
+                problems.append(problem)
+            else:
+                hidden += 1
+    if hidden:
+        problems.append(Problem(f"... and {hidden} more problem(s)", Location(str(path))))
+    if not valid and not problems:
+        problems.append(Problem("no examples: the file is empty", Location(str(path))))
+    return examples, valid, problems
+
+
 def check_examples_file(
     path: str | Path,
     row_models: tuple[type[BaseModel], ...],
@@ -104,22 +134,8 @@ def check_examples_file(
     max_reported: int = MAX_REPORTED,
 ) -> tuple[int, list[Problem]]:
     """Check every row; returns ``(valid row count, problems)`` with at most ``max_reported`` problems listed."""
-    problems: list[Problem] = []
-    valid = 0
-    hidden = 0
-    for _, example, row_problems in iter_examples(path, row_models, source_kind=source_kind, transform=transform, templates=templates, registry=registry):
-        if example is not None:
-            valid += 1
-            continue
-        for problem in row_problems:
-            if len(problems) < max_reported:
-                problems.append(problem)
-            else:
-                hidden += 1
-    if hidden:
-        problems.append(Problem(f"... and {hidden} more problem(s)", Location(str(path))))
-    if valid == 0 and not problems:
-        problems.append(Problem("no examples: the file is empty", Location(str(path))))
+    options = {"source_kind": source_kind, "transform": transform, "templates": templates, "registry": registry}
+    _, valid, problems = _collect(path, row_models, options, max_reported, keep=False)
     return valid, problems
 
 
@@ -133,18 +149,8 @@ def load_examples(
     registry: PluginRegistry | None = None,
 ) -> list[BaseModel]:
     """Every example of the file; any bad row raises :class:`DataError` listing all problems."""
-    examples: list[BaseModel] = []
-    problems: list[Problem] = []
-    for _, example, row_problems in iter_examples(path, row_models, source_kind=source_kind, transform=transform, templates=templates, registry=registry):
-        if example is not None:
-            examples.append(example)
-        else:
-            problems.extend(row_problems)
+    options = {"source_kind": source_kind, "transform": transform, "templates": templates, "registry": registry}
+    examples, _, problems = _collect(path, row_models, options, MAX_REPORTED, keep=True)
     if problems:
-        shown = problems[:MAX_REPORTED]
-        if len(problems) > MAX_REPORTED:
-            shown.append(Problem(f"... and {len(problems) - MAX_REPORTED} more problem(s)", Location(str(path))))
-        raise DataError(shown)
-    if not examples:
-        raise DataError(Problem("no examples: the file is empty", Location(str(path))))
+        raise DataError(problems)
     return examples

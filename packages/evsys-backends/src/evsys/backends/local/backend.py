@@ -118,6 +118,10 @@ class LocalBackend:
         self._saved_any = False
         self._step = 0
         self._fused: FusedDecoder | None = None
+        if self.params.rollout_weights == "int8" and self.params.rollout_engine == "generic":
+            raise EvsysError(
+                "backend.params.rollout_weights 'int8' needs rollout_engine 'auto' or 'fused', not 'generic'"
+            )
         if self.params.rollout_weights == "int8" and not int8_available(self.device):
             raise EvsysError(
                 f"backend.params.rollout_weights 'int8' needs torch's fbgemm/x86 int8 kernels on the CPU "

@@ -24,6 +24,7 @@ than the sequence) is refused by :func:`unsupported_reason`, and the backend fal
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 _ATTN = ("q_proj", "k_proj", "v_proj")
 SMOOTH_ALPHA = 0.7
+PACK_ROWS = 4096
 #: Text the int8 copy is calibrated on (per-channel activation maxima for SmoothQuant), as a chat:
 #: prose, arithmetic, code and a list, so the outlier channels of typical prompts show up.
 CALIBRATION_MESSAGES = (
@@ -152,7 +154,8 @@ class _Linear:
         if self.packed is not None:
             xq = x if (self.smooth is None or self.prescaled) else x / self.smooth
             flat = xq.reshape(-1, x.shape[-1])
-            y = torch.ops.quantized.linear_dynamic(flat, self.packed, REDUCE_RANGE).reshape(*x.shape[:-1], -1)
+            parts = [torch.ops.quantized.linear_dynamic(flat, p, REDUCE_RANGE) for p in self.packed]
+            y = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).reshape(*x.shape[:-1], -1)
             if self.bias is not None:
                 y = y + self.bias
         else:
@@ -163,18 +166,26 @@ class _Linear:
         return y
 
 
-def _pack_int8(weight: torch.Tensor, smooth: torch.Tensor | None = None) -> Any:
-    """Per-output-channel symmetric int8 quantization of ``weight * smooth`` (per input column),
-    prepacked for fbgemm's dynamic linear."""
-    w = weight.detach().float()
-    if smooth is not None:
-        w = w * smooth[None, :]
-    w = w.contiguous()
-    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+def _pack_int8(weight: torch.Tensor, smooth: torch.Tensor | None = None) -> list[Any]:
+    """Per-output-channel symmetric int8 quantization of ``weight * smooth`` (per input column), prepacked
+    for fbgemm's dynamic linear. Rounded ``PACK_ROWS`` rows at a time straight into one int8 tensor, so
+    building the copy of a large output head never holds a second float copy of it (peak memory)."""
+    rows, cols = weight.shape
+    q = torch.empty((rows, cols), dtype=torch.int8)
+    scales = torch.empty(rows, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, rows, PACK_ROWS):
+            w = weight[start : start + PACK_ROWS].detach().float()
+            if smooth is not None:
+                w = w * smooth[None, :]
+            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+            q[start : start + PACK_ROWS] = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+            scales[start : start + PACK_ROWS] = scale.double()
+            del w
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
-        return torch.ops.quantized.linear_prepack(q, None)
+        qt = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(rows, dtype=torch.long), 0)
+        return [torch.ops.quantized.linear_prepack(qt, None)]
 
 
 def _smoothing(act_max: torch.Tensor | None, weight: torch.Tensor, alpha: float = SMOOTH_ALPHA) -> torch.Tensor | None:
@@ -217,7 +228,10 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         stats = stats or {}
         self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
-        self.norm2, self.eps2 = layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon)
+        self.norm2, self.eps2 = (
+            layer.post_attention_layernorm.weight,
+            float(layer.post_attention_layernorm.variance_epsilon),
+        )
         if int8:
             self.qkv: list[_Linear] = [_build_linear([getattr(attn, n) for n in _ATTN], True, stats.get("qkv"))]
             self.gate_up: list[_Linear] = [_build_linear([getattr(mlp, n) for n in _MLP], True, stats.get("gate_up"))]
@@ -231,6 +245,16 @@ class _Layer:
 
     def linears(self) -> list[_Linear]:
         return [*self.qkv, *self.gate_up, self.o, self.down]
+
+
+def _release_freed_memory() -> None:
+    """Hand the float temporaries of the int8 build back to the OS (glibc keeps freed blocks otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -268,12 +292,12 @@ class FusedDecoder:
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.scale = self.head_dim**-0.5
-        self.layers = [
-            _Layer(layer, self.int8, stats[i] if stats else None) for i, layer in enumerate(decoder.layers)
-        ]
+        self.layers = [_Layer(layer, self.int8, stats[i] if stats else None) for i, layer in enumerate(decoder.layers)]
         head = causal_lm.get_output_embeddings()
         self.head = _build_linear([head], self.int8, stats[-1].get("head") if stats else None)
         self.head.sources = []  # the output head never carries LoRA here
+        if self.int8:
+            _release_freed_memory()
         self.q_out = self.heads * self.head_dim
         self.kv_out = self.kv_heads * self.head_dim
         self.refresh_lora()
@@ -286,7 +310,9 @@ class FusedDecoder:
 
     # -------------------------------------------------------------- one batch
 
-    def start(self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, capacity: int) -> torch.Tensor:
+    def start(
+        self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, capacity: int
+    ) -> torch.Tensor:
         """Prefill left-padded ``input_ids`` ``[B, W]`` (``valid`` marks real tokens) into a cache of
         ``capacity`` positions; returns float32 logits ``[B, V]`` of the last position."""
         batch, width = input_ids.shape
