@@ -91,3 +91,73 @@ def write_tiny_run(
 def tiny_run() -> object:
     """:func:`write_tiny_run`, for tests that need a real (tiny) training run."""
     return write_tiny_run
+
+
+def run_walkthrough_locally(repo_root: Path, walkthrough: str, tmp_path: Path) -> dict:
+    """Run ``examples/<walkthrough>/config.local.yaml`` as the README does (validate --deep, then run.py),
+    outputs redirected into ``tmp_path``, and check what every walkthrough promises: the three printed
+    lines, metrics.jsonl rows (train and val at both steps), one prediction per val task per step whose
+    pass rate is the logged pass@1, and summary.md. Returns the config, run_dir, rows and predictions.
+    """
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from evsys.schema.rows import MetricsRow, PredictionRow
+
+    config = yaml.safe_load((repo_root / "examples" / walkthrough / "config.local.yaml").read_text())
+    assert config["algorithm"]["params"]["max_steps"] == 2
+    config["output_dir"] = str(tmp_path / "outputs")
+    config_path = tmp_path / "config.local.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    def call(*args: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], cwd=repo_root, capture_output=True, text=True, env=os.environ.copy(), timeout=timeout
+        )
+
+    validate = call("-m", "evsys.cli.main", "validate", str(config_path), "--deep", timeout=300)
+    assert validate.returncode == 0, validate.stderr
+    assert validate.stdout.startswith("OK: ")
+
+    completed = call(f"examples/{walkthrough}/run.py", str(config_path), timeout=900)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Traceback" not in completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert lines[0] == "Status:    completed"
+    assert lines[1].startswith("Metrics:   {'train/mean_loss': ")
+    assert lines[2] == f"Logs:      {tmp_path / 'outputs'} (metrics.jsonl, predictions/, summary.md)"
+
+    run_dir = tmp_path / "outputs" / config["name"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        MetricsRow.model_validate(row)
+    assert [(row["step"], row["split"]) for row in rows] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    for row in rows:
+        if row["split"] == "val":
+            assert set(row["metrics"]) == {"val/val/pass@1"}
+            assert 0.0 <= row["metrics"]["val/val/pass@1"] <= 1.0
+
+    predictions = [json.loads(line) for line in (run_dir / "predictions" / "val.jsonl").read_text().splitlines()]
+    tasks_file = repo_root / "examples" / walkthrough / "data/val/tasks.jsonl"
+    tasks = [json.loads(line) for line in tasks_file.read_text().splitlines()]
+    assert len(predictions) == 2 * len(tasks)  # every val question, at both steps
+    assert {p["task_id"] for p in predictions} == {t["task_id"] for t in tasks}
+    for prediction in predictions:
+        PredictionRow.model_validate(prediction)
+        assert set(prediction) >= {"task_id", "prompt", "answer", "score", "passed"}
+    last_step = [p for p in predictions if p["step"] == 2]
+    assert rows[-1]["metrics"]["val/val/pass@1"] == pytest.approx(sum(p["passed"] for p in last_step) / len(last_step))
+
+    summary = (run_dir / "summary.md").read_text()
+    assert "Status: completed" in summary
+    assert "val/val/pass@1" in summary
+    return {"config": config, "run_dir": run_dir, "rows": rows, "predictions": predictions}
+
+
+@pytest.fixture(scope="session")
+def walkthrough_run() -> object:
+    """:func:`run_walkthrough_locally`, for the walkthroughs' end-to-end tests."""
+    return run_walkthrough_locally

@@ -11,13 +11,6 @@ import pytest
 
 from evsys.schema.protocols import Datum, ForwardBackwardResult, SampledSequence, TopKLogprobs
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 
 class CharTokenizer:
     """One token per character (ids = ord); enough of a tokenizer for the fake backend."""
@@ -135,59 +128,11 @@ def make_backend() -> type[FakeBackend]:
     return FakeBackend
 
 
-def _build_tiny_model(path: Path) -> Path:
-    """Save a tiny random llama and a small byte-level BPE tokenizer with a ChatML template to ``path``."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        "What is the capital of France? Paris. What is the capital of Japan? Tokyo.",
-        "user assistant system The correct answer is 2 + 2 = 4. Berlin Rome Madrid",
-    ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    hf_tok.chat_template = CHAT_TEMPLATE
-    hf_tok.save_pretrained(path)
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=hf_tok.bos_token_id,
-        eos_token_id=hf_tok.eos_token_id,
-        pad_token_id=hf_tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding a tiny random llama (2 layers, hidden 32) and its tokenizer; built offline."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    return _build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+    from evsys.backends.local.testing import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama") / "model", tie_word_embeddings=True)
