@@ -308,16 +308,24 @@ class Runner:
         benchmarks = load_benchmarks(validated)
         algorithm_class = registry.get("algorithm", config.algorithm.kind).load()
         callbacks = build_callbacks(validated, registry, self.extra_callbacks)
-        if self.overwrite:
-            clear_outputs(self.run_dir)
         prepare_run_dir(self.run_dir)
-        remove_stale_temporaries(self.run_dir)
-        write_snapshot(self.run_dir, config_snapshot(validated))
+        # The backend is built (credentials checked, model resolved) before --overwrite clears anything,
+        # so a missing key or model never costs the previous run's outputs.
+        backend = build_backend(self.validated, self.registry, self.run_dir)
+        try:
+            if self.overwrite:
+                clear_outputs(self.run_dir)
+            remove_stale_temporaries(self.run_dir)
+            write_snapshot(self.run_dir, config_snapshot(validated))
+        except BaseException:
+            backend.close()
+            raise
         with self.guard:
-            return self._run(algorithm_class, examples, benchmarks, callbacks, point, seed)
+            return self._run(backend, algorithm_class, examples, benchmarks, callbacks, point, seed)
 
     def _run(
         self,
+        backend: Backend,
         algorithm_class: Any,
         examples: list[BaseModel],
         benchmarks: list[LoadedBenchmark],
@@ -326,7 +334,6 @@ class Runner:
         seed: int,
     ) -> tuple[str, dict[str, float | None], str | None]:
         config, params = self.validated.config, self.validated.algorithm_params
-        backend = build_backend(self.validated, self.registry, self.run_dir)
         status, error = "completed", None
         try:
             algorithm = algorithm_class(params, backend, None)
