@@ -14,15 +14,10 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-
-def vm_hwm_mib() -> float:
-    """Peak resident set size of this process, MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import peak_rss_mib
 
 
 def run_side(side: str, batch: int, steps: int) -> dict[str, float]:
@@ -51,7 +46,7 @@ def run_side(side: str, batch: int, steps: int) -> dict[str, float]:
             datums.append(Datum(input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=weights))
         backend.forward_backward(datums, "cross_entropy")
         backend.optim_step(learning_rate=1e-4)
-    return {"side": side, "batch": batch, "s_per_step": (time.perf_counter() - started) / steps, "peak_rss_mib": vm_hwm_mib()}
+    return {"side": side, "batch": batch, "s_per_step": (time.perf_counter() - started) / steps, "peak_rss_mib": peak_rss_mib()}
 
 
 def main() -> None:

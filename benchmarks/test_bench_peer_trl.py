@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,35 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-NEW_TOKENS = 32
-RANK = 1
-TOP_K = 20
-LR = 1e-4
-TARGETS = ["q_proj", "v_proj"]
-DATA = [
-    ("What is the capital of France?", "Paris"),
-    ("How many legs does a spider have?", "8"),
-    ("What is 17 times 23?", "391"),
-    ("Which planet is known as the red planet?", "Mars"),
-    ("What gas do plants absorb from the air?", "carbon dioxide"),
-    ("Who wrote Romeo and Juliet?", "William Shakespeare"),
-    ("What is the boiling point of water in Celsius?", "100"),
-    ("How many days are in a leap year?", "366"),
-]
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB: VmHWM (reset by exec, unlike ru_maxrss, which
-    a child started by subprocess inherits from its parent), else ru_maxrss (KiB on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench_common import DATA, LR, NEW_TOKENS, RANK, TARGETS, TOP_K, peak_rss_mib
 
 
 def _threads() -> None:
