@@ -161,3 +161,26 @@ def run_walkthrough_locally(repo_root: Path, walkthrough: str, tmp_path: Path) -
 def walkthrough_run() -> object:
     """:func:`run_walkthrough_locally`, for the walkthroughs' end-to-end tests."""
     return run_walkthrough_locally
+
+
+def check_walkthrough_configs(repo_root: Path, walkthrough: str, row_model: type) -> None:
+    """config.yaml (Tinker) and config.local.yaml (local) differ only in model and backend, and every
+    training row is a valid ``row_model``."""
+    import yaml
+
+    folder = repo_root / "examples" / walkthrough
+    tinker = yaml.safe_load((folder / "config.yaml").read_text())
+    local = yaml.safe_load((folder / "config.local.yaml").read_text())
+    assert tinker["backend"] == {"kind": "tinker"} and local["backend"] == {"kind": "local"}
+    assert local["model"] == {"name": "smollm2-135m-instruct"}
+    for config in (tinker, local):
+        del config["model"], config["backend"]
+    assert tinker == local
+    for line in (folder / "data/train.jsonl").read_text().splitlines():
+        row_model.model_validate_json(line)
+
+
+@pytest.fixture(scope="session")
+def walkthrough_configs() -> object:
+    """:func:`check_walkthrough_configs`."""
+    return check_walkthrough_configs

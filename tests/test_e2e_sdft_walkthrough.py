@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from evsys.schema.rows import PromptExample
+
 pytestmark = pytest.mark.slow
+
+
+def test_configs_differ_only_in_model_and_backend(repo_root: Path, walkthrough_configs) -> None:
+    walkthrough_configs(repo_root, "sdft_walkthrough", PromptExample)
 
 
 def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run) -> None:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from evsys.cli.api import LOG_FILES
 from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
-from evsys.cli.loop import build_backend, evaluate, load_benchmarks
+from evsys.cli.loop import build_backend, evaluate_and_notify, load_benchmarks
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
 from evsys.logging.params import LocalLoggerParams
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
@@ -23,7 +24,6 @@ from evsys.schema.validation import ValidatedConfig, load_config
 
 EVAL_DIR = "eval"
 BASE_LABEL = "base"
-LOG_FILES = "metrics.jsonl, predictions/, summary.md"
 
 
 @dataclass
@@ -131,14 +131,8 @@ def evaluate_config(
             observer.on_run_start(context)
         try:
             for benchmark in benchmarks:
-                for observer in observers:
-                    announce = getattr(observer, "eval_started", None)
-                    if callable(announce):
-                        announce(benchmark.name, len(benchmark.tasks), at_step)
-                result = evaluate(backend, benchmark, at_step, seed)
+                result = evaluate_and_notify(backend, benchmark, at_step, seed, observers)
                 metrics.update(result.metrics)
-                for observer in observers:
-                    observer.on_eval_end(result)
         except KeyboardInterrupt:
             status, error = "interrupted", "interrupted by the user"
             raise

@@ -176,6 +176,18 @@ def evaluate(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int)
     return EvalResult(benchmark.name, benchmark.split, step, metrics, score.predictions)
 
 
+def evaluate_and_notify(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: Sequence[Callback]) -> EvalResult:
+    """:func:`evaluate`, announced to callbacks that have ``eval_started`` and reported to all by ``on_eval_end``."""
+    for callback in callbacks:
+        announce = getattr(callback, "eval_started", None)
+        if callable(announce):
+            announce(benchmark.name, len(benchmark.tasks), step)
+    result = evaluate(backend, benchmark, step, seed)
+    for callback in callbacks:
+        callback.on_eval_end(result)
+    return result
+
+
 def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir: Path) -> Backend:
     """Construct the configured backend (imports its implementation only now)."""
     config = validated.config
@@ -500,11 +512,5 @@ class Runner:
         return "completed"
 
     def _evaluate(self, backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: list[Callback]) -> None:
-        for callback in callbacks:
-            announce = getattr(callback, "eval_started", None)
-            if callable(announce):
-                announce(benchmark.name, len(benchmark.tasks), step)
-        result = evaluate(backend, benchmark, step, seed)
+        result = evaluate_and_notify(backend, benchmark, step, seed, callbacks)
         self._record(result.metrics)
-        for callback in callbacks:
-            callback.on_eval_end(result)
