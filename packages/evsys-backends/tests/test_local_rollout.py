@@ -109,3 +109,84 @@ def test_params_and_errors(tiny_dir: Path) -> None:
     strict._causal_lm.config.model_type = "gpt2"
     with pytest.raises(EvsysError, match="rollout_engine"):
         strict.sample([PROMPTS[0]], max_tokens=3)
+
+
+# ----------------------------------------------------------------- int8 building blocks
+
+
+needs_int8 = pytest.mark.skipif(not int8_available(torch.device("cpu")), reason="no fbgemm int8 kernels in this build")
+
+
+def _plain(weights: list[torch.Tensor]) -> list[torch.nn.Linear]:
+    out = []
+    for w in weights:
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        out.append(lin)
+    return out
+
+
+@needs_int8
+def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evsys.backends.local import rollout
+
+    monkeypatch.setattr(rollout, "PACK_ROWS", 48)  # several packed pieces over a 3-weight fusion
+    monkeypatch.setattr(rollout, "QUANT_ROWS", 16)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(rows, 32, generator=gen) for rows in (40, 24, 56)]
+    lin = rollout._build_linear(_plain(weights), int8=True)
+    assert len(lin.packed) == 3  # 120 rows in pieces of at most 48
+    x = torch.randn(5, 32, generator=gen)
+    with torch.inference_mode():
+        got = lin(x)
+    want = x @ torch.cat(weights).T
+    assert got.shape == want.shape
+    assert (got - want).abs().max() / want.abs().max() < 0.03
+
+
+@needs_int8
+def test_int8_outlier_channels_stay_float() -> None:
+    from evsys.backends.local import rollout
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(64, 96, generator=gen)
+    act_max = torch.ones(96)
+    act_max[[3, 50]] = 500.0  # calibration saw two channels with huge activations
+    x = torch.randn(4, 96, generator=gen)
+    x[:, [3, 50]] *= 500.0
+    want = x @ weight.T
+    errors = {}
+    for outliers in (0, 2):
+        lin = rollout._build_linear(_plain([weight]), int8=True, act_max=act_max, outliers=outliers)
+        with torch.inference_mode():
+            errors[outliers] = float((lin(x) - want).abs().mean())
+    assert lin.outliers is not None and lin.outliers.tolist() == [3, 50]
+    assert errors[2] < errors[0] / 5, errors
+
+
+@needs_int8
+def test_int8_rows_get_their_own_activation_range() -> None:
+    from evsys.backends.local import rollout
+
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(64, 96, generator=gen)
+    lin = rollout._build_linear(_plain([weight]), int8=True)
+    x = torch.randn(2, 96, generator=gen)
+    x[1] *= 1000.0  # a loud row must not cost the quiet row its precision
+    with torch.inference_mode():
+        got = lin(x)
+    want = x @ weight.T
+    quiet_error = float((got[0] - want[0]).abs().max() / want[0].abs().max())
+    assert quiet_error < 0.03
+
+
+def test_rotary_in_three_ops_equals_rotate_half() -> None:
+    from evsys.backends.local.rollout import _rotary
+
+    gen = torch.Generator().manual_seed(3)
+    x, cos, sin = (torch.randn(2, 3, 5, 16, generator=gen) for _ in range(3))
+    half = 8
+    reference = x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    torch.testing.assert_close(_rotary(x, cos, signed_sin), reference, rtol=1e-6, atol=1e-6)

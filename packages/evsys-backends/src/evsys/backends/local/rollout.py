@@ -35,7 +35,14 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 _ATTN = ("q_proj", "k_proj", "v_proj")
 SMOOTH_ALPHA = 0.7
-PACK_ROWS = 4096
+#: Output rows per fbgemm packed piece (a piece's int8 rows are the build's only large temporary).
+PACK_ROWS = 8192
+#: Float rows quantized at a time: temporaries this small go back to the allocator's free lists at once.
+QUANT_ROWS = 256
+#: int8 mode: down_proj's input channels with the largest calibration activations, kept float (None: all
+#: of down_proj float), and down_proj's SmoothQuant alpha (docs/performance.md has the measurements).
+DOWN_OUTLIER_CHANNELS: int | None = 64
+DOWN_SMOOTH_ALPHA = 0.5
 #: Text the int8 copy is calibrated on (per-channel activation maxima for SmoothQuant), as a chat:
 #: prose, arithmetic, code and a list, so the outlier channels of typical prompts show up.
 CALIBRATION_MESSAGES = (
@@ -64,6 +71,12 @@ def _has_vnni() -> bool:
 
 #: fbgemm's AVX2 int8 kernels can saturate 16-bit sums with full-range activations; VNNI ones cannot.
 REDUCE_RANGE = not _has_vnni()
+
+
+def _linear_int8(x: torch.Tensor, packed: Any, reduce_range: bool) -> torch.Tensor:
+    """fbgemm's dynamic-quantization linear (float x, packed int8 weight) through its OpOverload: calling the
+    overload packet adds a Python-side scan of the arguments on every call (~3 us, 126 calls per token)."""
+    return torch.ops.quantized.linear_dynamic.default(x, packed, reduce_range)
 
 
 def int8_available(device: torch.device) -> bool:
@@ -125,8 +138,10 @@ class _Linear:
     lora_a: torch.Tensor | None = None  # [r_total, in]
     lora_b: torch.Tensor | None = None  # [out, r_total], scaling folded in
     sources: list[Any] = field(default_factory=list)  # the peft modules, to refresh the LoRA part
-    smooth: torch.Tensor | None = None  # int8: x / smooth feeds the int8 GEMM (SmoothQuant), None: no scaling
-    prescaled: bool = False  # int8: the caller already divided x by smooth (folded into an RMSNorm weight)
+    in_scale: torch.Tensor | None = None  # int8: x * in_scale feeds the int8 GEMM (1/smooth; 0 on outlier channels)
+    outliers: torch.Tensor | None = None  # int8: input channels computed in float instead (LLM.int8-style)
+    outlier_weight: torch.Tensor | None = None  # int8: the float columns [out, len(outliers)] for those channels
+    prescaled: bool = False  # int8: callers pass x * in_scale (folded into the RMSNorm weight before this linear)
 
     def refresh_lora(self) -> None:
         parts = [_base_and_lora(m)[1] for m in self.sources]
@@ -148,56 +163,106 @@ class _Linear:
             offset_out += out
             blocks.append(out)
         self.lora_a = torch.cat(a_rows) if a_rows else None
+        if self.prescaled and self.lora_a is not None and self.in_scale is not None:
+            self.lora_a = self.lora_a / self.in_scale  # A x = (A / in_scale)(x * in_scale): x arrives scaled
         self.lora_b = b_full
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            xq = x if (self.smooth is None or self.prescaled) else x / self.smooth
+            xq = x if (self.in_scale is None or self.prescaled) else x * self.in_scale
             flat = xq.reshape(-1, x.shape[-1])
-            parts = [torch.ops.quantized.linear_dynamic(flat, p, REDUCE_RANGE) for p in self.packed]
-            y = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).reshape(*x.shape[:-1], -1)
+            row_max = None
+            if flat.shape[0] > 1:
+                # fbgemm quantizes the activations with one range for the whole matrix: scaling each row
+                # to max |x| = 1 first (and back after) gives every row (token) its own range
+                row_max = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+                flat = flat / row_max
+            if len(self.packed) == 1:
+                y = _linear_int8(flat, self.packed[0], REDUCE_RANGE)
+            else:
+                y = torch.cat([_linear_int8(flat, p, REDUCE_RANGE) for p in self.packed], dim=-1)
+            if row_max is not None:
+                y.mul_(row_max)
+            y = y.view(*x.shape[:-1], -1)
+            if self.outlier_weight is not None:
+                y.add_(F.linear(x.index_select(-1, self.outliers), self.outlier_weight))
             if self.bias is not None:
-                y = y + self.bias
+                y.add_(self.bias)
         else:
             y = F.linear(x, self.weight, self.bias)
         if self.lora_a is not None:
-            xl = x * self.smooth if (self.prescaled and self.smooth is not None) else x
-            y = y + F.linear(F.linear(xl.to(self.lora_a.dtype), self.lora_a), self.lora_b).to(y.dtype)
+            y = y + F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b).to(y.dtype)
         return y
 
 
-def _pack_int8(weight: torch.Tensor, smooth: torch.Tensor | None = None) -> list[Any]:
-    """Per-output-channel symmetric int8 quantization of ``weight * smooth`` (per input column), prepacked
-    for fbgemm's dynamic linear. Rounded ``PACK_ROWS`` rows at a time straight into one int8 tensor, so
-    building the copy of a large output head never holds a second float copy of it (peak memory)."""
-    rows, cols = weight.shape
-    q = torch.empty((rows, cols), dtype=torch.int8)
-    scales = torch.empty(rows, dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, rows, PACK_ROWS):
-            w = weight[start : start + PACK_ROWS].detach().float()
-            if smooth is not None:
-                w = w * smooth[None, :]
-            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-            q[start : start + PACK_ROWS] = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-            scales[start : start + PACK_ROWS] = scale.double()
-            del w
-    with warnings.catch_warnings():
+def _row_block(weights: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+    """Rows ``[start, stop)`` of the row-wise concatenation of ``weights``, as float32, without building it."""
+    parts, offset = [], 0
+    for w in weights:
+        lo, hi = max(start, offset), min(stop, offset + w.shape[0])
+        if lo < hi:
+            parts.append(w[lo - offset : hi - offset].detach())
+        offset += w.shape[0]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).float()
+
+
+def _pack_int8(weights: list[torch.Tensor], column_scale: torch.Tensor | None = None) -> list[Any]:
+    """Per-output-channel symmetric int8 quantization of ``cat(weights) * column_scale`` (per input column),
+    prepacked for fbgemm's dynamic linear in pieces of at most ``PACK_ROWS`` output rows.
+
+    Peak memory is what this is written for: the float weights are read ``QUANT_ROWS`` rows at a time
+    (never concatenated or copied whole), and each piece's int8 rows live only until they are packed, so
+    building the copy of a 49k-row output head adds a few MB over the packed result, not 3x it."""
+    total, cols = sum(w.shape[0] for w in weights), weights[0].shape[1]
+    packed = []
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qt = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(rows, dtype=torch.long), 0)
-        return [torch.ops.quantized.linear_prepack(qt, None)]
+        for piece in range(0, total, PACK_ROWS):
+            rows = min(PACK_ROWS, total - piece)
+            q = torch.empty((rows, cols), dtype=torch.int8)
+            scales = torch.empty(rows, dtype=torch.float64)
+            for start in range(0, rows, QUANT_ROWS):
+                stop = min(start + QUANT_ROWS, rows)
+                w = _row_block(weights, piece + start, piece + stop)
+                if column_scale is not None:
+                    w = w * column_scale[None, :]
+                scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+                q[start:stop] = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+                scales[start:stop] = scale.double()
+            qt = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(rows, dtype=torch.long), 0)
+            del q
+            packed.append(torch.ops.quantized.linear_prepack(qt, None))
+            del qt
+    return packed
 
 
-def _smoothing(act_max: torch.Tensor | None, weight: torch.Tensor, alpha: float = SMOOTH_ALPHA) -> torch.Tensor | None:
-    """SmoothQuant's per-input-channel scale ``max|x_j|^a / max|W_j|^(1-a)`` (None without statistics)."""
+def _smoothing(
+    act_max: torch.Tensor | None, weights: list[torch.Tensor], alpha: float = SMOOTH_ALPHA
+) -> torch.Tensor | None:
+    """SmoothQuant's per-input-channel scale ``max|x_j|^a / max|W_j|^(1-a)`` (None without statistics);
+    ``W`` is the row-wise concatenation of ``weights``, read ``QUANT_ROWS`` rows at a time."""
     if act_max is None:
         return None
-    w_max = weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
-    scale = act_max.clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)
+    total = sum(w.shape[0] for w in weights)
+    w_max = torch.zeros(weights[0].shape[1], dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(0, total, QUANT_ROWS):
+            block = _row_block(weights, start, min(start + QUANT_ROWS, total))
+            w_max = torch.maximum(w_max, block.abs().amax(dim=0))
+    scale = act_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
     return scale.clamp(min=1e-5)
 
 
-def _build_linear(modules: list[Any], int8: bool, act_max: torch.Tensor | None = None) -> _Linear:
+def _build_linear(
+    modules: list[Any],
+    int8: bool,
+    act_max: torch.Tensor | None = None,
+    outliers: int = 0,
+    alpha: float = SMOOTH_ALPHA,
+) -> _Linear:
+    """The rollout linear over ``modules`` (fused along the output dimension when int8); with int8 and
+    calibration maxima ``act_max``, SmoothQuant scaling, and the ``outliers`` input channels with the
+    largest activations kept in float."""
     bases = [_base_and_lora(m)[0] for m in modules]
     out = sum(b.out_features for b in bases)
     biases = [b.bias for b in bases]
@@ -211,9 +276,19 @@ def _build_linear(modules: list[Any], int8: bool, act_max: torch.Tensor | None =
         )
     lin = _Linear(out_features=out, bias=bias, sources=list(modules))
     if int8:
-        weight = torch.cat([b.weight.detach() for b in bases]) if len(bases) > 1 else bases[0].weight
-        lin.smooth = _smoothing(act_max, weight)
-        lin.packed = _pack_int8(weight, lin.smooth)
+        weights = [b.weight for b in bases]
+        column_scale = _smoothing(act_max, weights, alpha)
+        if outliers and act_max is not None:
+            # the input channels with the largest activations skip int8: float columns, zeros in the int8 copy
+            lin.outliers = act_max.topk(min(outliers, act_max.numel())).indices.sort().values
+            lin.outlier_weight = torch.cat([w.detach()[:, lin.outliers] for w in weights]).float()
+            keep = torch.ones_like(act_max)
+            keep[lin.outliers] = 0.0
+            column_scale = keep if column_scale is None else column_scale * keep
+        lin.packed = _pack_int8(weights, column_scale)
+        if column_scale is not None:
+            inverse = torch.where(column_scale > 0, 1.0 / column_scale.clamp(min=1e-30), torch.zeros_like(column_scale))
+            lin.in_scale = inverse
         if lin.bias is not None:
             lin.bias = lin.bias.float()
     else:
@@ -235,13 +310,24 @@ class _Layer:
         if int8:
             self.qkv: list[_Linear] = [_build_linear([getattr(attn, n) for n in _ATTN], True, stats.get("qkv"))]
             self.gate_up: list[_Linear] = [_build_linear([getattr(mlp, n) for n in _MLP], True, stats.get("gate_up"))]
+            # SmoothQuant's input scaling folded into the RMSNorm weights that feed these two linears
+            qkv, gate_up = self.qkv[0], self.gate_up[0]
+            if qkv.in_scale is not None:
+                self.norm1, qkv.prescaled = self.norm1 * qkv.in_scale, True
+            if gate_up.in_scale is not None:
+                self.norm2, gate_up.prescaled = self.norm2 * gate_up.in_scale, True
         else:
             self.qkv = [_build_linear([getattr(attn, n)], False) for n in _ATTN]
             self.gate_up = [_build_linear([getattr(mlp, n)], False) for n in _MLP]
         self.o = _build_linear([attn.o_proj], int8, stats.get("o"))
-        # down_proj reads the model's float weights even in int8 mode: its input (silu(gate) * up) has
-        # outliers that per-tensor int8 activations cannot carry (KL to the float policy 0.08 -> 0.02 nats)
-        self.down = _build_linear([mlp.down_proj], False)
+        # down_proj's input (silu(gate) * up) has a few channels with outliers that per-tensor int8
+        # activations cannot carry: those channels stay float, the rest is int8
+        if int8 and DOWN_OUTLIER_CHANNELS is not None:
+            self.down = _build_linear(
+                [mlp.down_proj], True, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA
+            )
+        else:
+            self.down = _build_linear([mlp.down_proj], False)
 
     def linears(self) -> list[_Linear]:
         return [*self.qkv, *self.gate_up, self.o, self.down]
@@ -258,14 +344,18 @@ def _release_freed_memory() -> None:
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm (normalized in float32, then scaled by ``weight``)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` in three ops: ``rotate_half(x) * sin == roll(x) * signed_sin``,
+    where ``signed_sin`` is ``sin`` with its first half negated."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class FusedDecoder:
@@ -320,19 +410,21 @@ class FusedDecoder:
         shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.valid[:, :width] = valid.bool()
         self.length = width
         max_pos = int(positions.max()) + capacity - width + 1
         cos, sin = self.rotary(self.embed[:1][None], torch.arange(max_pos, device=device)[None])
-        self.cos, self.sin = cos[0], sin[0]
+        half = self.head_dim // 2
+        self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         mask = causal[None, None] & self.valid[:, None, None, :width]
         # a fully padded query row (left pads) would attend to nothing: let it see itself
         mask = mask | torch.eye(width, dtype=torch.bool, device=device)[None, None]
         hidden = self._forward(input_ids, positions, self._additive(mask), 0)
-        if getattr(self, "_stats", None) is not None:  # calibration: every position through the head
-            return self._logits(hidden)[:, -1]
+        if getattr(self, "_stats", None) is not None:  # calibration: the head's input at every position
+            self._record(-1, "head", _rms(hidden, self.final_norm, self.final_eps))
         return self._logits(hidden[:, -1])
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -346,6 +438,7 @@ class FusedDecoder:
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the rows ``index`` of the batch (finished rollouts leave)."""
         self.k, self.v = self.k[:, index], self.v[:, index]
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
         self.valid = self.valid[index]
 
     @torch.no_grad()
@@ -382,27 +475,29 @@ class FusedDecoder:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, at: int) -> torch.Tensor:
         batch, t = ids.shape
         x = F.embedding(ids, self.embed)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [B, 1, T, D]
+        cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [B, 1, T, D]
         end = at + t
         hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
         for i, layer in enumerate(self.layers):
             h = _rms(x, layer.norm1, layer.eps1)
             self._record(i, "qkv", h)
-            if len(layer.qkv) == 1:
-                q, k, v = layer.qkv[0](h).split((self.q_out, self.kv_out, self.kv_out), dim=-1)
+            if len(layer.qkv) == 1:  # fused q|k|v: rotate q and k in one go
+                qkv = layer.qkv[0](h)
+                qk = _rotary(qkv[..., : self.q_out + self.kv_out].view(batch, t, nh + nkv, hd).transpose(1, 2), cos, sin)
+                q, k = qk[:, :nh], qk[:, nh:]
+                v = qkv[..., self.q_out + self.kv_out :].view(batch, t, nkv, hd).transpose(1, 2)
             else:
                 q, k, v = (lin(h) for lin in layer.qkv)
-            q = q.view(batch, t, nh, hd).transpose(1, 2)
-            k = k.view(batch, t, nkv, hd).transpose(1, 2)
-            v = v.view(batch, t, nkv, hd).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            self.k[i, :, :, at:end] = k
-            self.v[i, :, :, at:end] = v
+                q = _rotary(q.view(batch, t, nh, hd).transpose(1, 2), cos, sin)
+                k = _rotary(k.view(batch, t, nkv, hd).transpose(1, 2), cos, sin)
+                v = v.view(batch, t, nkv, hd).transpose(1, 2)
+            k_cache, v_cache = self.k_layers[i], self.v_layers[i]
+            k_cache[:, :, at:end] = k
+            v_cache[:, :, at:end] = v
             a = F.scaled_dot_product_attention(
                 q,
-                self.k[i, :, :, :end],
-                self.v[i, :, :, :end],
+                k_cache[:, :, :end],
+                v_cache[:, :, :end],
                 attn_mask=mask,
                 scale=self.scale,
                 enable_gqa=nkv != nh,
@@ -416,7 +511,7 @@ class FusedDecoder:
                 gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
             else:
                 gate, up = (lin(h) for lin in layer.gate_up)
-            m = F.silu(gate) * up
+            m = F.silu(gate).mul_(up)
             self._record(i, "down", m)
             x = x + layer.down(m)
         self.length = end
