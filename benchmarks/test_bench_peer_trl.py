@@ -185,12 +185,14 @@ def build_trl(batch: int, steps: int, callbacks: list[Any], output_dir: str) -> 
         )
 
 
-def run_interleaved(batch: int, steps: int, warmup: int, rollout_weights: str, sides: str = "both") -> dict[str, Any]:
+def run_interleaved(
+    batch: int, steps: int, warmup: int, rollout_weights: str, sides: str = "both", **params: Any
+) -> dict[str, Any]:
     """Time TRL and EvSys steps alternately in this process; medians over the timed steps."""
     from transformers import TrainerCallback
 
     _threads()
-    evsys = EvsysSide(batch, rollout_weights) if sides in ("both", "evsys") else None
+    evsys = EvsysSide(batch, rollout_weights, **params) if sides in ("both", "evsys") else None
     trl_times: list[float] = []
     evsys_times: list[float] = []
     evsys_pieces: list[dict[str, float]] = []
@@ -217,6 +219,7 @@ def run_interleaved(batch: int, steps: int, warmup: int, rollout_weights: str, s
             evsys_times.append(elapsed)
             evsys_pieces.append(pieces)
     result: dict[str, Any] = {"batch": batch, "steps": steps, "warmup": warmup, "rollout_weights": rollout_weights}
+    result.update(params)
     import torch
 
     result["torch_threads"] = torch.get_num_threads()
@@ -293,8 +296,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rollout-weights", choices=["int8", "model"], default="int8")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="EvSys side: backend.params.gradient_checkpointing"
+    )
     args = parser.parse_args()
-    print(json.dumps(run_interleaved(args.batch, args.steps, args.warmup, args.rollout_weights, args.side)))
+    params = {"gradient_checkpointing": True} if args.gradient_checkpointing else {}
+    print(json.dumps(run_interleaved(args.batch, args.steps, args.warmup, args.rollout_weights, args.side, **params)))
 
 
 if __name__ == "__main__":

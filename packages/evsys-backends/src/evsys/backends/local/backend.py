@@ -31,6 +31,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from evsys.backends.local.memory import release_freed_memory
 from evsys.backends.local.params import LocalBackendParams
 from evsys.backends.local.resolve import resolve_model_dir
 from evsys.backends.local.rollout import CALIBRATION_MESSAGES, FusedDecoder, int8_available, unsupported_reason
@@ -490,6 +491,8 @@ class LocalBackend:
         prepared = [p for p in prepared if p is not None]
         totals = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0}
         if prepared:
+            if self.device.type == "cpu":
+                release_freed_memory()  # what rollouts and the teacher left free: not resident under the student's peak
             with self._training_mode():
                 for chunk in _chunks(prepared, self.params.micro_batch_size):
                     self._forward_backward_batch(chunk, loss_fn, config, totals)
@@ -551,6 +554,8 @@ class LocalBackend:
         totals: dict[str, float],
     ) -> None:
         hidden = self._hidden(self._right_pad([p["input"].tolist() for p in chunk]))
+        if self.device.type == "cpu":
+            release_freed_memory()  # the forward's temporaries, before the backward allocates its own
         rows = torch.cat([torch.full((len(p["positions"]),), b, dtype=torch.long) for b, p in enumerate(chunk)])
         cols = torch.cat([p["positions"] for p in chunk])
         selected = hidden[rows.to(self.device), cols.to(self.device)]

@@ -71,7 +71,7 @@ class LocalBackendParams(StrictModel):
         description=(
             "Base weights read by sample: 'model' (the training weights; sampler logprobs equal the policy's "
             "up to float rounding) or 'int8' (CPU, fused engine: a per-channel int8 copy of the frozen base "
-            "linears, ~4x less memory traffic per token, +~25% of the float32 model in memory; the LoRA update "
+            "linears, ~4x less memory traffic per token, +~28% of the float32 model in memory; the LoRA update "
             "stays float32; sampler logprobs differ from the float32 policy's by a measured tolerance, see "
             "docs/performance.md)."
         ),

@@ -8,14 +8,16 @@ layer over a preallocated KV cache, and can read the frozen base weights from an
 - ``weights="model"``: the model's own weight tensors (no copy); the LoRA update is added as
   ``scale * B(A x)`` from the live peft parameters, so logprobs equal ``forward_backward``'s up to
   float rounding (~1e-6 in float32).
-- ``weights="int8"`` (CPU only): the frozen base linears (q/k/v fused, o, gate/up fused, and the output
-  head; not down_proj, whose activations have outliers int8 cannot carry) are quantized once, per output
-  channel, to int8 after SmoothQuant scaling (alpha 0.7, activation maxima from a fixed calibration
-  chat), and run with fbgemm's dynamic-quantization GEMM, reading ~2.5x fewer bytes per token; the LoRA
-  update stays float32 and exact. The base weights never change during training, so the copy is built
-  once (~1/5 of the float32 model in memory) and never drifts. Logprobs are those of the int8 sampler (like vLLM's in the SDFT paper): within a measured
-  tolerance of the float32 policy's (docs/performance.md), and exactly what importance weights
-  ``exp(logp - sampler_logp)`` need.
+- ``weights="int8"`` (CPU only): every frozen base linear (q/k/v fused, o, gate/up fused, down, and the
+  output head) is quantized once, per output channel, to int8 after SmoothQuant scaling (activation
+  maxima from a fixed calibration chat; alpha 0.7, 0.5 for down_proj), and run with fbgemm's
+  dynamic-quantization GEMM with each row (token) given its own activation range. down_proj's 64
+  input channels with the largest activations (``silu(gate) * up`` has a few huge ones) stay float.
+  The LoRA update stays float32 and exact. The base weights never change during training, so the
+  copy is built once (~150 MB for SmolLM2-135M, ~28% of the float32 model) and never drifts. Logprobs
+  are those of the int8 sampler (like vLLM's in the SDFT paper): within a measured tolerance of the
+  float32 policy's (``benchmarks/rollout_tolerance.py``, docs/performance.md), and exactly what
+  importance weights ``exp(logp - sampler_logp)`` need.
 
 Anything else (another architecture, a LoRA variant such as DoRA, sliding-window attention shorter
 than the sequence) is refused by :func:`unsupported_reason`, and the backend falls back to the generic
@@ -24,13 +26,14 @@ than the sequence) is refused by :func:`unsupported_reason`, and the backend fal
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from evsys.backends.local.memory import release_freed_memory
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 _ATTN = ("q_proj", "k_proj", "v_proj")
@@ -333,14 +336,12 @@ class _Layer:
         return [*self.qkv, *self.gate_up, self.o, self.down]
 
 
-def _release_freed_memory() -> None:
+def _release_build_memory() -> None:
     """Hand the float temporaries of the int8 build back to the OS (glibc keeps freed blocks otherwise)."""
-    import ctypes
     import gc
 
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -387,7 +388,7 @@ class FusedDecoder:
         self.head = _build_linear([head], self.int8, stats[-1].get("head") if stats else None)
         self.head.sources = []  # the output head never carries LoRA here
         if self.int8:
-            _release_freed_memory()
+            _release_build_memory()
         self.q_out = self.heads * self.head_dim
         self.kv_out = self.kv_heads * self.head_dim
         self.refresh_lora()
