@@ -101,6 +101,28 @@ def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
         yield items[start : start + step]
 
 
+
+class TargetLogprobs(torch.autograd.Function):
+    """``log_softmax(logits).gather(1, targets)`` holding one ``[P, V]`` buffer less than the two ops.
+
+    ``log_softmax`` keeps its ``[P, V]`` output for the backward and ``gather``'s backward builds a
+    ``[P, V]`` gradient before ``log_softmax``'s builds another; this keeps the logits and their
+    log-sum-exp and builds the gradient ``scatter(g) - softmax * sum(g)`` in one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        ctx.save_for_backward(logits, lse, targets)
+        return logits.gather(1, targets) - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, lse, targets = ctx.saved_tensors
+        grad_logits = (logits - lse).exp_().mul_(-grad.sum(dim=1, keepdim=True))
+        return grad_logits.scatter_add_(1, targets, grad), None
+
+
 class LocalBackend:
     """A LoRA-adapted Hugging Face causal LM on this machine, behind the EvSys Backend protocol.
 
@@ -398,6 +420,8 @@ class LocalBackend:
                 logits = out.logits[:, -1, :].float()
             next_position = next_position + 1
 
+        if decoder is not None:
+            decoder.finish()
         results = []
         for b in range(batch):
             tokens_b = generated[b]
@@ -456,7 +480,8 @@ class LocalBackend:
             del hidden
             ids_parts, lp_parts = [], []
             for start in range(0, selected.shape[0], self.params.logits_chunk_size):
-                logp = torch.log_softmax(self._head(selected[start : start + self.params.logits_chunk_size]), dim=-1)
+                logits = self._head(selected[start : start + self.params.logits_chunk_size])
+                logp = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))  # log-softmax in place
                 values, indices = logp.topk(k, dim=-1)
                 ids_parts.append(indices.cpu())
                 lp_parts.append(values.cpu())
@@ -570,8 +595,7 @@ class LocalBackend:
         size = self.params.logits_chunk_size
         for start in range(0, detached.shape[0], size):
             part = slice(start, start + size)
-            logp = torch.log_softmax(self._head(detached[part]), dim=-1)
-            target_logp = logp.gather(1, merged["targets"][part])
+            target_logp = TargetLogprobs.apply(self._head(detached[part]), merged["targets"][part])
             if loss_fn == "cross_entropy":
                 loss = -(merged["weights"][part] * target_logp).sum()
             else:

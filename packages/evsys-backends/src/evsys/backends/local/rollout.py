@@ -436,6 +436,11 @@ class FusedDecoder:
         hidden = self._forward(tokens[:, None], positions[:, None], self._additive(mask), at)
         return self._logits(hidden[:, -1])
 
+    def finish(self) -> None:
+        """Free the batch's KV cache (between ``sample`` calls it would only hold memory)."""
+        self.k = self.v = self.valid = None  # type: ignore[assignment]
+        self.k_layers = self.v_layers = ()
+
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the rows ``index`` of the batch (finished rollouts leave)."""
         self.k, self.v = self.k[:, index], self.v[:, index]
