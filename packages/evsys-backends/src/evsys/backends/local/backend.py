@@ -107,7 +107,9 @@ class TargetLogprobs(torch.autograd.Function):
 
     ``log_softmax`` keeps its ``[P, V]`` output for the backward and ``gather``'s backward builds a
     ``[P, V]`` gradient before ``log_softmax``'s builds another; this keeps the logits and their
-    log-sum-exp and builds the gradient ``scatter(g) - softmax * sum(g)`` in one buffer.
+    log-sum-exp and builds the gradient ``scatter(g) - softmax * sum(g)`` in the logits' own buffer.
+    It consumes ``logits``: the backward overwrites them, so pass a tensor nothing else reads (the
+    output head's fresh result).
     """
 
     @staticmethod
@@ -119,7 +121,8 @@ class TargetLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         logits, lse, targets = ctx.saved_tensors
-        grad_logits = (logits - lse).exp_().mul_(-grad.sum(dim=1, keepdim=True))
+        # the gradient is built in the saved logits' own buffer (the graph is never run backward twice)
+        grad_logits = logits.sub_(lse).exp_().mul_(-grad.sum(dim=1, keepdim=True))
         return grad_logits.scatter_add_(1, targets, grad), None
 
 
@@ -242,6 +245,11 @@ class LocalBackend:
             ids[b, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
         return ids.to(self.device)
 
+    def _release_memory(self) -> None:
+        """Between phases on CPU: hand the heap pages the last phase freed back to the OS (~1 ms)."""
+        if self.device.type == "cpu":
+            release_freed_memory()
+
     def _rollout_decoder(self, total_length: int) -> FusedDecoder | None:
         """The fused decode path for a batch of ``total_length`` positions, or None for the generic loop."""
         if self.params.rollout_engine == "generic":
@@ -325,6 +333,7 @@ class LocalBackend:
         flat: list[SampledSequence] = []
         for chunk in _chunks(rows, self.params.micro_batch_size):
             flat.extend(self._sample_batch(chunk, max_tokens, temperature, stops, generator))
+        self._release_memory()
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     @torch.inference_mode()
@@ -461,6 +470,7 @@ class LocalBackend:
             self._topk_batch(
                 [list(sequences[i]) for i in chunk], [starts[i] for i in chunk], k, [results[i] for i in chunk]
             )
+        self._release_memory()
         return results
 
     @torch.inference_mode()
@@ -516,8 +526,7 @@ class LocalBackend:
         prepared = [p for p in prepared if p is not None]
         totals = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0}
         if prepared:
-            if self.device.type == "cpu":
-                release_freed_memory()  # what rollouts and the teacher left free: not resident under the student's peak
+            self._release_memory()  # what came before (e.g. a teacher pass) is not resident under the student's peak
             with self._training_mode():
                 for chunk in _chunks(prepared, self.params.micro_batch_size):
                     self._forward_backward_batch(chunk, loss_fn, config, totals)
@@ -579,8 +588,7 @@ class LocalBackend:
         totals: dict[str, float],
     ) -> None:
         hidden = self._hidden(self._right_pad([p["input"].tolist() for p in chunk]))
-        if self.device.type == "cpu":
-            release_freed_memory()  # the forward's temporaries, before the backward allocates its own
+        self._release_memory()  # the forward's temporaries, before the backward allocates its own
         rows = torch.cat([torch.full((len(p["positions"]),), b, dtype=torch.long) for b, p in enumerate(chunk)])
         cols = torch.cat([p["positions"] for p in chunk])
         selected = hidden[rows.to(self.device), cols.to(self.device)]

@@ -194,7 +194,9 @@ class _Linear:
         else:
             y = F.linear(x, self.weight, self.bias)
         if self.lora_a is not None:
-            y = y + F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b).to(y.dtype)
+            xa = x if x.dtype == self.lora_a.dtype else x.to(self.lora_a.dtype)
+            update = F.linear(F.linear(xa, self.lora_a), self.lora_b)
+            y = y + (update if update.dtype == y.dtype else update.to(y.dtype))
         return y
 
 
