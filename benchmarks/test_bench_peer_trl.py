@@ -19,7 +19,9 @@ Needs ``trl`` (``pip install 'evsys-backends[trl]'``; never in the default insta
     python benchmarks/test_bench_peer_trl.py --side both --batch 1 --steps 20 --warmup 3
 
 ``EVSYS_PEER_STEPS`` / ``EVSYS_PEER_WARMUP`` (default 20 / 3), ``EVSYS_BENCH_THREADS`` (torch threads;
-default: torch's choice), ``EVSYS_PEER_ROLLOUT_WEIGHTS`` (``int8``, the default here, or ``model``).
+default: torch's choice), ``EVSYS_PEER_ROLLOUT_WEIGHTS`` (``int8``, the default here, or ``model``),
+``EVSYS_PEER_GRADIENT_CHECKPOINTING=1`` (the EvSys side checkpoints; the script's
+``--gradient-checkpointing``).
 """
 
 from __future__ import annotations
@@ -237,7 +239,9 @@ def run_interleaved(
     return result
 
 
-def side_alone(side: str, batch: int, steps: int, warmup: int, rollout_weights: str) -> dict[str, Any]:
+def side_alone(
+    side: str, batch: int, steps: int, warmup: int, rollout_weights: str, gradient_checkpointing: bool = False
+) -> dict[str, Any]:
     """One side in a fresh interpreter: its own peak RSS and s/step."""
     cmd = [
         sys.executable,
@@ -252,6 +256,7 @@ def side_alone(side: str, batch: int, steps: int, warmup: int, rollout_weights: 
         str(warmup),
         "--rollout-weights",
         rollout_weights,
+        *(["--gradient-checkpointing"] if gradient_checkpointing else []),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -275,9 +280,12 @@ def test_bench_sdft_step_vs_trl(benchmark, batch: int) -> None:
     steps = int(os.environ.get("EVSYS_PEER_STEPS", "20"))
     warmup = int(os.environ.get("EVSYS_PEER_WARMUP", "3"))
     weights = os.environ.get("EVSYS_PEER_ROLLOUT_WEIGHTS", "int8")
-    result = benchmark.pedantic(lambda: run_interleaved(batch, steps, warmup, weights), rounds=1, iterations=1)
+    params = {"gradient_checkpointing": True} if os.environ.get("EVSYS_PEER_GRADIENT_CHECKPOINTING") == "1" else {}
+    result = benchmark.pedantic(
+        lambda: run_interleaved(batch, steps, warmup, weights, **params), rounds=1, iterations=1
+    )
     for side in ("evsys", "trl"):
-        alone = side_alone(side, batch, max(2, steps // 4), 1, weights)
+        alone = side_alone(side, batch, max(2, steps // 4), 1, weights, **params)
         result[f"{side}_alone_peak_rss_mib"] = alone["peak_rss_mib"]
         result[f"{side}_alone_s_per_step"] = alone.get(f"{side}_s_per_step")
     benchmark.extra_info.update(result)
