@@ -101,7 +101,6 @@ def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
         yield items[start : start + step]
 
 
-
 class TargetLogprobs(torch.autograd.Function):
     """``log_softmax(logits).gather(1, targets)`` holding one ``[P, V]`` buffer less than the two ops.
 

@@ -76,12 +76,6 @@ def _has_vnni() -> bool:
 REDUCE_RANGE = not _has_vnni()
 
 
-def _linear_int8(x: torch.Tensor, packed: Any, reduce_range: bool) -> torch.Tensor:
-    """fbgemm's dynamic-quantization linear (float x, packed int8 weight) through its OpOverload: calling the
-    overload packet adds a Python-side scan of the arguments on every call (~3 us, 126 calls per token)."""
-    return torch.ops.quantized.linear_dynamic.default(x, packed, reduce_range)
-
-
 def int8_available(device: torch.device) -> bool:
     """fbgemm/x86 dynamic-quantization kernels exist on this build (CPU only)."""
     if device.type != "cpu":
@@ -181,9 +175,9 @@ class _Linear:
                 row_max = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
                 flat = flat / row_max
             if len(self.packed) == 1:
-                y = _linear_int8(flat, self.packed[0], REDUCE_RANGE)
+                y = torch.ops.quantized.linear_dynamic(flat, self.packed[0], REDUCE_RANGE)
             else:
-                y = torch.cat([_linear_int8(flat, p, REDUCE_RANGE) for p in self.packed], dim=-1)
+                y = torch.cat([torch.ops.quantized.linear_dynamic(flat, p, REDUCE_RANGE) for p in self.packed], dim=-1)
             if row_max is not None:
                 y.mul_(row_max)
             y = y.view(*x.shape[:-1], -1)
