@@ -12,25 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from evsys.backends.local.backend import LocalBackend
 from evsys.backends.local.params import LocalBackendParams
-from evsys.backends.local.testing import build_tiny_model_dir
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import Backend, BackendSetup, Datum
 
 RANK = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    """Tiny matrices gain nothing from threads, and lose a lot when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_backend(model_dir: Path, seed: int = 0, run_dir: Path | None = None, **params: object) -> LocalBackend:

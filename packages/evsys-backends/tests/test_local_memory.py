@@ -31,6 +31,13 @@ def test_release_hands_free_heap_pages_back() -> None:
     assert pinned[0] == ord("x")
 
 
+def test_release_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evsys.backends.local import memory
+
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: None)  # a C library without malloc_trim (musl, macOS)
+    assert memory.release_freed_memory() is False
+
+
 def test_target_logprobs_equals_log_softmax_gather() -> None:
     import torch
 

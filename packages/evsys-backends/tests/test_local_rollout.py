@@ -10,24 +10,13 @@ import torch
 from evsys.backends.local.backend import LocalBackend
 from evsys.backends.local.params import LocalBackendParams
 from evsys.backends.local.rollout import int8_available, unsupported_reason
-from evsys.backends.local.testing import build_tiny_model_dir
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import BackendSetup, Datum
 
 PROMPTS = [[1, 87, 85, 71, 84, 201, 74, 75], [1, 67, 201, 90], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama-rollout") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(model_dir: Path, **params: object) -> LocalBackend:

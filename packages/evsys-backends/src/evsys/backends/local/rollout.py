@@ -42,9 +42,9 @@ SMOOTH_ALPHA = 0.7
 PACK_ROWS = 8192
 #: Float rows quantized at a time: temporaries this small go back to the allocator's free lists at once.
 QUANT_ROWS = 256
-#: int8 mode: down_proj's input channels with the largest calibration activations, kept float (None: all
-#: of down_proj float), and down_proj's SmoothQuant alpha (docs/performance.md has the measurements).
-DOWN_OUTLIER_CHANNELS: int | None = 64
+#: int8 mode: down_proj's input channels with the largest calibration activations, kept float, and
+#: down_proj's SmoothQuant alpha (docs/performance.md has the measurements).
+DOWN_OUTLIER_CHANNELS = 64
 DOWN_SMOOTH_ALPHA = 0.5
 #: Text the int8 copy is calibrated on (per-channel activation maxima for SmoothQuant), as a chat:
 #: prose, arithmetic, code and a list, so the outlier channels of typical prompts show up.
@@ -145,7 +145,7 @@ class _Linear:
         if not any(parts):
             self.lora_a = self.lora_b = None
             return
-        a_rows, blocks, total_rank = [], [], sum(a.shape[0] for p in parts for a, _, _ in p)
+        a_rows, total_rank = [], sum(a.shape[0] for p in parts for a, _, _ in p)
         offset_out, offset_rank = 0, 0
         b_full = None
         for module, adapters in zip(self.sources, parts, strict=True):
@@ -158,7 +158,6 @@ class _Linear:
                 b_full[offset_out : offset_out + out, offset_rank : offset_rank + r] = b.detach() * scale
                 offset_rank += r
             offset_out += out
-            blocks.append(out)
         self.lora_a = torch.cat(a_rows) if a_rows else None
         if self.prescaled and self.lora_a is not None and self.in_scale is not None:
             self.lora_a = self.lora_a / self.in_scale  # A x = (A / in_scale)(x * in_scale): x arrives scaled
@@ -320,13 +319,8 @@ class _Layer:
             self.gate_up = [_build_linear([getattr(mlp, n)], False) for n in _MLP]
         self.o = _build_linear([attn.o_proj], int8, stats.get("o"))
         # down_proj's input (silu(gate) * up) has a few channels with outliers that per-tensor int8
-        # activations cannot carry: those channels stay float, the rest is int8
-        if int8 and DOWN_OUTLIER_CHANNELS is not None:
-            self.down = _build_linear(
-                [mlp.down_proj], True, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA
-            )
-        else:
-            self.down = _build_linear([mlp.down_proj], False)
+        # activations cannot carry: in int8 mode those channels stay float, the rest is int8
+        self.down = _build_linear([mlp.down_proj], int8, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA)
 
     def linears(self) -> list[_Linear]:
         return [*self.qkv, *self.gate_up, self.o, self.down]
