@@ -179,3 +179,31 @@ def test_rotary_in_three_ops_equals_rotate_half() -> None:
     reference = x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
     signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
     torch.testing.assert_close(_rotary(x, cos, signed_sin), reference, rtol=1e-6, atol=1e-6)
+
+
+@needs_int8
+def test_int8_build_packs_on_its_own_thread(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path) -> None:
+    # fbgemm allocates the packed weights on the thread that packs: one dedicated thread keeps them in
+    # their own malloc arena, apart from the build's temporaries (test_local_memory measures the effect)
+    import threading
+
+    from evsys.backends.local import rollout
+
+    threads: list[str] = []
+    quantized = torch.ops.quantized
+
+    class RecordingOps:
+        def __getattr__(self, name: str) -> object:
+            return getattr(quantized, name)
+
+        def linear_prepack(self, *args: object) -> object:
+            threads.append(threading.current_thread().name)
+            return quantized.linear_prepack(*args)
+
+    monkeypatch.setattr(rollout.torch.ops, "quantized", RecordingOps())
+    backend = make(tiny_dir, device="cpu", rollout_weights="int8")
+    backend.sample([PROMPTS[0]], max_tokens=2)  # the int8 copy is built on the first sample
+    monkeypatch.undo()
+    layers = len(backend._causal_lm.get_decoder().layers)
+    assert len(threads) >= 4 * layers + 1  # q|k|v, o, gate|up and down per layer, and the head
+    assert all(name.startswith("evsys-int8-pack") for name in threads), set(threads)

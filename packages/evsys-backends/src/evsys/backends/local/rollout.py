@@ -27,6 +27,7 @@ than the sequence) is refused by :func:`unsupported_reason`, and the backend fal
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,13 +205,18 @@ def _row_block(weights: list[torch.Tensor], start: int, stop: int) -> torch.Tens
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).float()
 
 
-def _pack_int8(weights: list[torch.Tensor], column_scale: torch.Tensor | None = None) -> list[Any]:
+def _pack_int8(
+    weights: list[torch.Tensor], column_scale: torch.Tensor | None = None, packer: Executor | None = None
+) -> list[Any]:
     """Per-output-channel symmetric int8 quantization of ``cat(weights) * column_scale`` (per input column),
     prepacked for fbgemm's dynamic linear in pieces of at most ``PACK_ROWS`` output rows.
 
     Peak memory is what this is written for: the float weights are read ``QUANT_ROWS`` rows at a time
     (never concatenated or copied whole), and each piece's int8 rows live only until they are packed, so
-    building the copy of a 49k-row output head adds a few MB over the packed result, not 3x it."""
+    building the copy of a 49k-row output head adds a few MB over the packed result, not 3x it. With a
+    ``packer`` (one dedicated thread), fbgemm allocates the packed weights from that thread's malloc arena,
+    apart from this thread's short-lived temporaries; interleaved in one heap, the freed temporaries leave
+    holes that small live blocks pin (+34 MB resident for SmolLM2-135M, docs/performance.md)."""
     total, cols = sum(w.shape[0] for w in weights), weights[0].shape[1]
     packed = []
     with torch.no_grad(), warnings.catch_warnings():
@@ -229,7 +235,10 @@ def _pack_int8(weights: list[torch.Tensor], column_scale: torch.Tensor | None = 
                 scales[start:stop] = scale.double()
             qt = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros(rows, dtype=torch.long), 0)
             del q
-            packed.append(torch.ops.quantized.linear_prepack(qt, None))
+            if packer is None:
+                packed.append(torch.ops.quantized.linear_prepack(qt, None))
+            else:
+                packed.append(packer.submit(torch.ops.quantized.linear_prepack, qt, None).result())
             del qt
     return packed
 
@@ -257,10 +266,11 @@ def _build_linear(
     act_max: torch.Tensor | None = None,
     outliers: int = 0,
     alpha: float = SMOOTH_ALPHA,
+    packer: Executor | None = None,
 ) -> _Linear:
     """The rollout linear over ``modules`` (fused along the output dimension when int8); with int8 and
     calibration maxima ``act_max``, SmoothQuant scaling, and the ``outliers`` input channels with the
-    largest activations kept in float."""
+    largest activations kept in float (``packer``: see :func:`_pack_int8`)."""
     bases = [_base_and_lora(m)[0] for m in modules]
     out = sum(b.out_features for b in bases)
     biases = [b.bias for b in bases]
@@ -283,7 +293,7 @@ def _build_linear(
             keep = torch.ones_like(act_max)
             keep[lin.outliers] = 0.0
             column_scale = keep if column_scale is None else column_scale * keep
-        lin.packed = _pack_int8(weights, column_scale)
+        lin.packed = _pack_int8(weights, column_scale, packer)
         if column_scale is not None:
             inverse = torch.where(column_scale > 0, 1.0 / column_scale.clamp(min=1e-30), torch.zeros_like(column_scale))
             lin.in_scale = inverse
@@ -297,7 +307,9 @@ def _build_linear(
 
 
 class _Layer:
-    def __init__(self, layer: Any, int8: bool, stats: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, layer: Any, int8: bool, stats: dict[str, torch.Tensor] | None = None, packer: Executor | None = None
+    ) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         stats = stats or {}
         self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
@@ -306,8 +318,8 @@ class _Layer:
             float(layer.post_attention_layernorm.variance_epsilon),
         )
         if int8:
-            self.qkv: list[_Linear] = [_build_linear([getattr(attn, n) for n in _ATTN], True, stats.get("qkv"))]
-            self.gate_up: list[_Linear] = [_build_linear([getattr(mlp, n) for n in _MLP], True, stats.get("gate_up"))]
+            self.qkv: list[_Linear] = [_build_linear([getattr(attn, n) for n in _ATTN], True, stats.get("qkv"), packer=packer)]
+            self.gate_up: list[_Linear] = [_build_linear([getattr(mlp, n) for n in _MLP], True, stats.get("gate_up"), packer=packer)]
             # SmoothQuant's input scaling folded into the RMSNorm weights that feed these two linears
             qkv, gate_up = self.qkv[0], self.gate_up[0]
             if qkv.in_scale is not None:
@@ -317,10 +329,12 @@ class _Layer:
         else:
             self.qkv = [_build_linear([getattr(attn, n)], False) for n in _ATTN]
             self.gate_up = [_build_linear([getattr(mlp, n)], False) for n in _MLP]
-        self.o = _build_linear([attn.o_proj], int8, stats.get("o"))
+        self.o = _build_linear([attn.o_proj], int8, stats.get("o"), packer=packer)
         # down_proj's input (silu(gate) * up) has a few channels with outliers that per-tensor int8
         # activations cannot carry: in int8 mode those channels stay float, the rest is int8
-        self.down = _build_linear([mlp.down_proj], int8, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA)
+        self.down = _build_linear(
+            [mlp.down_proj], int8, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA, packer
+        )
 
     def linears(self) -> list[_Linear]:
         return [*self.qkv, *self.gate_up, self.o, self.down]
@@ -373,9 +387,12 @@ class FusedDecoder:
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.scale = self.head_dim**-0.5
-        self.layers = [_Layer(layer, self.int8, stats[i] if stats else None) for i, layer in enumerate(decoder.layers)]
         head = causal_lm.get_output_embeddings()
-        self.head = _build_linear([head], self.int8, stats[-1].get("head") if stats else None)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evsys-int8-pack") as packer:
+            self.layers = [
+                _Layer(layer, self.int8, stats[i] if stats else None, packer) for i, layer in enumerate(decoder.layers)
+            ]
+            self.head = _build_linear([head], self.int8, stats[-1].get("head") if stats else None, packer=packer)
         self.head.sources = []  # the output head never carries LoRA here
         if self.int8:
             _release_build_memory()
