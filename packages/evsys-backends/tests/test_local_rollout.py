@@ -65,6 +65,18 @@ def test_fused_sees_every_optimizer_step(tiny_dir: Path) -> None:
     assert after.logprobs == pytest.approx(policy_logprobs(backend, PROMPTS[0], after.tokens), abs=1e-4)
 
 
+def test_fused_bfloat16_model_with_float32_lora(tiny_dir: Path) -> None:
+    """A bfloat16 base keeps float32 LoRA weights: the decoder adds the float32 update to bfloat16 outputs."""
+    backend = make(tiny_dir, dtype="bfloat16", rollout_engine="fused")
+    same_lora(backend, backend)
+    lora = [p for name, p in backend.model.named_parameters() if "lora_" in name]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    [[out]] = backend.sample([PROMPTS[0]], max_tokens=8, seed=2)
+    diffs = torch.tensor(out.logprobs) - torch.tensor(policy_logprobs(backend, PROMPTS[0], out.tokens))
+    assert backend._fused is not None
+    assert float(diffs.abs().max()) < 0.05, diffs  # bfloat16 rounding; without the update: ~3
+
+
 @pytest.mark.skipif(not int8_available(torch.device("cpu")), reason="no fbgemm/x86 int8 kernels in this torch")
 def test_int8_rollouts_stay_close_to_the_float_policy(tiny_dir: Path) -> None:
     backend = make(tiny_dir, rollout_weights="int8")

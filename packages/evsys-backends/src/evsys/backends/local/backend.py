@@ -330,6 +330,7 @@ class LocalBackend:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         stops = [s for s in (stop or []) if s]
         flat: list[SampledSequence] = []
+        self._release_memory()  # the last backward's freed blocks are not resident under the rollout's peak
         for chunk in _chunks(rows, self.params.micro_batch_size):
             flat.extend(self._sample_batch(chunk, max_tokens, temperature, stops, generator))
         self._release_memory()

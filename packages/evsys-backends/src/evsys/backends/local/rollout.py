@@ -134,64 +134,66 @@ class _Linear:
     packed: Any = None  # fbgemm packed int8 weight (weights="int8")
     bias: torch.Tensor | None = None
     lora_a: torch.Tensor | None = None  # [r_total, in]
-    lora_b: torch.Tensor | None = None  # [out, r_total], scaling folded in
+    lora_bt: torch.Tensor | None = None  # [r_total, out] (B transposed), scaling folded in
     sources: list[Any] = field(default_factory=list)  # the peft modules, to refresh the LoRA part
     in_scale: torch.Tensor | None = None  # int8: x * in_scale feeds the int8 GEMM (1/smooth; 0 on outlier channels)
     outliers: torch.Tensor | None = None  # int8: input channels computed in float instead (LLM.int8-style)
-    outlier_weight: torch.Tensor | None = None  # int8: the float columns [out, len(outliers)] for those channels
+    outlier_weight_t: torch.Tensor | None = None  # int8: those channels' float weights, [len(outliers), out]
     prescaled: bool = False  # int8: callers pass x * in_scale (folded into the RMSNorm weight before this linear)
 
     def refresh_lora(self) -> None:
         parts = [_base_and_lora(m)[1] for m in self.sources]
         if not any(parts):
-            self.lora_a = self.lora_b = None
+            self.lora_a = self.lora_bt = None
             return
         a_rows, total_rank = [], sum(a.shape[0] for p in parts for a, _, _ in p)
         offset_out, offset_rank = 0, 0
-        b_full = None
+        bt = None
         for module, adapters in zip(self.sources, parts, strict=True):
             out = _base_and_lora(module)[0].out_features
             for a, b, scale in adapters:
                 a_rows.append(a.detach())
-                if b_full is None:
-                    b_full = torch.zeros(self.out_features, total_rank, dtype=b.dtype, device=b.device)
+                if bt is None:
+                    bt = torch.zeros(total_rank, self.out_features, dtype=b.dtype, device=b.device)
                 r = a.shape[0]
-                b_full[offset_out : offset_out + out, offset_rank : offset_rank + r] = b.detach() * scale
+                bt[offset_rank : offset_rank + r, offset_out : offset_out + out] = (b.detach() * scale).T
                 offset_rank += r
             offset_out += out
         self.lora_a = torch.cat(a_rows) if a_rows else None
         if self.prescaled and self.lora_a is not None and self.in_scale is not None:
             self.lora_a = self.lora_a / self.in_scale  # A x = (A / in_scale)(x * in_scale): x arrives scaled
-        self.lora_b = b_full
+        self.lora_bt = bt
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # rows in 2-D throughout: the low-rank and outlier terms are added in place by addmm_ (one op each)
+        flat = x.reshape(-1, x.shape[-1])
         if self.packed is not None:
-            xq = x if (self.in_scale is None or self.prescaled) else x * self.in_scale
-            flat = xq.reshape(-1, x.shape[-1])
+            xq = flat if (self.in_scale is None or self.prescaled) else flat * self.in_scale
             row_max = None
-            if flat.shape[0] > 1:
+            if xq.shape[0] > 1:
                 # fbgemm quantizes the activations with one range for the whole matrix: scaling each row
                 # to max |x| = 1 first (and back after) gives every row (token) its own range
-                row_max = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
-                flat = flat / row_max
+                row_max = xq.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+                xq = xq / row_max
             if len(self.packed) == 1:
-                y = torch.ops.quantized.linear_dynamic(flat, self.packed[0], REDUCE_RANGE)
+                y = torch.ops.quantized.linear_dynamic(xq, self.packed[0], REDUCE_RANGE)
             else:
-                y = torch.cat([torch.ops.quantized.linear_dynamic(flat, p, REDUCE_RANGE) for p in self.packed], dim=-1)
+                y = torch.cat([torch.ops.quantized.linear_dynamic(xq, p, REDUCE_RANGE) for p in self.packed], dim=-1)
             if row_max is not None:
                 y.mul_(row_max)
-            y = y.view(*x.shape[:-1], -1)
-            if self.outlier_weight is not None:
-                y.add_(F.linear(x.index_select(-1, self.outliers), self.outlier_weight))
+            if self.outlier_weight_t is not None:
+                y.addmm_(flat.index_select(-1, self.outliers), self.outlier_weight_t)
             if self.bias is not None:
                 y.add_(self.bias)
         else:
-            y = F.linear(x, self.weight, self.bias)
-        if self.lora_a is not None:
-            xa = x if x.dtype == self.lora_a.dtype else x.to(self.lora_a.dtype)
-            update = F.linear(F.linear(xa, self.lora_a), self.lora_b)
-            y = y + (update if update.dtype == y.dtype else update.to(y.dtype))
-        return y
+            y = F.linear(flat, self.weight, self.bias)
+        if self.lora_a is not None and self.lora_bt is not None:
+            low = F.linear(flat if flat.dtype == self.lora_a.dtype else flat.to(self.lora_a.dtype), self.lora_a)
+            if low.dtype == y.dtype:
+                y.addmm_(low, self.lora_bt)
+            else:
+                y = y + (low @ self.lora_bt).to(y.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 def _row_block(weights: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
@@ -289,7 +291,7 @@ def _build_linear(
         if outliers and act_max is not None:
             # the input channels with the largest activations skip int8: float columns, zeros in the int8 copy
             lin.outliers = act_max.topk(min(outliers, act_max.numel())).indices.sort().values
-            lin.outlier_weight = torch.cat([w.detach()[:, lin.outliers] for w in weights]).float()
+            lin.outlier_weight_t = torch.cat([w.detach()[:, lin.outliers] for w in weights]).float().T.contiguous()
             keep = torch.ones_like(act_max)
             keep[lin.outliers] = 0.0
             column_scale = keep if column_scale is None else column_scale * keep
@@ -377,6 +379,8 @@ class FusedDecoder:
         if weights == "int8" and calibration is not None:
             stats = FusedDecoder(causal_lm, "model").activation_maxima(calibration)
         self.int8 = weights == "int8"
+        #: per-layer activation maxima while :meth:`activation_maxima` runs, else None
+        self._stats: list[dict[str, torch.Tensor]] | None = None
         self.causal_lm = causal_lm
         config = causal_lm.config
         decoder = causal_lm.get_decoder()
@@ -431,7 +435,7 @@ class FusedDecoder:
         # a fully padded query row (left pads) would attend to nothing: let it see itself
         mask = mask | torch.eye(width, dtype=torch.bool, device=device)[None, None]
         hidden = self._forward(input_ids, positions, self._additive(mask), 0)
-        if getattr(self, "_stats", None) is not None:  # calibration: the head's input at every position
+        if self._stats is not None:  # calibration: the head's input at every position
             self._record(-1, "head", _rms(hidden, self.final_norm, self.final_eps))
         return self._logits(hidden[:, -1])
 
@@ -459,16 +463,16 @@ class FusedDecoder:
         """Per input channel max |x| of every linear's input over ``ids`` ``[1, L]`` (SmoothQuant calibration);
         one dict per layer (``qkv``, ``o``, ``gate_up``, ``down``) and a last one with ``head``."""
         length = ids.shape[1]
-        self._stats: list[dict[str, torch.Tensor]] = [{} for _ in range(len(self.layers) + 1)]
+        self._stats = [{} for _ in range(len(self.layers) + 1)]
         valid = torch.ones_like(ids, dtype=torch.bool)
         try:
             self.start(ids, valid, torch.arange(length, device=ids.device)[None], length)
         finally:
-            stats, self._stats = self._stats, None  # type: ignore[assignment]
+            stats, self._stats = self._stats, None
         return stats
 
     def _record(self, layer: int, name: str, x: torch.Tensor) -> None:
-        stats = getattr(self, "_stats", None)
+        stats = self._stats
         if stats is not None:
             m = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(dim=0)
             stats[layer][name] = torch.maximum(stats[layer][name], m) if name in stats[layer] else m
@@ -482,7 +486,8 @@ class FusedDecoder:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         h = _rms(hidden, self.final_norm, self.final_eps)
-        self._record(-1, "head", h)
+        if self._stats is not None:
+            self._record(-1, "head", h)
         return self.head(h).float()
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, at: int) -> torch.Tensor:
@@ -491,9 +496,11 @@ class FusedDecoder:
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [B, 1, T, D]
         end = at + t
         hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
+        record = self._stats is not None  # calibration only: skipped per call, not per layer and linear
         for i, layer in enumerate(self.layers):
             h = _rms(x, layer.norm1, layer.eps1)
-            self._record(i, "qkv", h)
+            if record:
+                self._record(i, "qkv", h)
             if len(layer.qkv) == 1:  # fused q|k|v: rotate q and k in one go
                 qkv = layer.qkv[0](h)
                 qk = _rotary(qkv[..., : self.q_out + self.kv_out].view(batch, t, nh + nkv, hd).transpose(1, 2), cos, sin)
@@ -516,16 +523,19 @@ class FusedDecoder:
                 enable_gqa=nkv != nh,
             )
             a = a.transpose(1, 2).reshape(batch, t, nh * hd)
-            self._record(i, "o", a)
+            if record:
+                self._record(i, "o", a)
             x = x + layer.o(a)
             h = _rms(x, layer.norm2, layer.eps2)
-            self._record(i, "gate_up", h)
+            if record:
+                self._record(i, "gate_up", h)
             if len(layer.gate_up) == 1:
                 gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
             else:
                 gate, up = (lin(h) for lin in layer.gate_up)
             m = F.silu(gate).mul_(up)
-            self._record(i, "down", m)
+            if record:
+                self._record(i, "down", m)
             x = x + layer.down(m)
         self.length = end
         return x
