@@ -20,8 +20,9 @@ Needs ``trl`` (``pip install 'evsys-backends[trl]'``; never in the default insta
 
 ``EVSYS_PEER_STEPS`` / ``EVSYS_PEER_WARMUP`` (default 20 / 3), ``EVSYS_BENCH_THREADS`` (torch threads;
 default: torch's choice), ``EVSYS_PEER_ROLLOUT_WEIGHTS`` (``int8``, the default here, or ``model``),
-``EVSYS_PEER_GRADIENT_CHECKPOINTING=1`` (the EvSys side checkpoints; the script's
-``--gradient-checkpointing``).
+``EVSYS_PEER_GRADIENT_CHECKPOINTING=1`` (the EvSys side checkpoints every layer; the script's
+``--gradient-checkpointing``), ``EVSYS_PEER_CHECKPOINT_LAYERS=N`` (only the first N layers;
+``--checkpoint-layers N``).
 """
 
 from __future__ import annotations
@@ -235,12 +236,15 @@ def run_interleaved(
         }
     if trl_times and evsys_times:
         result["ratio_evsys_over_trl"] = result["evsys_s_per_step"] / result["trl_s_per_step"]
+        # each EvSys step against the TRL step just before it: robust to the machine's speed drifting
+        pairs = [e / t for t, e in zip(trl_times[warmup:], evsys_times[warmup:], strict=False)]
+        result["ratio_paired_median"] = statistics.median(pairs)
     result["peak_rss_mib"] = round(peak_rss_mib())
     return result
 
 
 def side_alone(
-    side: str, batch: int, steps: int, warmup: int, rollout_weights: str, gradient_checkpointing: bool = False
+    side: str, batch: int, steps: int, warmup: int, rollout_weights: str, gradient_checkpointing: bool | int = False
 ) -> dict[str, Any]:
     """One side in a fresh interpreter: its own peak RSS and s/step."""
     cmd = [
@@ -256,10 +260,22 @@ def side_alone(
         str(warmup),
         "--rollout-weights",
         rollout_weights,
-        *(["--gradient-checkpointing"] if gradient_checkpointing else []),
+        *(["--gradient-checkpointing"] if gradient_checkpointing is True else []),
+        *(
+            ["--checkpoint-layers", str(gradient_checkpointing)]
+            if gradient_checkpointing is not True and gradient_checkpointing
+            else []
+        ),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _checkpointing(every_layer: bool, layers: int) -> dict[str, bool | int]:
+    """The EvSys side's ``gradient_checkpointing`` param: every layer, the first ``layers``, or none."""
+    if every_layer:
+        return {"gradient_checkpointing": True}
+    return {"gradient_checkpointing": layers} if layers else {}
 
 
 needs_trl = pytest.mark.skipif(
@@ -280,7 +296,9 @@ def test_bench_sdft_step_vs_trl(benchmark, batch: int) -> None:
     steps = int(os.environ.get("EVSYS_PEER_STEPS", "20"))
     warmup = int(os.environ.get("EVSYS_PEER_WARMUP", "3"))
     weights = os.environ.get("EVSYS_PEER_ROLLOUT_WEIGHTS", "int8")
-    params = {"gradient_checkpointing": True} if os.environ.get("EVSYS_PEER_GRADIENT_CHECKPOINTING") == "1" else {}
+    params = _checkpointing(
+        os.environ.get("EVSYS_PEER_GRADIENT_CHECKPOINTING") == "1", int(os.environ.get("EVSYS_PEER_CHECKPOINT_LAYERS", "0"))
+    )
     result = benchmark.pedantic(
         lambda: run_interleaved(batch, steps, warmup, weights, **params), rounds=1, iterations=1
     )
@@ -305,10 +323,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rollout-weights", choices=["int8", "model"], default="int8")
     parser.add_argument(
-        "--gradient-checkpointing", action="store_true", help="EvSys side: backend.params.gradient_checkpointing"
+        "--gradient-checkpointing", action="store_true", help="EvSys side: backend.params.gradient_checkpointing true"
+    )
+    parser.add_argument(
+        "--checkpoint-layers", type=int, default=0, help="EvSys side: backend.params.gradient_checkpointing N"
     )
     args = parser.parse_args()
-    params = {"gradient_checkpointing": True} if args.gradient_checkpointing else {}
+    params = _checkpointing(args.gradient_checkpointing, args.checkpoint_layers)
     print(json.dumps(run_interleaved(args.batch, args.steps, args.warmup, args.rollout_weights, args.side, **params)))
 
 

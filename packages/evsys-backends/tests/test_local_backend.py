@@ -241,7 +241,13 @@ def ce_loss(d: Datum, logp: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "params", [{}, {"micro_batch_size": 1, "logits_chunk_size": 4}, {"gradient_checkpointing": True}]
+    "params",
+    [
+        {},
+        {"micro_batch_size": 1, "logits_chunk_size": 4},
+        {"gradient_checkpointing": True},
+        {"gradient_checkpointing": 1},  # the first layer recomputed, the second keeps its activations
+    ],
 )
 def test_cross_entropy_nk_gradient_equals_reference(tiny_dir: Path, params: dict[str, object]) -> None:
     backend = make_backend(tiny_dir, **params)
@@ -259,6 +265,30 @@ def test_cross_entropy_nk_gradient_equals_reference(tiny_dir: Path, params: dict
     for name, param in lora_params(backend.model).items():
         assert torch.allclose(param.grad, 2 * ref_grads[name], atol=1e-5, rtol=1e-4), name
     backend.close()
+
+
+@pytest.mark.parametrize("setting", [True, 1, 0, False])
+def test_gradient_checkpointing_covers_the_layers_asked_for(tiny_dir: Path, setting: bool | int) -> None:
+    backend = make_backend(tiny_dir, gradient_checkpointing=setting)
+    layers = list(backend._decoder.layers)
+    checkpointed = [getattr(layer, "gradient_checkpointing", False) is True for layer in layers]
+    want = len(layers) if setting is True else int(setting)
+    assert checkpointed == [i < want for i in range(len(layers))]
+    with backend._training_mode():  # transformers checkpoints a layer only while it is in training mode
+        assert [layer.training for layer in layers] == checkpointed
+    # a checkpointed layer runs its attention twice in a step (the second time to recompute for the backward)
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.self_attn.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    seq = PROMPTS[0] + [70, 71, 72]
+    backend.forward_backward([Datum(seq[:-1], seq[1:], [1.0] * (len(seq) - 1))], "cross_entropy")
+    assert calls == [2 if c else 1 for c in checkpointed]
+    backend.close()
+
+
+def test_gradient_checkpointing_beyond_the_model_is_refused(tiny_dir: Path) -> None:
+    with pytest.raises(EvsysError, match=r"gradient_checkpointing 9 exceeds the 2 decoder layers"):
+        make_backend(tiny_dir, gradient_checkpointing=9)
 
 
 def test_cross_entropy_with_n_targets(backend: LocalBackend) -> None:

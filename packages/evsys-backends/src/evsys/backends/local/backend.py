@@ -188,7 +188,7 @@ class LocalBackend:
                 "set backend.params.target_modules to this architecture's module names, or to 'all-linear'"
             ) from None
         if self.params.gradient_checkpointing:
-            self._causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self._enable_checkpointing(self.params.gradient_checkpointing)
         self.model.eval()
         forward_params = inspect.signature(type(base).forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
@@ -211,6 +211,30 @@ class LocalBackend:
         self.pad_token_id: int = pad if pad is not None else (min(flat) if flat else 0)
 
     # ----------------------------------------------------------------- model parts
+
+    def _enable_checkpointing(self, layers: bool | int) -> None:
+        """transformers' non-reentrant checkpointing on every decoder layer, or (an int N) on the first N."""
+        decoder_layers = list(getattr(self._decoder, "layers", []))
+        if layers is not True and layers > len(decoder_layers):
+            raise EvsysError(
+                f"backend.params.gradient_checkpointing {layers} exceeds the {len(decoder_layers)} decoder layers "
+                f"of '{self.setup.model_name}'"
+            )
+        kwargs = {"use_reentrant": False}
+        with _quiet_transformers():
+            if hasattr(self._causal_lm, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                self._causal_lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self._causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if layers is True:
+            return
+        if not all(hasattr(layer, "gradient_checkpointing") for layer in decoder_layers):
+            raise EvsysError(
+                f"backend.params.gradient_checkpointing {layers}: '{self.setup.model_name}' checkpoints all its layers "
+                "or none (its layers are not transformers' GradientCheckpointingLayer); use true"
+            )
+        for layer in decoder_layers[layers:]:
+            layer.gradient_checkpointing = False
 
     @property
     def _causal_lm(self) -> PreTrainedModel:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -52,8 +52,13 @@ class LocalBackendParams(StrictModel):
         ge=1,
         description="Token positions sent through the output head at once (bounds the [positions, vocab] logits in memory).",
     )
-    gradient_checkpointing: bool = Field(
-        default=False, description="Recompute activations in the backward pass: less memory, about 30% more compute."
+    gradient_checkpointing: bool | Annotated[int, Field(ge=0)] = Field(
+        default=False,
+        description=(
+            "Recompute activations in the backward pass instead of keeping them: less memory, more compute. "
+            "true: every decoder layer (about 30% more compute); an integer N: the first N decoder layers only, "
+            "the others keep their activations (a dial between the two; 0 is false)."
+        ),
     )
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         default="auto", description="Attention kernel; 'auto' lets transformers choose (sdpa when available)."
@@ -91,6 +96,14 @@ class LocalBackendParams(StrictModel):
     def _non_empty(cls, value: list[str] | str) -> list[str] | str:
         if isinstance(value, list) and not value:
             raise ValueError("target_modules must name at least one module (or be 'all-linear')")
+        return value
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_setting(cls, value: object) -> object:
+        # one message for the bool-or-count union (pydantic would report each branch on its own line)
+        if not isinstance(value, bool) and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"gradient_checkpointing must be true, false or a number of layers >= 0, got {value!r}")
         return value
 
     def resolved_lora_alpha(self) -> float:
