@@ -112,6 +112,18 @@ def test_params_and_errors(tiny_dir: Path) -> None:
         strict.sample([PROMPTS[0]], max_tokens=3)
 
 
+def test_a_sliding_window_shorter_than_the_batch_is_caught_after_the_build(tiny_dir: Path) -> None:
+    # the structural checks run once, when the decoder is built; the window depends on each batch's length
+    strict = make(tiny_dir, rollout_engine="fused")
+    strict.sample([PROMPTS[0]], max_tokens=2, seed=0)
+    assert strict._fused is not None
+    config = strict._causal_lm.config
+    config.sliding_window, config.use_sliding_window = len(PROMPTS[0]) + 4, True
+    strict.sample([PROMPTS[0]], max_tokens=4, seed=0)  # fits in the window
+    with pytest.raises(EvsysError, match="sliding-window attention"):
+        strict.sample([PROMPTS[0]], max_tokens=5, seed=0)
+
+
 # ----------------------------------------------------------------- int8 building blocks
 
 

@@ -34,7 +34,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from evsys.backends.local.memory import release_freed_memory
 from evsys.backends.local.params import LocalBackendParams
 from evsys.backends.local.resolve import resolve_model_dir
-from evsys.backends.local.rollout import CALIBRATION_MESSAGES, FusedDecoder, int8_available, unsupported_reason
+from evsys.backends.local.rollout import (
+    CALIBRATION_MESSAGES,
+    FusedDecoder,
+    int8_available,
+    sliding_window_reason,
+    unsupported_reason,
+)
+from evsys.backends.local.sampling import inverse_cdf_sample
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import (
     BackendSetup,
@@ -277,7 +284,10 @@ class LocalBackend:
         """The fused decode path for a batch of ``total_length`` positions, or None for the generic loop."""
         if self.params.rollout_engine == "generic":
             return None
-        reason = unsupported_reason(self._causal_lm, total_length)
+        if self._fused is None:
+            reason = unsupported_reason(self._causal_lm, total_length)
+        else:  # the model passed the structural checks when the decoder was built: only the length can fail
+            reason = sliding_window_reason(self._causal_lm.config, total_length)
         if reason is not None:
             if self.params.rollout_engine == "fused" or self.params.rollout_weights == "int8":
                 raise EvsysError(
@@ -404,12 +414,8 @@ class LocalBackend:
             if temperature == 0:
                 tokens = logits.argmax(dim=-1)
             else:
-                # inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one exponential
-                # per vocabulary entry, ~1 ms per row and token on a CPU for a 49k vocabulary)
-                probs = torch.softmax(logits / temperature, dim=-1, dtype=torch.float64)
-                cdf = probs.cumsum(dim=-1)
-                u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
-                tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+                probs = logp.exp() if temperature == 1 else torch.softmax(logits / temperature, dim=-1)
+                tokens = inverse_cdf_sample(probs, generator)
             chosen = logp.gather(1, tokens[:, None]).squeeze(1)
             is_eos = torch.isin(tokens, eos) if len(eos) else torch.zeros_like(tokens, dtype=torch.bool)
             token_list, logp_list, eos_list = tokens.tolist(), chosen.tolist(), is_eos.tolist()

@@ -85,6 +85,16 @@ def int8_available(device: torch.device) -> bool:
     return any(e in engines for e in ("fbgemm", "x86")) and hasattr(torch.ops.quantized, "linear_dynamic")
 
 
+def sliding_window_reason(config: Any, total_length: int | None = None) -> str | None:
+    """The one check of :func:`unsupported_reason` that depends on the batch: a sliding window shorter than
+    ``total_length`` positions (None = any length)."""
+    window = getattr(config, "sliding_window", None)
+    uses_window = getattr(config, "use_sliding_window", getattr(config, "model_type", None) == "mistral")
+    if window and uses_window and (total_length is None or total_length > window):
+        return "sliding-window attention"
+    return None
+
+
 def unsupported_reason(causal_lm: Any, total_length: int | None = None) -> str | None:
     """Why :class:`FusedDecoder` cannot run this model (None when it can)."""
     config = causal_lm.config
@@ -93,10 +103,9 @@ def unsupported_reason(causal_lm: Any, total_length: int | None = None) -> str |
         return f"model_type {model_type!r} is not one of {sorted(SUPPORTED_MODEL_TYPES)}"
     if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
         return "only silu MLPs without tensor-parallel slicing"
-    window = getattr(config, "sliding_window", None)
-    uses_window = getattr(config, "use_sliding_window", model_type == "mistral")
-    if window and uses_window and (total_length is None or total_length > window):
-        return "sliding-window attention"
+    window = sliding_window_reason(config, total_length)
+    if window is not None:
+        return window
     layer = causal_lm.get_decoder().layers[0]
     for name in (*_ATTN, "o_proj"):
         if not hasattr(layer.self_attn, name):
