@@ -227,7 +227,7 @@ def _pack_int8(
     building the copy of a 49k-row output head adds a few MB over the packed result, not 3x it. With a
     ``packer`` (one dedicated thread), fbgemm allocates the packed weights from that thread's malloc arena,
     apart from this thread's short-lived temporaries; interleaved in one heap, the freed temporaries leave
-    holes that small live blocks pin (+34 MB resident for SmolLM2-135M, docs/performance.md)."""
+    holes that small live blocks pin (~20 MiB more resident for SmolLM2-135M, docs/performance.md)."""
     total, cols = sum(w.shape[0] for w in weights), weights[0].shape[1]
     packed = []
     with torch.no_grad(), warnings.catch_warnings():
