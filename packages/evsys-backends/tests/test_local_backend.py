@@ -291,6 +291,19 @@ def test_gradient_checkpointing_beyond_the_model_is_refused(tiny_dir: Path) -> N
         make_backend(tiny_dir, gradient_checkpointing=9)
 
 
+def test_a_layer_count_needs_layers_that_checkpoint_one_by_one(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an architecture that checkpoints in its model loop (no per-layer switch) can do all layers, not N
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_utils import PreTrainedModel
+
+    monkeypatch.delattr(GradientCheckpointingLayer, "gradient_checkpointing")
+    monkeypatch.setattr(PreTrainedModel, "activation_checkpointing_enable", lambda self, **kwargs: None, raising=False)
+    with pytest.raises(EvsysError, match=r"gradient_checkpointing 1: .* checkpoints all its layers or none"):
+        make_backend(tiny_dir, gradient_checkpointing=1)
+
+
 def test_cross_entropy_with_n_targets(backend: LocalBackend) -> None:
     randomize_lora(backend)
     seq = PROMPTS[0] + [70, 71, 72, 73]

@@ -481,6 +481,7 @@ class FusedDecoder:
         return stats
 
     def _record(self, layer: int, name: str, x: torch.Tensor) -> None:
+        """Calibration only (a no-op outside :meth:`activation_maxima`): fold ``x`` into the channel maxima."""
         stats = self._stats
         if stats is not None:
             m = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(dim=0)
@@ -495,8 +496,7 @@ class FusedDecoder:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         h = _rms(hidden, self.final_norm, self.final_eps)
-        if self._stats is not None:
-            self._record(-1, "head", h)
+        self._record(-1, "head", h)
         return self.head(h).float()
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, at: int) -> torch.Tensor:
@@ -505,11 +505,9 @@ class FusedDecoder:
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [B, 1, T, D]
         end = at + t
         hd, nh, nkv = self.head_dim, self.heads, self.kv_heads
-        record = self._stats is not None  # calibration only: skipped per call, not per layer and linear
         for i, layer in enumerate(self.layers):
             h = _rms(x, layer.norm1, layer.eps1)
-            if record:
-                self._record(i, "qkv", h)
+            self._record(i, "qkv", h)
             if len(layer.qkv) == 1:  # fused q|k|v: rotate q and k in one go
                 qkv = layer.qkv[0](h)
                 qk = _rotary(qkv[..., : self.q_out + self.kv_out].view(batch, t, nh + nkv, hd).transpose(1, 2), cos, sin)
@@ -532,19 +530,16 @@ class FusedDecoder:
                 enable_gqa=nkv != nh,
             )
             a = a.transpose(1, 2).reshape(batch, t, nh * hd)
-            if record:
-                self._record(i, "o", a)
+            self._record(i, "o", a)
             x = x + layer.o(a)
             h = _rms(x, layer.norm2, layer.eps2)
-            if record:
-                self._record(i, "gate_up", h)
+            self._record(i, "gate_up", h)
             if len(layer.gate_up) == 1:
                 gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
             else:
                 gate, up = (lin(h) for lin in layer.gate_up)
             m = F.silu(gate).mul_(up)
-            if record:
-                self._record(i, "down", m)
+            self._record(i, "down", m)
             x = x + layer.down(m)
         self.length = end
         return x
