@@ -120,3 +120,40 @@ def test_runs_as_a_program(files: tuple[Path, Path]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["metrics"] == {"pass@1": 0.5}
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"evsys-verify, version {metadata.version('evsys-verifiers')}"
+    assert main(["--help"]) == 0
+    assert "--sandbox [auto|bwrap|none]" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    tasks, predictions = files
+    assert main([str(tasks)]) == 2
+    assert "Missing argument 'PREDICTIONS'" in capsys.readouterr().err
+    assert main([str(tasks), str(predictions), "--sandbox", "docker"]) == 2
+    assert "'docker' is not one of 'auto', 'bwrap', 'none'" in capsys.readouterr().err
+
+
+def test_a_demanded_sandbox_that_cannot_run_is_one_line_and_exit_2(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evsys.verifiers import sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bubblewrap (bwrap) not found")
+    tasks, predictions = files
+    try:
+        assert main([str(tasks), str(predictions), "--sandbox", "bwrap"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            "evsys-verify: sandbox 'bwrap' is required but bubblewrap (bwrap) not found: install bubblewrap "
+            "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+        ]
+        assert main([str(tasks), str(predictions), "--sandbox", "none", "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["metrics"] == {"pass@1": 0.5}
+    finally:
+        sandbox.set_sandbox(None)
