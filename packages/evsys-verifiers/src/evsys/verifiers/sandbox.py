@@ -50,6 +50,8 @@ __all__ = [
     "SandboxUnavailable",
     "bwrap_problem",
     "describe_sandbox",
+    "program_counts",
+    "programs_line",
     "resolve_sandbox",
     "sandbox_setting",
     "select_runner",
@@ -217,6 +219,7 @@ def bwrap_problem() -> str | None:
     return None
 
 
+@functools.cache
 def bwrap_version() -> str | None:
     """``bubblewrap 0.8.0`` (the ``bwrap --version`` line), or ``None`` where it is not installed."""
     path = shutil.which("bwrap")
@@ -232,6 +235,8 @@ _PROCESS_SETTING: str | None = None
 _TASK_SETTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("evsys_verifier_sandbox", default=None)
 _WARNED = threading.Event()
 _RUNNERS: dict[str, LocalRunner] = {}
+_COUNTS: dict[str, int] = {}
+_COUNTS_LOCK = threading.Lock()
 
 
 def _checked(value: str | None, where: str) -> str | None:
@@ -294,15 +299,48 @@ def resolve_sandbox(*settings: str | None) -> str:
     return "none"
 
 
+def _count(name: str) -> None:
+    with _COUNTS_LOCK:
+        _COUNTS[name] = _COUNTS.get(name, 0) + 1
+
+
 def select_runner(plugged: object | None) -> object:
     """The runner for the next program: ``plugged`` (a custom runner) unless ``bwrap`` is demanded, else by setting."""
     if plugged is not None and "bwrap" not in {_TASK_SETTING.get(), process_setting()}:
+        kind = type(plugged)
+        _count(f"runner {kind.__module__}.{kind.__qualname__} (plugged in)")
         return plugged
     choice = resolve_sandbox()
     runner = _RUNNERS.get(choice)
     if runner is None:
         runner = _RUNNERS[choice] = BwrapRunner() if choice == "bwrap" else LocalRunner()
+    _count(choice)
     return runner
+
+
+def program_counts() -> dict[str, int]:
+    """How many verifier programs this process has run, by runner (``bwrap``, ``none``, ``runner ...``)."""
+    with _COUNTS_LOCK:
+        return dict(_COUNTS)
+
+
+def programs_line(before: Mapping[str, int] | None = None) -> str | None:
+    """``Verifier programs: 240 in bwrap (bubblewrap 0.8.0)`` for the programs run since ``before``
+    (a :func:`program_counts`); ``None`` when none ran. For a run's ``summary.md``."""
+    before = before or {}
+    ran = {name: count - before.get(name, 0) for name, count in program_counts().items()}
+    parts = []
+    for name, count in sorted(ran.items()):
+        if count <= 0:
+            continue
+        if name == "bwrap":
+            where = f"bwrap ({bwrap_version()})"
+        elif name == "none":
+            where = "the plain runner, unsandboxed (resource limits only)"
+        else:
+            where = name
+        parts.append(f"{count} in {where}")
+    return f"Verifier programs: {', '.join(parts)}" if parts else None
 
 
 def describe_sandbox(*settings: str | None) -> str:
