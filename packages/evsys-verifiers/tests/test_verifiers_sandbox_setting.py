@@ -137,3 +137,25 @@ def test_bwrap_runner_keeps_the_runner_contract() -> None:
         limits=runner.Limits(open_files=40),
     )
     assert limited.stdout.strip() == "(40, 40)"
+
+
+@pytest.mark.skipif(sandbox.bwrap_problem() is not None, reason=f"needs bubblewrap: {sandbox.bwrap_problem()}")
+def test_the_program_has_no_privileges_and_sees_only_its_sandbox() -> None:
+    import json
+    import os
+
+    source = (
+        "import json, os\n"
+        "status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())\n"
+        "print(json.dumps({'uid': os.getuid(), 'nnp': status['NoNewPrivs'].strip(), 'eff': status['CapEff'].strip(),"
+        " 'etc': os.listdir('/etc'), 'pids': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), 'root': sorted(os.listdir('/')),"
+        " 'net': sorted(os.listdir('/sys/class/net')) if os.path.isdir('/sys/class/net') else []}))\n"
+    )
+    result = runner.run_python(source, runner=sandbox.BwrapRunner())
+    assert result.passed, result.stderr
+    seen = json.loads(result.stdout.splitlines()[0])
+    assert seen["uid"] != 0 and (os.geteuid() == 0 or seen["uid"] == os.geteuid())
+    assert seen["nnp"] == "1" and int(seen["eff"], 16) == 0  # no capabilities, none to gain by exec
+    assert max(seen["pids"]) < 10  # its own pid namespace: none of the host's processes
+    assert {"home", "var", "sys", "mnt"}.isdisjoint(seen["root"])  # only the read-only binds and its /tmp
+    assert seen["etc"] == ["ld.so.cache"]  # no passwd, no ssh keys, no credentials
