@@ -104,7 +104,7 @@ def _binds(argv0: str) -> list[str]:
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
     if os.path.isfile(LD_CACHE):  # the loader's index of /usr's libraries: without it each start probes paths (+10 ms)
-        args += ["--ro-bind", LD_CACHE, LD_CACHE]
+        args += ["--perms", "0755", "--dir", "/etc", "--ro-bind", LD_CACHE, LD_CACHE]
     executable = argv0 if os.sep in argv0 else (shutil.which(argv0, path=minimal_env("/")["PATH"]) or argv0)
     roots: list[str] = []
     for prefix in (*_prefixes(executable), os.path.dirname(os.path.realpath(executable))):
