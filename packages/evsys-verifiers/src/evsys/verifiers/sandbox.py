@@ -94,8 +94,10 @@ def _prefixes(executable: str) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def _binds(argv0: str) -> list[str]:
-    """``bwrap`` arguments binding, read-only, what ``argv0`` needs: /usr and the interpreter's directories."""
+@functools.lru_cache(maxsize=64)
+def _binds(argv0: str) -> tuple[str, ...]:
+    """``bwrap`` arguments binding, read-only, what ``argv0`` needs: /usr and the interpreter's directories
+    (worked out once per program name)."""
     args = ["--ro-bind", "/usr", "/usr"]
     for name in _MERGED_LINKS:
         path = Path("/", name)
@@ -123,7 +125,7 @@ def _binds(argv0: str) -> list[str]:
         args += ["--ro-bind", root, root]
         for alias in {p for p in _prefixes(executable) if os.path.realpath(p) == root and p != root}:
             args += ["--symlink", root, alias]  # a venv reached through a symlinked path
-    return args
+    return tuple(args)
 
 
 class BwrapRunner(LocalRunner):
