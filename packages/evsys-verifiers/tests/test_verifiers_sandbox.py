@@ -310,3 +310,16 @@ def test_a_harmless_program_still_works_in_the_sandbox(tmp_path: Path) -> None:
     )
     verification = verify(f"```python\n{program}```\n", task, builtin_registry())
     assert verification.score == 1.0, verification
+
+
+def test_the_docs_table_is_what_the_suite_checks() -> None:
+    docs = Path(__file__).resolve().parents[3] / "docs" / "verifiers.md"
+    if not docs.is_file():
+        pytest.skip("docs/verifiers.md is not beside this package (installed elsewhere)")
+    rows = {
+        line.split("`")[1]: line for line in docs.read_text(encoding="utf-8").splitlines() if line.startswith("| `")
+    }
+    for name, breached in PLAIN_BREACHES.items():
+        cells = [cell.strip() for cell in rows[name].strip("|").split("|")]
+        assert cells[1].startswith("contained"), name
+        assert cells[2].startswith("**not contained**" if breached else "contained"), name
