@@ -193,7 +193,9 @@ class BwrapRunner(LocalRunner):
                     raise ValueError(f"file name {name!r} leaves the run directory")
                 fd = os.memfd_create("evsys-file", 0)
                 fds.append((fd, str(target)))
-                os.write(fd, content if isinstance(content, bytes) else content.encode("utf-8"))
+                data = memoryview(content if isinstance(content, bytes) else content.encode("utf-8"))
+                while data:
+                    data = data[os.write(fd, data) :]
                 os.lseek(fd, 0, os.SEEK_SET)
             child_env = minimal_env(WORKDIR)
             child_env.update(env or {})
