@@ -119,7 +119,14 @@ def _network(port: int, received: list[bytes]) -> Attack:
         f"s = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
         "s.sendall(b'exfiltrated')\ns.close()\n"
     )
-    return Attack(program, check=lambda: any(b"exfiltrated" in item for item in received))
+
+    def check() -> bool:  # the server thread may still be reading the connection when the run ends
+        deadline = time.monotonic() + 2.0
+        while not any(b"exfiltrated" in item for item in received) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return any(b"exfiltrated" in item for item in received)
+
+    return Attack(program, check=check)
 
 
 def _parent_environment() -> Attack:
