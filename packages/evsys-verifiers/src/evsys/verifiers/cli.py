@@ -11,6 +11,7 @@ Exit status: 0 scored, 2 bad input.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from importlib import metadata
@@ -74,6 +75,13 @@ def _table(metrics: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
+class _Lines(logging.Formatter):
+    """``evsys-verify: warning: message``, as the command's own warnings read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"evsys-verify: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _version() -> str:
     try:
         return metadata.version("evsys-verifiers")
@@ -122,6 +130,10 @@ def command(
     from evsys.verifiers.scoring import _resolve_registry, score_tasks
     from evsys.verifiers.tasks import TASKS_FILE, check_tasks_file, load_benchmark_dir, load_tasks
 
+    if not logging.getLogger().handlers:  # library warnings (e.g. programs run unsandboxed) read like ours
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Lines())
+        logging.getLogger().addHandler(handler)
     if sandbox is not None:
         sandboxes.set_sandbox(sandbox)
     if sandboxes.process_setting() == "bwrap":

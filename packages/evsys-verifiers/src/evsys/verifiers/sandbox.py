@@ -297,8 +297,8 @@ def resolve_sandbox(*settings: str | None) -> str:
     if not _WARNED.is_set():
         _WARNED.set()
         logger.warning(
-            "evsys-verifiers: %s: verifier programs (python_tests, subprocess checkers) run unsandboxed, "
-            "with resource limits only; %s, or set %s=none to accept this",
+            "verifier programs (python_tests, subprocess checkers) run unsandboxed, with resource limits only: "
+            "%s; %s, or set %s=none to accept this",
             problem,
             INSTALL_HINT,
             SANDBOX_ENV,
