@@ -2,7 +2,8 @@
 
 Run with ``python -m pytest benchmarks/test_bench_verifiers.py -o addopts="--import-mode=importlib" --benchmark-only``.
 Targets: ``contains`` / ``exact_match`` >= 200,000 verifications/s on one core; ``python_tests``
->= 30 trivial programs/s on 2 cores; pass@k over 100,000 tasks under 1 s. Each benchmark records
+>= 30 trivial programs/s on 2 cores
+(plain runner and bubblewrap, side by side); pass@k over 100,000 tasks under 1 s. Each benchmark records
 its throughput in ``extra_info``.
 """
 
@@ -78,19 +79,28 @@ def test_bench_verify_through_the_task(benchmark: Any) -> None:
 PROGRAMS = 60
 
 
-def test_bench_python_tests_two_workers(benchmark: Any) -> None:
-    registry = builtin_registry()
+def _program_tasks(sandbox: str) -> list[TaskRow]:
     tests = "def check(candidate):\n    assert candidate(2) == 4\n"
-    tasks = [
-        TaskRow.model_validate(
-            {
-                "task_id": f"p{i}",
-                "prompt": "def double(x):\n",
-                "verifier": {"fn_name": "python_tests", "options": {"tests": tests, "entry_point": "double"}},
-            }
-        )
+    verifier = {"fn_name": "python_tests", "sandbox": sandbox, "options": {"tests": tests, "entry_point": "double"}}
+    return [
+        TaskRow.model_validate({"task_id": f"p{i}", "prompt": "def double(x):\n", "verifier": verifier})
         for i in range(PROGRAMS)
     ]
+
+
+def _bwrap_problem() -> str | None:
+    from evsys.verifiers.sandbox import bwrap_problem
+
+    return bwrap_problem()
+
+
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_bench_python_tests_two_workers(benchmark: Any, sandbox: str) -> None:
+    """Programs per second through ``score_tasks`` with 2 workers, plain runner (``none``) and bubblewrap."""
+    if sandbox == "bwrap" and _bwrap_problem() is not None:
+        pytest.skip(f"needs bubblewrap: {_bwrap_problem()}")
+    registry = builtin_registry()
+    tasks = _program_tasks(sandbox)
     answers = [["def double(x):\n    return 2 * x\n"] for _ in tasks]
 
     def run() -> None:
@@ -99,6 +109,31 @@ def test_bench_python_tests_two_workers(benchmark: Any) -> None:
 
     benchmark.pedantic(run, rounds=3, iterations=1)
     _record(benchmark, PROGRAMS, "programs")
+
+
+def test_bench_bwrap_against_plain_paired(benchmark: Any) -> None:
+    """bubblewrap's throughput as a share of the plain runner's, rounds interleaved (the machine's load
+    drifts between separate benchmarks): ``extra_info["bwrap_share"]`` (1.0 = no cost)."""
+    if _bwrap_problem() is not None:
+        pytest.skip(f"needs bubblewrap: {_bwrap_problem()}")
+    import time
+
+    registry = builtin_registry()
+    answers = [["def double(x):\n    return 2 * x\n"] for _ in range(PROGRAMS)]
+    tasks = {name: _program_tasks(name) for name in ("none", "bwrap")}
+    seconds: dict[str, list[float]] = {name: [] for name in tasks}
+
+    def run() -> None:
+        for name, batch in tasks.items():
+            start = time.perf_counter()
+            score_tasks(batch, answers, ["pass@1"], registry=registry, max_workers=2)
+            seconds[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(run, rounds=5, iterations=1)
+    plain, bwrap = (sorted(seconds[name])[len(seconds[name]) // 2] for name in ("none", "bwrap"))
+    benchmark.extra_info["plain_programs_per_second"] = round(PROGRAMS / plain, 1)
+    benchmark.extra_info["bwrap_programs_per_second"] = round(PROGRAMS / bwrap, 1)
+    benchmark.extra_info["bwrap_share"] = round(plain / bwrap, 3)
 
 
 @pytest.mark.parametrize("k", [1, 5])

@@ -120,3 +120,69 @@ def test_runs_as_a_program(files: tuple[Path, Path]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["metrics"] == {"pass@1": 0.5}
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"evsys-verify, version {metadata.version('evsys-verifiers')}"
+    assert main(["--help"]) == 0
+    assert "--sandbox [auto|bwrap|none]" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    tasks, predictions = files
+    assert main([str(tasks)]) == 2
+    assert "Missing argument 'PREDICTIONS'" in capsys.readouterr().err
+    assert main([str(tasks), str(predictions), "--sandbox", "docker"]) == 2
+    assert "'docker' is not one of 'auto', 'bwrap', 'none'" in capsys.readouterr().err
+
+
+def test_a_demanded_sandbox_that_cannot_run_is_one_line_and_exit_2(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evsys.verifiers import sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bubblewrap (bwrap) not found")
+    tasks, predictions = files
+    try:
+        assert main([str(tasks), str(predictions), "--sandbox", "bwrap"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            "evsys-verify: sandbox 'bwrap' is required but bubblewrap (bwrap) not found: install bubblewrap "
+            "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+        ]
+        assert main([str(tasks), str(predictions), "--sandbox", "none", "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["metrics"] == {"pass@1": 0.5}
+    finally:
+        sandbox.set_sandbox(None)
+
+
+def test_without_bubblewrap_the_user_is_told_once_in_one_line(files: tuple[Path, Path], tmp_path: Path) -> None:
+    tasks = _jsonl(
+        tmp_path / "programs.jsonl",
+        [
+            {
+                "task_id": f"p{i}",
+                "prompt": "p",
+                "verifier": {"fn_name": "python_tests", "expected": "assert 1 + 1 == 2"},
+            }
+            for i in range(3)
+        ],
+    )
+    predictions = _jsonl(tmp_path / "answers.jsonl", [{"task_id": f"p{i}", "answer": "x = 1"} for i in range(3)])
+    done = subprocess.run(  # no bwrap on this PATH
+        [sys.executable, "-m", "evsys.verifiers.cli", str(tasks), str(predictions), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(tmp_path), "EVSYS_VERIFIER_SANDBOX": "auto"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"] == {"pass@1": 1.0}
+    assert done.stderr.splitlines() == [
+        "evsys-verify: warning: verifier programs (python_tests, subprocess checkers) run unsandboxed, with resource "
+        "limits only: bubblewrap (bwrap) not found; install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; "
+        "Fedora: dnf install bubblewrap), or set EVSYS_VERIFIER_SANDBOX=none to accept this"
+    ]

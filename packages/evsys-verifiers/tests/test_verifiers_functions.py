@@ -114,6 +114,16 @@ NUMERIC: list[Case] = [
     ("first 3 then #### 12", 12, {"extract": "gsm8k"}, 1.0),
     ("0.30000000000000004", "0.3", {}, 1.0),
     ("123456789012345678901", "123456789012345678901", {}, 1.0),
+    # integers compare exactly: a relative tolerance of 1e-9 would let these off-by-one answers pass
+    ("100000000001", 100000000000, {}, 0.0),
+    ("100000000001", "100,000,000,000", {}, 0.0),
+    ("1e11", 100000000000, {}, 1.0),
+    ("100000000000.0", "100000000000", {}, 1.0),
+    ("123456789012345678902", "123456789012345678901", {}, 0.0),
+    # a tolerance the task sets applies to integers too; non-integers keep the default one
+    ("101", 100, {"abs_tol": 1}, 1.0),
+    ("100000000001", 100000000000, {"rel_tol": 1e-9}, 1.0),
+    ("100000000000.5", "100000000000.5000001", {}, 1.0),
 ]
 
 MULTIPLE_CHOICE: list[Case] = [

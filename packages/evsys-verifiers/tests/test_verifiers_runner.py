@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from evsys.verifiers import runner
+from evsys.verifiers import runner, sandbox
 from evsys.verifiers.functions import python_tests
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
@@ -38,6 +38,16 @@ ADVERSARIAL = {
 }
 
 
+@pytest.fixture(params=["none", "bwrap"])
+def each_runner(request: pytest.FixtureRequest) -> Any:
+    """Runs the test with the plain runner, then with bubblewrap (skipped where it cannot run)."""
+    if request.param == "bwrap" and sandbox.bwrap_problem() is not None:
+        pytest.skip(f"needs bubblewrap: {sandbox.bwrap_problem()}")
+    sandbox.set_sandbox(request.param)
+    yield request.param
+    sandbox.set_sandbox(None)
+
+
 def _run(source: str) -> tuple[runner.RunResult, float]:
     program = f"{source}\n\n{TESTS}\n\ncheck(double)\n"
     start = time.monotonic()
@@ -45,13 +55,13 @@ def _run(source: str) -> tuple[runner.RunResult, float]:
     return result, time.monotonic() - start
 
 
-def test_a_good_program_passes() -> None:
+def test_a_good_program_passes(each_runner: str) -> None:
     result, _ = _run(GOOD)
     assert result.passed, result.stderr
     assert result.pgid is not None and runner.leftover_processes(result.pgid) == []
 
 
-def test_adversarial_programs_fail_in_time_and_leave_nothing_running() -> None:
+def test_adversarial_programs_fail_in_time_and_leave_nothing_running(each_runner: str) -> None:
     with ThreadPoolExecutor(max_workers=len(ADVERSARIAL)) as pool:
         results = dict(zip(ADVERSARIAL, pool.map(_run, ADVERSARIAL.values()), strict=True))
     for name, (result, elapsed) in results.items():
@@ -67,7 +77,7 @@ def test_adversarial_programs_fail_in_time_and_leave_nothing_running() -> None:
     assert "EOFError" in results["reads_stdin"][0].stderr
 
 
-def test_children_left_behind_by_a_passing_program_are_killed() -> None:
+def test_children_left_behind_by_a_passing_program_are_killed(each_runner: str) -> None:
     # the program passes, but leaves children holding its output open: the run still ends at once
     source = (
         "import os, time\n"
@@ -80,13 +90,13 @@ def test_children_left_behind_by_a_passing_program_are_killed() -> None:
     assert result.pgid is not None and runner.leftover_processes(result.pgid) == []
 
 
-def test_python_tests_scores_adversarial_programs_zero() -> None:
+def test_python_tests_scores_adversarial_programs_zero(each_runner: str) -> None:
     for name in ("early_sys_exit", "os_exit", "reads_stdin", "unbounded_output"):
         score = python_tests(ADVERSARIAL[name], TESTS, entry_point="double", timeout=TIMEOUT, extract="none")
         assert score == 0.0, name
 
 
-def test_environment_is_minimal_and_cwd_is_a_fresh_home(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_minimal_and_cwd_is_a_fresh_home(monkeypatch: pytest.MonkeyPatch, each_runner: str) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
     monkeypatch.setenv("HF_TOKEN", "do-not-leak")
     source = (
@@ -106,7 +116,7 @@ def test_environment_is_minimal_and_cwd_is_a_fresh_home(monkeypatch: pytest.Monk
     assert not os.path.exists(info["cwd"])  # removed after the run
 
 
-def test_file_size_and_open_file_limits() -> None:
+def test_file_size_and_open_file_limits(each_runner: str) -> None:
     big = runner.run_python(
         "open('big', 'wb').write(b'x' * (4 << 20))", timeout=5, limits=runner.Limits(file_size_bytes=1 << 20)
     )
@@ -117,7 +127,7 @@ def test_file_size_and_open_file_limits() -> None:
     assert not fds.passed and "Too many open files" in fds.stderr
 
 
-def test_cpu_limit_kills_a_busy_program_even_without_the_wall_clock() -> None:
+def test_cpu_limit_kills_a_busy_program_even_without_the_wall_clock(each_runner: str) -> None:
     result = runner.run_python("while True: pass", timeout=30, limits=runner.Limits(cpu_seconds=1))
     assert not result.passed and not result.timed_out and result.returncode != 0
     assert result.duration < 5

@@ -37,6 +37,7 @@ class DeepReport:
     examples: int | None = None
     benchmarks: int = 0
     tasks: int = 0
+    sandbox: str | None = None  # where verifier programs will run, when a benchmark's tasks run programs
 
     @property
     def errors(self) -> list[Problem]:
@@ -218,6 +219,29 @@ class _Checker:
                 problems = exc.problems
             self.report.problems.extend(problems)
             self.report.tasks += _count_rows(tasks)
+            self.sandbox(tasks, at)
+
+    def sandbox(self, tasks: Path, at: FieldPath) -> None:
+        """Which sandbox the benchmark's verifier programs will run in; unsandboxed is a warning."""
+        from evsys.verifiers import sandbox
+        from evsys.verifiers.runner import plugged_runner
+        from evsys.verifiers.tasks import runs_programs
+
+        if self.report.sandbox is not None or not runs_programs(tasks):
+            return
+        setting = sandbox.process_setting()
+        self.report.sandbox = sandbox.describe_sandbox()
+        if setting == "none" or (plugged_runner() is not None and setting != "bwrap"):
+            return
+        problem = sandbox.bwrap_problem()
+        if problem is None:
+            return
+        if setting == "bwrap":
+            message = f"its verifier programs need the sandbox ({sandbox.SANDBOX_ENV}=bwrap) but {problem}"
+            self.at((*at, "path"), f"{message}: {sandbox.INSTALL_HINT}")
+        else:
+            message = f"its verifier programs will run unsandboxed: {problem}; {sandbox.INSTALL_HINT}"
+            self.at((*at, "path"), message, "warning")
 
 
 def _importable(module: str) -> bool:

@@ -31,6 +31,7 @@ class ValidationResult:
     examples: int | None = None
     benchmarks: int = 0
     tasks: int = 0
+    sandbox: str | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -74,6 +75,8 @@ class ValidationResult:
             else:
                 deep.append("no benchmarks")
             text += "; deep: " + ", ".join(deep)
+            if self.sandbox is not None:
+                text += f"; verifier programs: {self.sandbox}"
         if self.warnings:
             text += f"; {warnings}"
         return f"OK: {self.path} ({text})"
@@ -119,6 +122,7 @@ def validate_config(
         result.examples = report.examples
         result.benchmarks = report.benchmarks
         result.tasks = report.tasks
+        result.sandbox = report.sandbox
     return result
 
 

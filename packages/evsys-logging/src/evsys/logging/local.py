@@ -23,6 +23,15 @@ PREDICTIONS_DIR = "predictions"
 SUMMARY_FILE = "summary.md"
 
 
+def _verifier_programs(before: Mapping[str, int] | None = None) -> Any:
+    """evsys-verifiers' count of the programs it ran (where it is installed): a snapshot, or the summary line."""
+    try:
+        from evsys.verifiers import sandbox
+    except ImportError:
+        return None
+    return sandbox.program_counts() if before is None else sandbox.programs_line(before)
+
+
 def _format_value(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -47,6 +56,7 @@ class LocalLogger(BaseCallback):
         self._resume: dict[str, Any] | None = None
         self._redactor = Redactor()
         self.orphaned: list[Path] = []
+        self._programs_before: dict[str, int] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must remember: each file's size now, and the evaluations so far."""
@@ -82,6 +92,7 @@ class LocalLogger(BaseCallback):
     def on_run_start(self, context: RunContext) -> None:
         """Open the run directory's files for appending (after setting aside rows a resumed run redoes)."""
         self._context = context
+        self._programs_before = _verifier_programs()
         self._redactor = Redactor.from_environment(context.config)
         self.directory = Path(self.params.dir) if self.params.dir else context.run_dir
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -135,6 +146,9 @@ class LocalLogger(BaseCallback):
             lines.append(f"Model: {config.model.name}")
             lines.append(f"Backend: {config.backend.kind}")
             lines.append(f"Algorithm: {config.algorithm.kind}")
+        programs = _verifier_programs(self._programs_before or {})
+        if programs:
+            lines.append(programs)  # e.g. "Verifier programs: 240 in bwrap (bubblewrap 0.8.0)"
         if error:
             lines.append(f"Error: {error}")
         lines += ["", "## Final metrics", ""]

@@ -56,6 +56,11 @@ class VerifierSpec(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the verifier function.")
     command: list[str] | str | None = Field(default=None, description="subprocess: the program and arguments to run.")
     timeout: float | None = Field(default=None, gt=0, description="Seconds before the verification counts as failed.")
+    sandbox: Literal["auto", "bwrap", "none"] | None = Field(
+        default=None,
+        description="Where its programs run: 'bwrap' demands the bubblewrap sandbox, 'none' the plain runner, "
+        "'auto' bubblewrap where it works (unset: $EVSYS_VERIFIER_SANDBOX, else auto).",
+    )
 
 
 def _present(key: str) -> dict[str, Any]:

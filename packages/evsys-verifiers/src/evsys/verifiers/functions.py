@@ -224,16 +224,18 @@ def numeric_match(
     output: str,
     expected: Any,
     *,
-    rel_tol: float = 1e-9,
+    rel_tol: float | None = None,
     abs_tol: float = 0.0,
     last_number: bool = True,
     extract: str | None = None,
 ) -> float:
-    """1.0 when the output's number equals an expected number within ``rel_tol`` / ``abs_tol``.
+    """1.0 when the output's number equals an expected number.
 
-    Numbers may be written ``1,000``, ``3.0``, ``1e-3``, ``3/4``, ``\\frac{3}{4}`` or ``$5``; a trailing
-    ``%`` is dropped and never converted (``50%`` matches 50, not 0.5). When the whole output is not
-    a number, its last number is used (``last_number=False`` turns that off).
+    Two integers (``42``, ``4.0``, ``1e11``) must be equal exactly; other numbers may differ by
+    ``rel_tol`` (default 1e-9) or ``abs_tol``. A ``rel_tol`` or ``abs_tol`` set by the task applies to
+    integers too. Numbers may be written ``1,000``, ``3.0``, ``1e-3``, ``3/4``, ``\\frac{3}{4}`` or
+    ``$5``; a trailing ``%`` is dropped and never converted (``50%`` matches 50, not 0.5). When the
+    whole output is not a number, its last number is used (``last_number=False`` turns that off).
     """
     wants = []
     for item in _items(expected):
@@ -250,11 +252,14 @@ def numeric_match(
         value = parse_number(numbers[-1]) if numbers else None
     if value is None:
         return 0.0
+    tolerant_integers = rel_tol is not None or abs_tol > 0
     for want in wants:
         if want == value:
             return 1.0
+        if want.denominator == 1 and value.denominator == 1 and not tolerant_integers:
+            continue  # integers compare exactly
         try:
-            if math.isclose(float(value), float(want), rel_tol=rel_tol, abs_tol=abs_tol):
+            if math.isclose(float(value), float(want), rel_tol=1e-9 if rel_tol is None else rel_tol, abs_tol=abs_tol):
                 return 1.0
         except OverflowError:
             continue

@@ -1,17 +1,19 @@
-"""The subprocess runner that ``python_tests`` and the ``subprocess`` verifier kind use.
+"""The runners that ``python_tests`` and the ``subprocess`` verifier kind use.
 
-Each run gets a fresh temporary directory as its working directory and ``HOME``, a minimal
-environment (``PATH``, ``HOME``, ``TMPDIR``, ``LANG`` — no credentials, no proxy settings), stdin
-from ``/dev/null``, a process group of its own that is killed (SIGKILL) at the end, resource
-limits (CPU seconds, address space, file size, open files, optionally processes), a wall-clock
-timeout enforced by the parent, and bounded output (a run that prints more is killed).
+:class:`LocalRunner`, the plain runner: each run gets a fresh temporary directory as its working
+directory and ``HOME``, a minimal environment (``PATH``, ``HOME``, ``TMPDIR``, ``LANG`` — no
+credentials, no proxy settings), stdin from ``/dev/null``, a process group of its own that is killed
+(SIGKILL) at the end, resource limits (CPU seconds, address space, file size, open files,
+optionally processes), a wall-clock timeout enforced by the parent, and bounded output (a run that
+prints more is killed).
 
-**This is not a security sandbox.** The child runs as the same user, sees the same file system
-and network, and a program that calls ``setsid()`` or double-forks out of its process group can
-outlive the run. ``RLIMIT_NPROC`` counts every process of the user and does not bind root, so it is
-off by default (``Limits(processes=N)``). For untrusted code, plug in a stronger runner (a
-container, nsjail, gVisor, a remote executor) with :func:`set_runner` or the environment variable
-``EVSYS_VERIFIER_RUNNER="module:factory"``: any object with the :class:`Runner` ``run`` method.
+**The plain runner is not a security sandbox.** The child runs as the same user, sees the same file
+system and network, and a program that calls ``setsid()`` or double-forks out of its process group
+can outlive the run. Where bubblewrap works, programs run in
+:class:`~evsys.verifiers.sandbox.BwrapRunner` instead (``sandbox: auto | bwrap | none``, see
+:mod:`evsys.verifiers.sandbox`). Another runner (a container, nsjail, gVisor, a remote executor)
+plugs in with :func:`set_runner` or ``EVSYS_VERIFIER_RUNNER="module:factory"``: any object with the
+:class:`Runner` ``run`` method.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -43,6 +45,7 @@ __all__ = [
     "get_runner",
     "leftover_processes",
     "minimal_env",
+    "plugged_runner",
     "run_command",
     "run_python",
     "set_runner",
@@ -61,6 +64,7 @@ class Limits:
     file_size_bytes: int | None = 16 << 20
     open_files: int | None = 64
     processes: int | None = None
+    disk_bytes: int | None = 128 << 20  # the sandbox's private /tmp (the plain runner cannot cap a total)
 
 
 @dataclass
@@ -266,7 +270,15 @@ class LocalRunner:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run(self, cmd: list[str], cwd: str, env: dict[str, str], timeout: float, max_output: int) -> RunResult:
+    def _run(
+        self,
+        cmd: list[str],
+        cwd: str | None,
+        env: dict[str, str],
+        timeout: float,
+        max_output: int,
+        pass_fds: tuple[int, ...] = (),
+    ) -> RunResult:
         start = time.monotonic()
         deadline = start + timeout
         proc = subprocess.Popen(
@@ -278,6 +290,7 @@ class LocalRunner:
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
         )
         pgid = proc.pid
         chunks: dict[int, list[bytes]] = {1: [], 2: []}
@@ -341,8 +354,8 @@ def set_runner(runner: Runner | None) -> None:
     _RUNNER = runner
 
 
-def get_runner() -> Runner:
-    """The runner in use: :func:`set_runner`'s, else ``$EVSYS_VERIFIER_RUNNER``'s, else :class:`LocalRunner`."""
+def plugged_runner() -> Runner | None:
+    """The runner plugged in with :func:`set_runner` or ``$EVSYS_VERIFIER_RUNNER`` (``None``: none is)."""
     global _RUNNER
     if _RUNNER is None:
         target = os.environ.get(RUNNER_ENV, "").strip()
@@ -351,9 +364,15 @@ def get_runner() -> Runner:
 
             factory = load_object(target)
             _RUNNER = factory() if isinstance(factory, type) or not hasattr(factory, "run") else factory
-        else:
-            _RUNNER = LocalRunner()
     return _RUNNER
+
+
+def get_runner() -> Runner:
+    """The runner for the next program: the plugged-in one (:func:`plugged_runner`) unless the sandbox
+    is demanded, else bubblewrap or :class:`LocalRunner` by the sandbox setting (see :mod:`evsys.verifiers.sandbox`)."""
+    from evsys.verifiers.sandbox import select_runner
+
+    return cast(Runner, select_runner(plugged_runner()))
 
 
 def run_command(

@@ -19,6 +19,7 @@ from evsys.schema.rows import TaskRow, VerifierSpec
 from evsys.verifiers.extract import canonical_answer, extract, find_numbers, prepare
 from evsys.verifiers.kinds import DEFAULT_FUNCTION
 from evsys.verifiers.metrics import PASS_THRESHOLD, accuracy_stderr, compute_metric
+from evsys.verifiers.sandbox import SandboxUnavailable, sandbox_setting
 from evsys.verifiers.tasks import task_prompt
 
 __all__ = ["BenchmarkScore", "Verification", "builtin_registry", "score_benchmark", "score_tasks", "verify"]
@@ -130,10 +131,16 @@ def verify(output: str, task: TaskRow, registry: Any = None) -> Verification:
     try:
         registry = _resolve_registry(registry)
         verifier = _builder(registry, spec.kind)(spec, registry)
-        raw = verifier(output, task.resolved_expected)
+        if spec.sandbox is None:
+            raw = verifier(output, task.resolved_expected)
+        else:
+            with sandbox_setting(spec.sandbox):
+                raw = verifier(output, task.resolved_expected)
         if isinstance(raw, Verification):
             return raw
         score = _as_score(raw)
+    except SandboxUnavailable:
+        raise  # the sandbox was demanded: never score without it
     except (Exception, SystemExit) as exc:
         return Verification(0.0, False, _error_text(exc), extracted)
     return Verification(score, score >= float(threshold), None, extracted)

@@ -32,6 +32,7 @@ __all__ = [
     "check_tasks_file",
     "load_benchmark_dir",
     "load_tasks",
+    "runs_programs",
     "task_messages",
     "task_prompt",
 ]
@@ -227,6 +228,13 @@ def _verifier_problems(
         hint = did_you_mean(kind, registry.names("verifier"))
         return [Problem(f"unknown verifier kind '{kind}'{hint}", location, "verifier.kind")]
     problems = []
+    if spec.sandbox == "bwrap":
+        from evsys.verifiers.sandbox import INSTALL_HINT, bwrap_problem
+
+        problem = bwrap_problem()
+        if problem is not None:
+            message = f"sandbox 'bwrap' is required but {problem}: {INSTALL_HINT}"
+            problems.append(Problem(message, location, "verifier.sandbox"))
     if kind == "in_process":
         fn_name = spec.fn_name or DEFAULT_FUNCTION
         key = ("verifier_function", fn_name)
@@ -301,6 +309,22 @@ def check_tasks_file(path: str | Path, registry: Any) -> list[Problem]:
         problems.append(Problem("has no tasks", Location(name)))
     problems.sort(key=lambda p: (p.location.line or 0) if p.location else 0)
     return _capped(problems, 100)
+
+
+PROGRAM_VERIFIERS = (b'"python_tests"', b'"subprocess"')
+
+
+def runs_programs(path: str | Path) -> bool:
+    """Whether a ``tasks.jsonl`` names a verifier that runs programs (``python_tests``, the ``subprocess``
+    kind); a quick scan of the bytes, for ``validate --deep``'s report of the sandbox."""
+    tail = b""
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            window = tail + chunk
+            if any(name in window for name in PROGRAM_VERIFIERS):
+                return True
+            tail = chunk[-16:]
+    return False
 
 
 # ---------------------------------------------------------------- prompts
