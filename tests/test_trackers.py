@@ -112,9 +112,10 @@ def test_tensorboard_event_files_match_metrics_jsonl(tracked_run: Path, resolved
 # --------------------------------------------------------------------------------------- W&B
 
 
-def wandb_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The offline run's records, decoded by W&B's own .wandb reader (``wandb leet inspect --json``)."""
-    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+def wandb_records(run_dir: Path, log: Path | None = None) -> list[dict[str, Any]]:
+    """The offline run's records (or ``log``'s), decoded by W&B's own .wandb reader (``wandb leet inspect --json``)."""
+    if log is None:
+        (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     executable = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
     done = subprocess.run([executable, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -224,3 +225,98 @@ def test_validating_a_config_with_trackers_imports_none_of_them(tmp_path: Path, 
     )
     done = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------------------- resume, failure, secrets
+# The callbacks driven directly, as the run loop drives them (no model): an attempt interrupted after
+# its checkpoint at step 1 has logged steps 1-3; the resumed attempt redoes steps 2-3.
+
+
+def context(run_dir: Path, resumed_from_step: int = 0) -> Any:
+    from evsys.schema.protocols import RunContext
+
+    return RunContext("attempts", run_dir, run_dir.parent, {"name": "attempts"}, 3, resumed_from_step)
+
+
+def two_attempts(callback_class: type, run_dir: Path, end: str = "completed", error: str | None = None) -> tuple[Any, Any]:
+    """Attempt 1 logs steps 1-3 (loss = step) and is interrupted; attempt 2 resumes after step 1 (loss = 10 * step)."""
+    first = callback_class()
+    first.on_run_start(context(run_dir))
+    for step in (1, 2, 3):
+        first.on_step_end(step, {"train/mean_loss": float(step)})
+        if step == 1:
+            state = first.state_dict()
+    first.on_run_end("interrupted", {"train/mean_loss": 3.0}, "interrupted by the user")
+    second = callback_class()
+    second.load_state_dict(state)
+    second.on_run_start(context(run_dir, resumed_from_step=1))
+    for step in (2, 3):
+        second.on_step_end(step, {"train/mean_loss": 10.0 * step})
+    second.on_run_end(end, {"train/mean_loss": 30.0}, error)
+    return first, second
+
+
+def test_tensorboard_resume_drops_the_steps_redone(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from evsys.logging.tensorboard_tracker import TensorBoardTracker
+
+    two_attempts(TensorBoardTracker, tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(event.step, event.value) for event in events.Scalars("train/mean_loss")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
+
+
+def test_mlflow_resume_continues_the_run_and_a_failure_marks_it_failed(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from evsys.logging.mlflow_tracker import MlflowTracker
+
+    first, second = two_attempts(MlflowTracker, tmp_path, end="failed", error="RuntimeError: out of memory")
+    assert first.run_id == second.run_id
+    client = MlflowClient(tracking_uri=first.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("evsys").experiment_id])
+    assert run.info.run_id == first.run_id and run.info.status == "FAILED" and run.data.tags["evsys.status"] == "failed"
+    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path / "dl"))).read_text())
+    assert summary == {"status": "failed", "steps": 3, "max_steps": 3, "final_metrics": {"train/mean_loss": 30.0}, "error": "RuntimeError: out of memory"}
+    # MLflow keeps every value logged (it cannot delete a step): steps 2-3 hold both attempts' values
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/mean_loss"))
+    assert history == [(1, 1.0), (2, 2.0), (2, 20.0), (3, 3.0), (3, 30.0)]
+
+
+def test_wandb_resume_reuses_the_run_id_and_a_failure_exits_non_zero(tmp_path: Path) -> None:
+    from evsys.logging.wandb_tracker import WandbTracker
+
+    first, second = two_attempts(WandbTracker, tmp_path, end="failed", error="RuntimeError: out of memory")
+    assert first.run_id == second.run_id
+    # W&B names each attempt offline-run-<time>-<id>, adding -1 when two start in the same second
+    logs = sorted(tmp_path.glob(f"wandb/offline-run-*-{first.run_id}*/run-{first.run_id}.wandb"))
+    assert len(logs) == 2
+    resumed = wandb_records(tmp_path, logs[1])
+    (run,) = [r["run"] for r in resumed if r["type"] == "run"]
+    assert run["resume"] is True and run["run_id"] == first.run_id
+    history = [(r["history"]["item"]["_step"], r["history"]["item"]["train/mean_loss"]) for r in resumed if r["type"] == "history"]
+    assert history == [(2, 20), (3, 30)]
+    summary: dict[str, Any] = {}
+    for record in resumed:
+        if record["type"] == "summary":
+            summary.update(record["summary"].get("update", {}))
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: out of memory"
+    assert [r["exit"].get("exit_code", 0) for r in resumed if r["type"] == "exit"] == [1]
+
+
+def test_secret_values_stay_out_of_the_tracker_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+    from tensorboard.util import tensor_util
+
+    from evsys.logging.tensorboard_tracker import TensorBoardTracker
+
+    monkeypatch.setenv("TINKER_API_KEY", "tml-secret-value-1234")
+    callback = TensorBoardTracker()
+    callback.on_run_start(context(tmp_path))
+    callback.on_run_end("failed", {}, "401 Unauthorized for key tml-secret-value-1234")
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={TENSORS: 0})
+    events.Reload()
+    (event,) = events.Tensors("summary")
+    text = tensor_util.make_ndarray(event.tensor_proto).item().decode("utf-8")
+    assert json_block(text)["error"] == "401 Unauthorized for key ***"

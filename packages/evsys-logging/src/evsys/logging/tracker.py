@@ -70,7 +70,7 @@ def resolved_config(context: RunContext) -> dict[str, Any]:
     if isinstance(snapshot, dict) and isinstance(snapshot.get("config"), dict):
         return dict(snapshot["config"])
     config = context.config
-    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config or {})
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config) if isinstance(config, Mapping) else {}
     return Redactor.from_environment(data).config(data)
 
 
