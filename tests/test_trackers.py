@@ -265,6 +265,14 @@ def test_tensorboard_resume_drops_the_steps_redone(tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(event.step, event.value) for event in events.Scalars("train/mean_loss")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
+    # a run started again from step 1 (--overwrite) hides every step of the earlier one
+    again = TensorBoardTracker()
+    again.on_run_start(context(tmp_path))
+    again.on_step_end(1, {"train/mean_loss": 100.0})
+    again.on_run_end("completed", {})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(event.step, event.value) for event in events.Scalars("train/mean_loss")] == [(1, 100.0)]
 
 
 def test_mlflow_resume_continues_the_run_and_a_failure_marks_it_failed(tmp_path: Path) -> None:

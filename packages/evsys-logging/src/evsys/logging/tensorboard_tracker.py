@@ -3,8 +3,9 @@
 Written with the ``tensorboard`` package's own event writer (no TensorFlow, no torch): every metric
 is a scalar at its step (``train/...`` and ``<split>/<benchmark>/...`` tags, as in
 ``metrics.jsonl``), the resolved config is the text ``config`` and the final summary the text
-``summary``. A resumed run starts a new event file that tells TensorBoard to drop the steps the
-earlier attempt logged after its checkpoint. View with ``tensorboard --logdir <output_dir>``.
+``summary``. Each start writes a new event file that tells TensorBoard to drop the steps an earlier
+file logged from this start's first step on (a resumed attempt's redone steps, an overwritten run's).
+View with ``tensorboard --logdir <output_dir>``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ class TensorBoardTracker(TrackerCallback):
 
         self.log_dir = Path(self.params.log_dir) if self.params.log_dir else context.run_dir / DEFAULT_SUBDIR
         self._writer = EventFileWriter(str(self.log_dir), flush_secs=self.params.flush_secs)
-        first = context.resumed_from_step + 1
-        if context.resumed_from_step:
-            # TensorBoard discards events of earlier files at steps >= a START session log's step
-            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=first, session_log=start))
+        # TensorBoard discards the events of earlier files at steps >= a START session log's step: a
+        # resumed run hides what the interrupted attempt logged after its checkpoint, and a run started
+        # again with --overwrite hides the earlier run's steps
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=context.resumed_from_step + 1, session_log=start))
         self._text("config", _markdown_json("Resolved config", config), context.resumed_from_step)
         self._writer.flush()
 
