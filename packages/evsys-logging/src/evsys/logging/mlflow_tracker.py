@@ -15,8 +15,11 @@ MLflow names allow letters, digits and ``_ - . / :`` and spaces, so metric names
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ MAX_PARAM_LENGTH = 500
 #: entities per ``log_batch`` call (MLflow accepts at most 100 params and 1000 metrics per batch)
 BATCH = 100
 RUN_STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}
+#: loggers that announce a new sqlite store's table creation at INFO, in the middle of the run's own output
+STORE_SETUP_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 _REPLACEMENTS = {"@": "_at_", "^": "_hat_"}
 _INVALID = re.compile(r"[^/\w.\- :]")
 
@@ -48,6 +53,20 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
+@contextmanager
+def quiet_store_setup() -> Iterator[None]:
+    """Hold MLflow's store-setup loggers at WARNING (their INFO lines say only that tables are created)."""
+    loggers = [logging.getLogger(name) for name in STORE_SETUP_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 class MlflowTracker(TrackerCallback):
     """Logs config, metrics rows and the summary to an MLflow run."""
 
@@ -61,6 +80,10 @@ class MlflowTracker(TrackerCallback):
 
     def start(self, context: RunContext, config: dict[str, Any]) -> None:
         """Create (or, resuming, reopen) the run in the experiment; log the config as params and artifact."""
+        with quiet_store_setup():
+            self._start(context, config)
+
+    def _start(self, context: RunContext, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
