@@ -198,12 +198,14 @@ def test_report_lists_constant_metrics_instead_of_plotting_them(tmp_path: Path) 
         {"step": 1, "split": "train", "metrics": {"train/mean_loss": 2.0, "train/skipped": 0.0, "learning_rate": 1e-5}},
         {"step": 2, "split": "train", "metrics": {"train/mean_loss": 1.5, "train/skipped": 0.0, "learning_rate": 1e-5}},
         {"step": 2, "split": "val", "metrics": {"val/val/pass@1": 0.5}},  # one point: drawn, not "constant"
+        {"step": 2, "split": "test", "metrics": {"test/t/pass@1": 0.25}},
+        {"step": 3, "split": "test", "metrics": {"test/t/pass@1": 0.25}},  # a benchmark score that did not move: drawn
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     report = write_report([tmp_path])
-    assert set(report.plots) == {"train/mean_loss", "val/val/pass@1"}
+    assert set(report.plots) == {"train/mean_loss", "val/val/pass@1", "test/t/pass@1"}
     assert report.constant == {"train/skipped": 0.0, "learning_rate": 1e-5}
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["train_mean_loss.png", "val_val_pass@1.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["test_t_pass@1.png", "train_mean_loss.png", "val_val_pass@1.png"]
     text = report.markdown.read_text()
     assert text.endswith("![train/mean_loss](plots/train_mean_loss.png)\n\nNot drawn, constant over every step of every run:\n\n- `learning_rate` = 1e-05\n- `train/skipped` = 0\n")
     # a second run where learning_rate differs: no longer constant across the runs, so it is drawn

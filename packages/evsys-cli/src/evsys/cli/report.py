@@ -122,13 +122,20 @@ def _plot_name(metric: str) -> str:
 def constant_metrics(runs: list[RunHistory]) -> dict[str, float]:
     """Metrics logged at least twice with one value in every run (``train/skipped``, a fixed ``learning_rate``): ``{metric: value}``.
 
-    A metric logged once (a benchmark scored only after the last step) is not constant: it is drawn.
+    Headline metrics (benchmark metrics, ``train/mean_loss``) are never listed: a benchmark score that
+    did not move is a result worth its plot. A metric logged once is not constant either.
     """
     values: dict[str, list[float]] = {}
     for run in runs:
         for metric, points in run.series.items():
-            values.setdefault(metric, []).extend(value for _, value in points)
-    return {metric: seen[0] for metric, seen in values.items() if len(seen) > 1 and len(set(seen)) == 1}
+            if not headline(metric, run):
+                values.setdefault(metric, []).extend(value for _, value in points)
+    headlines = {metric for run in runs for metric in run.series if headline(metric, run)}
+    return {
+        metric: seen[0]
+        for metric, seen in values.items()
+        if metric not in headlines and len(seen) > 1 and len(set(seen)) == 1
+    }
 
 
 def draw_metric(axes: Any, metric: str, runs: list[RunHistory]) -> None:
