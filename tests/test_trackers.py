@@ -328,3 +328,14 @@ def test_secret_values_stay_out_of_the_tracker_summary(tmp_path: Path, monkeypat
     (event,) = events.Tensors("summary")
     text = tensor_util.make_ndarray(event.tensor_proto).item().decode("utf-8")
     assert json_block(text)["error"] == "401 Unauthorized for key ***"
+
+
+@pytest.mark.parametrize("tracker", TRACKERS)
+def test_trackers_keep_the_callback_contract(tracker: str, tmp_path: Path) -> None:
+    from evsys.schema.plugins import default_registry
+    from evsys.testing import check_callback
+
+    registration = default_registry().get("callback", tracker)
+    callback = registration.load()(registration.params())
+    check_callback(callback, run_dir=tmp_path)  # a NaN loss and a missing metric are left out, not an error
+    assert callback.run_id or tracker == "tensorboard"

@@ -93,6 +93,7 @@ class MlflowTracker(TrackerCallback):
         if params.tracking_uri:
             self.tracking_uri = params.tracking_uri
         else:
+            run_dir.mkdir(parents=True, exist_ok=True)
             self.tracking_uri = f"sqlite:///{(run_dir / DEFAULT_STORE).as_posix()}"
             artifacts = artifacts or (run_dir / DEFAULT_ARTIFACTS).as_uri()
         client = MlflowClient(tracking_uri=self.tracking_uri)
