@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {
     "schema": ((), "import evsys.schema, evsys.schema.plugins, evsys.testing", False),
     "data": (("schema",), "import evsys.data; from evsys.data import register_transform", False),
-    "logging": (("schema",), "import evsys.logging.local, evsys.logging.console", False),
+    "logging": (("schema",), "import evsys.logging.local, evsys.logging.console, evsys.logging.tensorboard_tracker, evsys.logging.wandb_tracker, evsys.logging.mlflow_tracker", False),
     "algorithms": (("schema", "data", "verifiers"), "import evsys.algorithms.plugin, evsys.algorithms.sdft.algorithm", False),
     "backends": (("schema",), "import evsys.backends.local.backend, evsys.backends.plugin", True),
     "cli": (("schema", "data", "verifiers", "logging", "algorithms", "backends"), "import evsys.cli; from evsys.cli.main import cli", True),

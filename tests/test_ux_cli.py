@@ -191,6 +191,53 @@ def test_report_values_are_the_final_and_best(tmp_path: Path) -> None:
     assert (score.final, score.final_step, score.best, score.best_step, score.lower_is_better) == (0.25, 2, 0.5, 1, False)
 
 
+def test_report_lists_constant_metrics_instead_of_plotting_them(tmp_path: Path) -> None:
+    from evsys.cli.report import write_report
+
+    rows = [
+        {"step": 1, "split": "train", "metrics": {"train/mean_loss": 2.0, "train/skipped": 0.0, "learning_rate": 1e-5}},
+        {"step": 2, "split": "train", "metrics": {"train/mean_loss": 1.5, "train/skipped": 0.0, "learning_rate": 1e-5}},
+        {"step": 2, "split": "val", "metrics": {"val/val/pass@1": 0.5}},  # one point: drawn, not "constant"
+        {"step": 2, "split": "test", "metrics": {"test/t/pass@1": 0.25}},
+        {"step": 3, "split": "test", "metrics": {"test/t/pass@1": 0.25}},  # a benchmark score that did not move: drawn
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = write_report([tmp_path])
+    assert set(report.plots) == {"train/mean_loss", "val/val/pass@1", "test/t/pass@1"}
+    assert report.constant == {"train/skipped": 0.0, "learning_rate": 1e-5}
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["test_t_pass@1.png", "train_mean_loss.png", "val_val_pass@1.png"]
+    text = report.markdown.read_text()
+    assert text.endswith("![train/mean_loss](plots/train_mean_loss.png)\n\nNot drawn, constant over every step of every run:\n\n- `learning_rate` = 1e-05\n- `train/skipped` = 0\n")
+    # a second run where learning_rate differs: no longer constant across the runs, so it is drawn
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "metrics": {"learning_rate": 2e-5}}) + "\n")
+    both = write_report([tmp_path, other], tmp_path / "compare")
+    assert "learning_rate" in both.plots and set(both.constant) == {"train/skipped"}
+
+
+@pytest.mark.parametrize("steps", [[3], [1, 2], [0, 5000]])
+def test_report_plots_have_whole_step_ticks(steps: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot as plt
+
+    from evsys.cli.report import RunHistory, draw_metric
+
+    run = RunHistory(Path("run"), "run", {"val/val/pass@1": [(step, 0.25 * (i + 1)) for i, step in enumerate(steps)]})
+    figure, axes = plt.subplots()
+    try:
+        draw_metric(axes, "val/val/pass@1", [run])
+        figure.canvas.draw()
+        low, high = axes.get_xlim()
+        ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+    finally:
+        plt.close(figure)
+    assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    assert set(steps) <= set(ticks) or len(steps) > 1
+
+
 def test_report_does_not_import_matplotlib_until_it_plots() -> None:
     code = "import sys, evsys.cli.main; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

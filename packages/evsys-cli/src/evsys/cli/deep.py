@@ -12,7 +12,6 @@ working directory, as ``evsys run`` reads them.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,14 +84,9 @@ class _Checker:
     def backend(self) -> None:
         """The backend's optional dependencies are installed and its model check passes."""
         registration = self.registry.get("backend", self.config.backend.kind)
-        requires = tuple(registration.meta.get("requires", ()))
-        missing = [name for name in requires if not _importable(name)]
+        missing = registration.missing_requirement()
         if missing:
-            hint = registration.meta.get("install_hint") or f"install {', '.join(missing)}"
-            self.at(
-                ("backend", "kind"),
-                f"backend '{registration.name}' needs {', '.join(missing)}, not installed: {hint}",
-            )
+            self.at(("backend", "kind"), missing)
         checker_target = registration.meta.get("checker")
         if not checker_target:
             return
@@ -118,6 +112,13 @@ class _Checker:
             )
             return
         self.add(list(problems or []), ("model", "name"))
+
+    def callbacks(self) -> None:
+        """Each callback's optional dependencies (a tracker's library) are installed."""
+        for index, spec in enumerate(self.config.callbacks):
+            missing = self.registry.get("callback", spec.kind).missing_requirement()
+            if missing:
+                self.at(("callbacks", index, "kind"), missing)
 
     def templates(self, registration: Registration) -> dict[str, frozenset[str]]:
         """Template text -> extra allowed placeholders, from the algorithm's validated params."""
@@ -244,13 +245,6 @@ class _Checker:
             self.at((*at, "path"), message, "warning")
 
 
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _call_checker(checker: Callable[..., Any], model_name: str, params: BaseModel, revision: str | None) -> Any:
     try:
         accepts_revision = "revision" in inspect.signature(checker).parameters
@@ -271,9 +265,9 @@ def _count_rows(path: Path) -> int:
 
 
 def run_deep_checks(validated: ValidatedConfig, registry: PluginRegistry) -> DeepReport:
-    """Run every deep check; problems come in config order (model, backend, algorithm, data, benchmarks)."""
+    """Run every deep check; problems come in config order (model, backend, callbacks, algorithm, data, benchmarks)."""
     checker = _Checker(validated, registry)
-    for step in (checker.backend, checker.data, checker.benchmarks):
+    for step in (checker.backend, checker.callbacks, checker.data, checker.benchmarks):
         try:
             step()
         except EvsysError as exc:

@@ -204,11 +204,22 @@ def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir:
 
 
 def build_callbacks(validated: ValidatedConfig, registry: PluginRegistry, extra: Sequence[Callback] = ()) -> list[Callback]:
-    """Construct the configured callbacks, then ``extra`` ones (e.g. the CLI's console progress)."""
+    """Construct the configured callbacks, then ``extra`` ones (e.g. the CLI's console progress).
+
+    A callback whose optional dependency is missing (a tracker's library) is a :class:`ConfigError`
+    at its ``callbacks[i].kind``, before anything is imported.
+    """
+    registrations = [registry.get("callback", spec.kind) for spec in validated.config.callbacks]
+    missing = [
+        Problem(message, validated.document.locate(("callbacks", index, "kind")), f"callbacks[{index}].kind")
+        for index, registration in enumerate(registrations)
+        if (message := registration.missing_requirement())
+    ]
+    if missing:
+        raise ConfigError(missing)
     built: list[Callback] = []
-    for spec, params in zip(validated.config.callbacks, validated.callback_params, strict=True):
-        callback_class = registry.get("callback", spec.kind).load()
-        built.append(callback_class(params))
+    for registration, params in zip(registrations, validated.callback_params, strict=True):
+        built.append(registration.load()(params))
     built.extend(extra)
     return built
 

@@ -2,8 +2,9 @@
 
 :func:`write_report` reads each run's ``metrics.jsonl`` (train rows and benchmark rows alike),
 writes ``report.md`` with a table and ``plots/<metric>.png`` (one plot per metric, every run a line
-on it), and adds a link to the report at the end of each run's ``summary.md``. matplotlib is
-imported only when plots are drawn, with the non-interactive Agg backend.
+on it; a metric that never changes is listed with its value instead of drawn), and adds a link to
+the report at the end of each run's ``summary.md``. matplotlib is imported only when plots are
+drawn, with the non-interactive Agg backend.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from evsys.schema.errors import EvsysError
 
@@ -117,32 +119,62 @@ def _plot_name(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@^-]+", "_", metric).strip("_") + ".png"
 
 
+def constant_metrics(runs: list[RunHistory]) -> dict[str, float]:
+    """Metrics logged at least twice with one value in every run (``train/skipped``, a fixed ``learning_rate``): ``{metric: value}``.
+
+    Headline metrics (benchmark metrics, ``train/mean_loss``) are never listed: a benchmark score that
+    did not move is a result worth its plot. A metric logged once is not constant either.
+    """
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for metric, points in run.series.items():
+            if not headline(metric, run):
+                values.setdefault(metric, []).extend(value for _, value in points)
+    headlines = {metric for run in runs for metric in run.series if headline(metric, run)}
+    return {
+        metric: seen[0]
+        for metric, seen in values.items()
+        if metric not in headlines and len(seen) > 1 and len(set(seen)) == 1
+    }
+
+
+def draw_metric(axes: Any, metric: str, runs: list[RunHistory]) -> None:
+    """Draw ``metric`` of every run on ``axes`` (a matplotlib Axes), with whole-number step ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    for run in runs:
+        points = run.series.get(metric)
+        if not points:
+            continue
+        steps, values = zip(*points, strict=True)
+        axes.plot(steps, values, marker="o", markersize=3, label=run.label)
+    axes.set_title(metric)
+    axes.set_xlabel("step")
+    # min_n_ticks=1: with one step in view, MaxNLocator would otherwise fall back to fractional ticks
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axes.grid(True, alpha=0.3)
+    if len(runs) > 1:
+        axes.legend(fontsize="small")
+
+
 def plot_metrics(runs: list[RunHistory], directory: Path) -> dict[str, Path]:
-    """One PNG per metric under ``directory``, each run a line over steps; returns ``{metric: file}``."""
+    """One PNG per metric under ``directory``, each run a line over steps; returns ``{metric: file}``.
+
+    Metrics of :func:`constant_metrics` get no plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     directory.mkdir(parents=True, exist_ok=True)
-    metrics = sorted({metric for run in runs for metric in run.series}, key=metric_order)
+    constant = constant_metrics(runs)
+    metrics = sorted({metric for run in runs for metric in run.series if metric not in constant}, key=metric_order)
     written: dict[str, Path] = {}
     for metric in metrics:
         figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
         try:
-            for run in runs:
-                points = run.series.get(metric)
-                if not points:
-                    continue
-                steps, values = zip(*points, strict=True)
-                axes.plot(steps, values, marker="o", markersize=3, label=run.label)
-            axes.set_title(metric)
-            axes.set_xlabel("step")
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axes.grid(True, alpha=0.3)
-            if len(runs) > 1:
-                axes.legend(fontsize="small")
+            draw_metric(axes, metric, runs)
             figure.tight_layout()
             target = directory / _plot_name(metric)
             figure.savefig(target)
@@ -170,8 +202,14 @@ def format_table(rows: list[MetricSummary]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in [headers, *cells]]
 
 
-def render_markdown(runs: list[RunHistory], rows: list[MetricSummary], plots: dict[str, Path], directory: Path) -> str:
-    """``report.md``: the runs, the table of final and best values, then every plot."""
+def render_markdown(
+    runs: list[RunHistory],
+    rows: list[MetricSummary],
+    plots: dict[str, Path],
+    directory: Path,
+    constant: dict[str, float] | None = None,
+) -> str:
+    """``report.md``: the runs, the table of final and best values, every plot, then the metrics not drawn because constant."""
     lines = ["# EvSys report", "", "Runs:", ""]
     for run in runs:
         link = Path(os.path.relpath(run.directory / SUMMARY_FILE, directory)).as_posix()
@@ -187,8 +225,12 @@ def render_markdown(runs: list[RunHistory], rows: list[MetricSummary], plots: di
     for metric, path in plots.items():
         relative = Path(os.path.relpath(path, directory)).as_posix()
         lines += [f"### `{metric}`", "", f"![{metric}]({relative})", ""]
-    if not plots:
+    if not plots and not constant:
         lines.append("(plots were not drawn)")
+    if constant:
+        lines += [""] if lines[-1] else []
+        lines += ["Not drawn, constant over every step of every run:", ""]
+        lines += [f"- `{metric}` = {value:.6g}" for metric, value in sorted(constant.items(), key=lambda item: metric_order(item[0]))]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -224,6 +266,7 @@ class Report:
     plots: dict[str, Path]
     rows: list[MetricSummary]
     linked: list[Path]
+    constant: dict[str, float] = field(default_factory=dict)
 
 
 def write_report(
@@ -238,8 +281,9 @@ def write_report(
     target = Path(output) if output is not None else default_report_dir(directories)
     target.mkdir(parents=True, exist_ok=True)
     drawn = plot_metrics(runs, target / PLOTS_DIR) if plots else {}
+    constant = constant_metrics(runs) if plots else {}
     rows = table_rows(runs, all_metrics=all_metrics)
     markdown = target / REPORT_FILE
-    markdown.write_text(render_markdown(runs, rows, drawn, target), encoding="utf-8")
+    markdown.write_text(render_markdown(runs, rows, drawn, target, constant), encoding="utf-8")
     linked = [d for d in directories if link_from_summary(d, markdown)]
-    return Report(markdown, drawn, rows, linked)
+    return Report(markdown, drawn, rows, linked, constant)

@@ -33,4 +33,7 @@ def report_command(run_dirs: tuple[str, ...], output: str | None, all_metrics: b
     report = write_report(list(run_dirs), output, plots=not no_plots, all_metrics=all_metrics)
     for line in format_table(report.rows):
         click.echo(line)
-    click.echo(f"\nReport:    {report.markdown} ({len(report.plots)} plot{'s' if len(report.plots) != 1 else ''})")
+    drawn = f"{len(report.plots)} plot{'s' if len(report.plots) != 1 else ''}"
+    if report.constant:
+        drawn += f"; {len(report.constant)} constant metric{'s' if len(report.constant) != 1 else ''} listed, not drawn"
+    click.echo(f"\nReport:    {report.markdown} ({drawn})")

@@ -1,15 +1,25 @@
-"""Registers the built-in callbacks ``local_logger`` and ``console``."""
+"""Registers the built-in callbacks: ``local_logger``, ``console`` and the trackers ``tensorboard``, ``wandb``, ``mlflow``.
+
+The trackers register exactly as a third-party callback would; each names the module its
+implementation imports (``requires``) and the extra that installs it, so ``evsys validate --deep``
+and ``evsys run`` can say what to install without importing anything.
+"""
 
 from __future__ import annotations
 
-from evsys.logging.params import ConsoleParams, LocalLoggerParams
+from evsys.logging.params import ConsoleParams, LocalLoggerParams, MlflowParams, TensorBoardParams, WandbParams
 from evsys.schema.plugins import hookimpl
 from evsys.schema.registry import CallbackRegistrar
 
 
+def install_hint(extra: str) -> str:
+    """``pip install 'evsys-logging[<extra>]'``."""
+    return f"pip install 'evsys-logging[{extra}]'"
+
+
 @hookimpl
 def evsys_register_callbacks(registry: CallbackRegistrar) -> None:
-    """Register ``local_logger`` and ``console``."""
+    """Register ``local_logger``, ``console``, ``tensorboard``, ``wandb`` and ``mlflow``."""
     registry.register(
         "local_logger",
         "evsys.logging.local:LocalLogger",
@@ -21,4 +31,28 @@ def evsys_register_callbacks(registry: CallbackRegistrar) -> None:
         "evsys.logging.console:ConsoleProgress",
         params=ConsoleParams,
         description="A progress line per step on stderr.",
+    )
+    registry.register(
+        "tensorboard",
+        "evsys.logging.tensorboard_tracker:TensorBoardTracker",
+        params=TensorBoardParams,
+        requires=("tensorboard",),
+        install_hint=install_hint("tensorboard"),
+        description="TensorBoard event files (metrics, config, summary) in <run dir>/tensorboard; needs evsys-logging[tensorboard].",
+    )
+    registry.register(
+        "wandb",
+        "evsys.logging.wandb_tracker:WandbTracker",
+        params=WandbParams,
+        requires=("wandb",),
+        install_hint=install_hint("wandb"),
+        description="A Weights & Biases run (offline in <run dir>/wandb by default): metrics, config, summary; needs evsys-logging[wandb].",
+    )
+    registry.register(
+        "mlflow",
+        "evsys.logging.mlflow_tracker:MlflowTracker",
+        params=MlflowParams,
+        requires=("mlflow",),
+        install_hint=install_hint("mlflow"),
+        description="An MLflow run (sqlite store <run dir>/mlflow.db by default): metrics, config as params, summary; needs evsys-logging[mlflow].",
     )

@@ -7,6 +7,7 @@ implementation, so validating a config never imports torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,14 @@ def load_object(target: str) -> Any:
     return obj
 
 
+def module_installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Registration:
     """One registered plugin object of a kind."""
@@ -60,6 +69,17 @@ class Registration:
     params: type[BaseModel] | None = None
     description: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def missing_requirement(self) -> str | None:
+        """One line naming the ``meta['requires']`` modules that are not installed and how to get them, or None.
+
+        Checked with :func:`importlib.util.find_spec`: nothing is imported.
+        """
+        missing = [name for name in self.meta.get("requires", ()) if not module_installed(name)]
+        if not missing:
+            return None
+        hint = self.meta.get("install_hint") or f"install {', '.join(missing)}"
+        return f"{self.kind} '{self.name}' needs {', '.join(missing)}, not installed: {hint}"
 
     def load(self) -> Any:
         """Import the implementation; a failure raises :class:`PluginError` naming the plugin and the cause."""
@@ -247,9 +267,23 @@ class CallbackRegistrar(Registrar):
 
     kind = "callback"
 
-    def register(self, name: str, target: str, *, params: type[BaseModel], description: str = "") -> None:
-        """Register callback ``name``; ``target`` is a class built as ``Class(params, context=...)``."""
-        self._add(self.kind, name, target, params, description)
+    def register(
+        self,
+        name: str,
+        target: str,
+        *,
+        params: type[BaseModel],
+        requires: tuple[str, ...] = (),
+        install_hint: str = "",
+        description: str = "",
+    ) -> None:
+        """Register callback ``name``; ``target`` is a class built as ``Class(params)``.
+
+        ``requires`` lists modules the callback imports when it runs (checked by ``validate --deep``
+        and before ``evsys run`` loads the model, without importing them); ``install_hint`` says how
+        to get them, e.g. ``pip install 'evsys-logging[tensorboard]'``.
+        """
+        self._add(self.kind, name, target, params, description, requires=requires, install_hint=install_hint)
 
 
 class SourceRegistrar(Registrar):
