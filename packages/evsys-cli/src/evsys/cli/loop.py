@@ -188,10 +188,36 @@ def evaluate_and_notify(backend: Backend, benchmark: LoadedBenchmark, step: int,
     return result
 
 
-def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir: Path) -> Backend:
-    """Construct the configured backend (imports its implementation only now)."""
+DRY_RUN_SUFFIX = "-dry-run"
+"""``--dry-run`` writes to ``<output_dir>/<name>-dry-run`` (replaced each time), never the real run's directory."""
+DRY_RUN_REPORT = "dry_run.md"
+"""The file a backend's dry run leaves in the run directory: its summary of requests and tokens."""
+
+
+def check_dry_run(validated: ValidatedConfig, registry: PluginRegistry) -> None:
+    """Refuse ``--dry-run`` with one line when the config's backend has no simulation (no ``supports_dry_run``)."""
+    config = validated.config
+    backend_class = registry.get("backend", config.backend.kind).load()
+    if not getattr(backend_class, "supports_dry_run", False):
+        raise ConfigError(
+            Problem(
+                f"--dry-run simulates a remote service, and backend '{config.backend.kind}' has none to simulate: "
+                "check the config with `evsys validate --deep`, or run it for real with max_steps: 1",
+                validated.document.locate(("backend", "kind")),
+                field="backend.kind",
+            )
+        )
+
+
+def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir: Path, *, dry_run: bool = False) -> Backend:
+    """Construct the configured backend (imports its implementation only now).
+
+    ``dry_run``: the backend runs against its simulation (:func:`check_dry_run` refuses one without).
+    """
     config = validated.config
     params = validated.algorithm_params
+    if dry_run:
+        check_dry_run(validated, registry)
     backend_class = registry.get("backend", config.backend.kind).load()
     setup = BackendSetup(
         model_name=config.model.name,
@@ -199,6 +225,7 @@ def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir:
         seed=int(getattr(params, "seed", 0)),
         model_revision=config.model.revision,
         run_dir=run_dir,
+        dry_run=dry_run,
     )
     return backend_class(setup, validated.backend_params)
 
@@ -262,15 +289,17 @@ class Runner:
         extra_callbacks: Sequence[Callback] = (),
         overwrite: bool = False,
         resume: bool = False,
+        dry_run: bool = False,
     ) -> None:
         self.validated = validated
         self.registry = registry
         self.extra_callbacks = list(extra_callbacks)
-        self.overwrite = overwrite
+        self.dry_run = dry_run
+        self.overwrite = overwrite or (dry_run and not resume)
         self.resume = resume
         config = validated.config
         self.output_dir = Path(config.output_dir)
-        self.run_dir = self.output_dir / config.name
+        self.run_dir = self.output_dir / (config.name + (DRY_RUN_SUFFIX if dry_run else ""))
         self.state = RunState()
         self.guard = InterruptGuard()
         self.exit_code = 0
@@ -313,6 +342,8 @@ class Runner:
         config = validated.config
         params = validated.algorithm_params
         seed = int(getattr(params, "seed", 0))
+        if self.dry_run:
+            check_dry_run(validated, registry)
         refuse_existing(self.run_dir, overwrite=self.overwrite, resume=self.resume)
         point = self._resume_point()
         examples = load_training_examples(validated, registry)
@@ -323,7 +354,7 @@ class Runner:
         prepare_run_dir(self.run_dir)
         # The backend is built (credentials checked, model resolved) before --overwrite clears anything,
         # so a missing key or model never costs the previous run's outputs.
-        backend = build_backend(self.validated, self.registry, self.run_dir)
+        backend = build_backend(self.validated, self.registry, self.run_dir, dry_run=self.dry_run)
         try:
             if self.overwrite:
                 clear_outputs(self.run_dir)

@@ -70,6 +70,8 @@ class BackendSetup:
     seed: int = 0
     model_revision: str | None = None
     run_dir: Path | None = None
+    dry_run: bool = False
+    """``--dry-run``: a backend that supports it (``supports_dry_run = True``) runs against a simulation."""
 
 
 @runtime_checkable

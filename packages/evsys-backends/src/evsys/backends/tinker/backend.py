@@ -117,10 +117,14 @@ def _import_tinker() -> Any:
 class TinkerBackend:
     """The Backend protocol on the Tinker service: a LoRA training client plus sampling clients.
 
-    ``service_client`` replaces ``tinker.ServiceClient()`` (tests pass a fake). Without one, a
+    ``service_client`` replaces ``tinker.ServiceClient()`` (tests pass the simulator,
+    :class:`~evsys.backends.tinker.simulator.SimulatedService`). With ``setup.dry_run`` the simulator
+    serves the run offline (no key) and :meth:`close` writes its summary to ``dry_run.md``. Otherwise a
     credential must exist (``TINKER_API_KEY``, ``TINKER_CREDENTIAL_CMD`` or ``tinker auth login``'s
     file) before any client is built; the SDK reads it itself, and this object never holds the key.
     """
+
+    supports_dry_run = True
 
     def __init__(
         self,
@@ -140,7 +144,12 @@ class TinkerBackend:
         )
         self._sleep = sleep
         self._owns_service = service_client is None
-        if service_client is None:
+        self._simulated: Any = None
+        if service_client is None and setup.dry_run:
+            from evsys.backends.tinker.dry_run import simulated_service
+
+            service_client = self._simulated = simulated_service(setup)
+        elif service_client is None:
             if credential_source() is None:
                 raise EvsysError(MISSING_KEY_MESSAGE)
             tinker = _import_tinker()
@@ -407,7 +416,7 @@ class TinkerBackend:
             raise ValueError(f"unknown loss '{loss_fn}'; the tinker backend supports {', '.join(LOSSES)}")
         if not batch:
             raise ValueError("forward_backward needs at least one datum")
-        data = [to_tinker_datum(d) for d in batch]
+        data = [to_tinker_datum(d, loss_fn) for d in batch]
         config = {k: float(v) for k, v in loss_fn_config.items()} if loss_fn_config else None
         future = self._submit_once(
             f"forward_backward ({loss_fn})",
@@ -525,6 +534,11 @@ class TinkerBackend:
             self._failed = True
             logger.warning("Tinker: a pending request failed while closing: %s", describe(exc))
             self._pending.clear()
+        if self._simulated is not None:
+            from evsys.backends.tinker.dry_run import write_summary
+
+            write_summary(self._simulated, self._setup, failed=self._failed)
+            return
         if self._owns_service and hasattr(self._service, "close"):
             try:
                 future = self._service.close("errored" if self._failed else "success")
