@@ -450,3 +450,34 @@ def test_close_resolves_pending_work_and_leaves_an_injected_service_open() -> No
     backend.close()
     assert service.log[-1] == ("result", "forward_backward")
     assert service.closed == []
+
+
+# -- throughput ------------------------------------------------------------------------------------
+
+
+def test_sample_and_score_equals_sample_then_topk_logprobs() -> None:
+    prompts, prefixes = [[11, 12], [13, 14, 15]], [[20, 21, 22], [23]]
+    backend, service = make()
+    groups, scores = backend.sample_and_score(prompts, prefixes, 3, n=2, max_tokens=6, temperature=1.0, seed=4)
+    other, _ = make()
+    expected = other.sample(prompts, n=2, max_tokens=6, temperature=1.0, seed=4)
+    assert [[s.tokens for s in g] for g in groups] == [[s.tokens for s in g] for g in expected]
+    sequences = [prefix + s.tokens for prefix, g in zip(prefixes, expected, strict=True) for s in g]
+    starts = [len(prefix) for prefix, g in zip(prefixes, expected, strict=True) for _ in g]
+    topk = other.topk_logprobs(sequences, k=3, from_position=starts)
+    assert [t for row in scores for t in row] == topk
+    assert service.sampling_clients[0].requests[0]["topk_prompt_logprobs"] == 3
+
+
+def test_each_rollout_is_scored_as_soon_as_its_sample_returns() -> None:
+    from evsys.backends.tinker.simulator import Latency
+
+    service = SimulatedService(tokenizer=ByteTokenizer(), limits=BYTE_LIMITS, seed=3, latency=Latency(sample_s=0.2, jitter=0.9, seed=2))
+    backend = TinkerBackend(BackendSetup(model_name=MODEL, lora_rank=1, seed=3), TinkerBackendParams(), service_client=service)
+    backend.sample_and_score([[11 + i] for i in range(6)], [[30]] * 6, 2, n=1, max_tokens=3, temperature=1.0, seed=1)
+    events = [e for e in service.log if e[1] in ("sample:policy-1", "sample:base")]
+    first_scoring = events.index(("submit", "sample:base"))
+    last_sample = max(i for i, e in enumerate(events) if e == ("result", "sample:policy-1"))
+    assert first_scoring < last_sample  # scoring started while other rollouts were still sampling
+    assert events[:6] == [("submit", "sample:policy-1")] * 6  # every rollout in flight at once
+    backend.close()

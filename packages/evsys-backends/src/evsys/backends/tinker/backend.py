@@ -8,6 +8,8 @@ Each protocol call maps to the SDK (tinker 0.38) as follows; see docs/backends-t
 - ``topk_logprobs``: a base-model ``SamplingClient`` and ``sample(prompt=seq, num_samples=1,
   sampling_params=SamplingParams(max_tokens=1), include_prompt_logprobs=True, topk_prompt_logprobs=k)``
   per sequence, all in flight at once;
+- ``sample_and_score`` (SDFT's rollouts): both of the above, each rollout's scoring submitted the moment
+  its sample returns;
 - ``forward_backward``: ``TrainingClient.forward_backward(data, loss_fn, loss_fn_config)``; the loss is
   ``metrics["loss:sum"]``. It returns after *submitting*: the result resolves lazily, so an
   ``optim_step`` that follows is submitted before anything waits (``pipeline_optim_step``);
@@ -174,6 +176,8 @@ class TinkerBackend:
         self._weights_version = 0
         self._sampler_version = -1
         self._pending: list[PendingForwardBackwardResult] = []
+        self._pool: Any = None
+        self._pool_size = 0
         self._training = self._call(
             f"create a LoRA training client for '{setup.model_name}' (rank {setup.lora_rank})",
             lambda: self._service.create_lora_training_client(
@@ -392,6 +396,86 @@ class TinkerBackend:
                 raise self._fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
         return out
 
+    def sample_and_score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        n: int = 1,
+        max_tokens: int = 64,
+        temperature: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
+        """Sample ``n`` completions per prompt and score each with the frozen base model as soon as it returns.
+
+        Every prompt's sample request goes out at once; the moment one returns, the top-``k`` prompt
+        logprobs of ``prefixes[i] + completion`` (from ``len(prefixes[i])`` on) are requested for each of
+        its completions, while the other rollouts are still sampling. Equals :meth:`sample` followed by
+        :meth:`topk_logprobs` (``None`` for an empty completion), without waiting for the slowest rollout.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from evsys.backends.tinker.convert import sampling_params, to_sampled_sequence, topk_from_response
+
+        tinker = _import_tinker()
+        if len(prefixes) != len(prompts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+        if not prompts:
+            return [], []
+        sampler = self._current_sampler()
+        teacher = self._teacher_sampler()
+        params = sampling_params(max_tokens, temperature, stop, seed)
+        tokenizer = self.tokenizer
+        score_params = tinker.types.SamplingParams(max_tokens=1)
+
+        def score(prefix: list[int], tokens: list[int]) -> Callable[[], Any]:
+            sequence = prefix + tokens
+            extra: dict[str, Any] = {"prompt_logprobs_last_n": len(tokens)} if self._params.teacher_suffix_only else {}
+            return lambda: teacher.sample(
+                prompt=tinker.types.ModelInput.from_ints(sequence), num_samples=1, sampling_params=score_params,
+                include_prompt_logprobs=True, topk_prompt_logprobs=k, **extra,
+            )
+
+        def rollout(index: int, future: Any) -> tuple[list[SampledSequence], list[TopKLogprobs | None]]:
+            queue = [future]
+
+            def attempt() -> Any:
+                item = queue.pop() if queue else None
+                if isinstance(item, BaseException):
+                    raise item
+                model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompts[index]])
+                return self._wait(item if item is not None else sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
+
+            response = self._retrying("sample from the policy", attempt)
+            samples = [to_sampled_sequence(seq, tokenizer, stop) for seq in response.sequences]
+            prefix = [int(t) for t in prefixes[index]]
+            asked = [j for j, sample in enumerate(samples) if sample.tokens]
+            answers = self._gather("score with the teacher (top-k prompt logprobs)", [score(prefix, samples[j].tokens) for j in asked])
+            scores: list[TopKLogprobs | None] = [None] * len(samples)
+            for j, answer in zip(asked, answers, strict=True):
+                length = len(prefix) + len(samples[j].tokens)
+                try:
+                    scores[j] = topk_from_response(answer, length, len(prefix), k)
+                except RuntimeError as exc:
+                    raise self._fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
+            return samples, scores
+
+        futures: list[Any] = []
+        for prompt in prompts:
+            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
+            try:
+                futures.append(sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
+            except Exception as exc:
+                futures.append(exc)
+        if self._pool is None or self._pool_size < len(prompts):
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool_size = min(max(len(prompts), 32), self._params.teacher_concurrency)
+            self._pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="evsys-tinker")
+        results = list(self._pool.map(rollout, range(len(prompts)), futures))
+        return [r[0] for r in results], [r[1] for r in results]
+
     def forward_backward(
         self, batch: Sequence[Datum], loss_fn: LossName, loss_fn_config: Mapping[str, float] | None = None
     ) -> ForwardBackwardResult:
@@ -528,6 +612,8 @@ class TinkerBackend:
         if self._closed:
             return
         self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         try:
             self._drain()
         except Exception as exc:

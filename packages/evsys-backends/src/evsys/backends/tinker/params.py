@@ -35,9 +35,10 @@ class TinkerBackendParams(StrictModel):
         "null: wait as long as the SDK does.",
     )
     teacher_concurrency: int = Field(
-        default=64,
+        default=1024,
         ge=1,
-        description="Teacher (top-k logprob) and sampling requests in flight at once.",
+        description="Teacher (top-k logprob) and sampling requests in flight at once (the default covers a "
+        "batch of 32 prompts x 4 rollouts and more, so a step keeps the service busy).",
     )
     teacher_suffix_only: bool = Field(
         default=False,

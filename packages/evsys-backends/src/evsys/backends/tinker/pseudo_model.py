@@ -9,6 +9,7 @@ import numpy as np
 
 CANDIDATES = 24
 RESIDUAL_MASS = 1e-3
+CACHE_SIZE = 200_000
 
 
 def seeded_rng(*parts: int) -> np.random.Generator:
@@ -29,10 +30,20 @@ class PseudoModel:
         self.seed = seed
         self.vocab_size = vocab_size
         self.stop_token = stop_token
+        self._cache: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
     def distribution(self, context: Sequence[int], version: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, logprobs)`` of the candidates after ``context``, most likely first."""
-        tail = [int(t) for t in context[-4:]]
+        """``(ids, logprobs)`` of the candidates after ``context``, most likely first (memoized)."""
+        key = (version, tuple(int(t) for t in context))
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            found = self._cache[key] = self._compute(key[1], version)
+        return found
+
+    def _compute(self, context: tuple[int, ...], version: int) -> tuple[np.ndarray, np.ndarray]:
+        tail = context[-4:]
         rng = seeded_rng(self.seed, version, len(context), *tail)
         pool = np.asarray([t for t in context if 0 <= t < self.vocab_size], dtype=np.int64)
         copied = rng.choice(pool, size=min(len(pool), CANDIDATES // 2), replace=False) if len(pool) else pool
@@ -54,3 +65,13 @@ class PseudoModel:
         if len(hit):
             return float(logprobs[hit[0]])
         return float(np.log(RESIDUAL_MASS / max(1, self.vocab_size - len(ids))))
+
+    def logprobs_of(self, context: Sequence[int], tokens: np.ndarray, version: int = 0) -> np.ndarray:
+        """``log p(t | context)`` for each ``t`` in ``tokens``."""
+        ids, logprobs = self.distribution(context, version)
+        out = np.full(len(tokens), np.log(RESIDUAL_MASS / max(1, self.vocab_size - len(ids))), dtype=np.float64)
+        for j, token in enumerate(tokens):
+            hit = np.flatnonzero(ids == token)
+            if len(hit):
+                out[j] = logprobs[hit[0]]
+        return out

@@ -55,6 +55,9 @@ class Tally:
     datums_trained: int = 0
     drawn: list[tuple[str, float, float]] = field(default_factory=list)
     """``(method, submitted_at, latency_s)`` of every request (the benchmark's critical path)."""
+    links: list[tuple[int, int]] = field(default_factory=list)
+    """``(scoring request, sample request)``: indices into ``drawn`` of a scoring request and of the
+    sample request whose completion it scores."""
 
     def count(self, method: str) -> None:
         """One more request of ``method``."""
@@ -72,29 +75,38 @@ class Tally:
 
 
 class SimFuture:
-    """Shaped like the SDK's ``APIFuture``: ``result(timeout=None)`` waits until the simulated service is done."""
+    """Shaped like the SDK's ``APIFuture``: ``result(timeout=None)`` waits until the simulated service is done.
 
-    def __init__(self, name: str, log: Log, value: Any = None, error: BaseException | None = None, ready_at: float = 0.0) -> None:
+    With an ``executor`` the response is computed there from submission on (the service works while the
+    client does other things); otherwise on the first ``result()``.
+    """
+
+    def __init__(
+        self, name: str, log: Log, value: Any = None, error: BaseException | None = None, ready_at: float = 0.0,
+        executor: Any = None,
+    ) -> None:
         self.name = name
         self._log = log
         self._value = value
         self._error = error
         self._computed = False
         self._ready_at = ready_at
+        self._task = executor.submit(value) if executor is not None and error is None and callable(value) else None
         self.waits = 0
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the simulated latency, record the wait, then return the value (computed once) or raise."""
+        """Compute the value once (the service's work, inside its latency), wait out the rest of the latency,
+        record the wait, then return the value or raise."""
         self.waits += 1
+        if self._error is None and callable(self._value) and not self._computed:
+            self._value = self._task.result() if self._task is not None else self._value()
+            self._computed = True
         delay = self._ready_at - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         self._log.append(("result", self.name))
         if self._error is not None:
             raise self._error
-        if callable(self._value) and not self._computed:
-            self._value = self._value()
-            self._computed = True
         return self._value
 
 
@@ -107,10 +119,15 @@ class SimClock:
         self._rng = np.random.default_rng(latency.seed)
         self._lock = threading.Lock()
 
-    def ready_at(self, method: str, base_s: float, after: float = 0.0) -> float:
+    def schedule(self, method: str, base_s: float, after: float = 0.0) -> tuple[float, int]:
+        """When a request submitted now (not before ``after``) is done, and its index in ``tally.drawn``."""
         with self._lock:
             jitter = self.latency.jitter
             drawn = base_s * (1.0 + float(self._rng.uniform(-jitter, jitter))) if base_s > 0 else 0.0
             now = time.monotonic()
             self.tally.drawn.append((method, now, drawn))
-            return max(now, after) + drawn
+            return max(now, after) + drawn, len(self.tally.drawn) - 1
+
+    def ready_at(self, method: str, base_s: float, after: float = 0.0) -> float:
+        """When a request submitted now (not before ``after``) is done."""
+        return self.schedule(method, base_s, after)[0]

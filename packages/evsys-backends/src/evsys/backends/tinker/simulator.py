@@ -43,6 +43,7 @@ class SimulatedSamplingClient:
         self.version = version
         self._service = service
         self.requests: list[dict[str, Any]] = []
+        self._drawn_index: dict[int, int] = {}
 
     def sample(
         self,
@@ -82,7 +83,12 @@ class SimulatedSamplingClient:
                                           include_prompt_logprobs, prompt_logprobs_last_n, serial)
 
         base = service.latency.teacher_s if scoring else service.latency.sample_s
-        return SimFuture(name, service.log, value=respond, error=error, ready_at=service.clock.ready_at(name, base))
+        ready, index = service.clock.schedule(name, base)
+        if scoring:
+            service.link_scoring(index, tokens)
+        else:
+            self._drawn_index[serial] = index
+        return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, executor=service.executor)
 
     def compute_logprobs(self, prompt: types.ModelInput) -> SimFuture:
         """``log p(prompt[i] | prompt[:i])`` for every position (``None`` first), as the SDK's method."""
@@ -116,7 +122,10 @@ class SimulatedTrainingClient:
         service.tally.count(method)
         ready = service.clock.ready_at(method, base_s, after=self._busy_until)
         self._busy_until = ready
-        return SimFuture(method, service.log, value=value, error=service.faults.next_result_error(method), ready_at=ready)
+        return SimFuture(
+            method, service.log, value=value, error=service.faults.next_result_error(method), ready_at=ready,
+            executor=service.executor,
+        )
 
     def get_tokenizer(self) -> Any:
         """The model's tokenizer (offline: see :mod:`.offline_tokenizer`)."""
@@ -178,6 +187,11 @@ class SimulatedService:
         self._fixed_limits = limits is not None
         self.seed = seed
         self.latency = latency or Latency()
+        self.executor: Any = None
+        if self.latency != Latency():
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evsys-sim")
         self.tally = Tally()
         self.clock = SimClock(self.latency, self.tally)
         self.model = PseudoModel(seed, self.limits.vocab_size, getattr(tokenizer, "eos_token_id", None))
@@ -185,6 +199,16 @@ class SimulatedService:
         self.training_clients: list[SimulatedTrainingClient] = []
         self.sampling_clients: list[SimulatedSamplingClient] = []
         self.closed: list[str] = []
+        self._completions: dict[tuple[int, ...], int] = {}
+        self._longest = 0
+
+    def link_scoring(self, index: int, sequence: Sequence[int]) -> None:
+        """Record which sampled completion the scoring request ``index`` scores (the longest that ends ``sequence``)."""
+        for length in range(min(len(sequence) - 1, self._longest), 0, -1):
+            origin = self._completions.get(tuple(sequence[-length:]))
+            if origin is not None:
+                self.tally.links.append((index, origin))
+                return
 
     def _future(self, method: str, make: Callable[[], Any], **request: Any) -> SimFuture:
         self.log.append(("submit", method))
@@ -282,8 +306,12 @@ class SimulatedService:
         """Completions drawn from the pseudo-model, plus the prompt's (top-k) logprobs when asked."""
         version = client.version
         sequences = []
+        origin = client._drawn_index.get(serial)
         for index, (out, lps, reason) in enumerate(self.draw_completions(prompt, num_samples, params, version, serial)):
             self.tally.tokens_sampled += len(out)
+            if origin is not None and out:
+                self._completions[tuple(out)] = origin
+                self._longest = max(self._longest, len(out))
             sequences.append(types.SampledSequence(
                 stop_reason=reason, sequence_id=f"{client.kind}-{serial}-{index}",
                 tokens_np=np.asarray(out, dtype=np.int32), logprobs_np=np.asarray(lps, dtype=np.float32),
@@ -321,17 +349,23 @@ class SimulatedService:
     def respond_forward_backward(
         self, data: list[types.Datum], loss_fn: str, config: dict[str, float], version: int
     ) -> types.ForwardBackwardOutput:
-        """The loss of the pseudo-model's logprobs of each datum's targets, as the service computes it."""
+        """The loss of the pseudo-model's logprobs of each datum's targets, as the service computes it.
+
+        The ``logprobs`` output holds 0.0 at positions whose weights (``cross_entropy``) or advantages
+        (the others) are all zero: they do not enter the loss, and the simulator skips them.
+        """
         total = 0.0
         outputs = []
         for datum in data:
             tokens = [int(t) for t in datum.model_input.to_ints()]
             targets = np.asarray(datum.loss_fn_inputs["target_tokens"].to_numpy())
+            weighed = datum.loss_fn_inputs["weights" if loss_fn == "cross_entropy" else "advantages"].to_numpy()
+            live = np.asarray(weighed).reshape(len(tokens), -1).any(axis=1)
             flat = targets.reshape(len(tokens), -1)
-            lp = np.asarray(
-                [[self.model.logprob(tokens[: i + 1], int(t), version) for t in row] for i, row in enumerate(flat)],
-                dtype=np.float32,
-            ).reshape(targets.shape)
+            rows = np.zeros(flat.shape, dtype=np.float32)  # rows that carry no weight are not computed: 0.0
+            for i in np.flatnonzero(live):
+                rows[i] = self.model.logprobs_of(tokens[: i + 1], flat[i], version)
+            lp = rows.reshape(targets.shape)
             if loss_fn == "cross_entropy":
                 weights = np.asarray(datum.loss_fn_inputs["weights"].to_numpy(), dtype=np.float64)
                 total += float(-(weights * lp).sum())
