@@ -161,6 +161,13 @@ class TinkerBackend:
             )
         else:
             _import_tinker()
+        if self._params.record_requests:
+            from pathlib import Path
+
+            from evsys.backends.tinker.recording import RecordingService
+
+            source = "simulator" if setup.dry_run else "service"
+            service_client = RecordingService(service_client, Path(self._params.record_requests), source)
         if setup.model_revision:
             logger.warning(
                 "Tinker serves '%s' at the service's revision; model.revision '%s' is ignored",

@@ -55,6 +55,12 @@ class TinkerBackendParams(StrictModel):
         ge=3600,
         description="Time to live of saved checkpoints on the service, in seconds; null: they never expire.",
     )
+    record_requests: str | None = Field(
+        default=None,
+        description="Write every request's shape and every response's fields (no token ids or texts) to this "
+        "JSONL file (relative paths: from the working directory); scripts/record_tinker_session.py uses it and "
+        "evsys.backends.tinker.recording.replay checks a record against the service's rules. null: no record.",
+    )
     display_name: str | None = Field(
         default=None, description="Name shown for the session in the Tinker console; null: the run's model name."
     )
