@@ -91,3 +91,21 @@ def test_dry_run_of_a_local_config_is_refused_in_one_line(repo_root: Path, tmp_p
     assert "\n" not in err and "Traceback" not in err
     assert f"{path}:" in err and "backend.kind: --dry-run simulates a remote service, and backend 'local' has none" in err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_one_step_off_policy_run_records_its_staleness(repo_root: Path, tmp_path: Path) -> None:
+    path, config = copy_config(repo_root, "sdft_walkthrough", tmp_path)
+    config["algorithm"]["params"]["max_steps"] = 3
+    config["metadata"]["benchmark"][0]["run_every"] = None  # scored at the end: steps 1-3 may overlap
+    config["backend"]["params"] = {"max_steps_off_policy": 1}
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--dry-run", "--quiet"]) == 0
+    run_dir = tmp_path / "outputs" / f"{config['name']}-dry-run"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if row["split"] == "train"]
+    assert [row["step"] for row in train] == [1, 2, 3]
+    staleness = [row["metrics"]["train/off_policy_steps"] for row in train]
+    # step 1 samples the initial weights; a later step one behind when it started while the previous one
+    # trained (with no latency, the previous step may already be done: then 0, as recorded)
+    assert staleness[0] == 0.0 and set(staleness) <= {0.0, 1.0}
+    assert [row["split"] for row in rows][-1] == "val"

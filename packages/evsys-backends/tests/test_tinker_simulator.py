@@ -217,3 +217,15 @@ def test_temperature_zero_is_greedy_and_eos_stops() -> None:
     assert a == b
     for seq in response.sequences:
         assert (seq.stop_reason == "stop") == (list(seq.tokens)[-1] == ByteTokenizer.eos_token_id)
+
+
+def test_resuming_restores_the_saved_weights_and_refuses_a_path_that_is_not_tinkers() -> None:
+    svc = service()
+    client = training(svc)
+    for _ in range(2):
+        client.optim_step(types.AdamParams(learning_rate=1e-4)).result()
+    path = client.save_state("step-2").result().path
+    resumed = svc.create_training_client_from_state_with_optimizer(path).result()
+    assert resumed.version == client.version == 2
+    line = rejected(lambda: svc.create_training_client_from_state_with_optimizer("outputs/run/checkpoints/final"))
+    assert line.endswith("resuming from 'outputs/run/checkpoints/final': not a tinker:// path")

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evsys.cli.interrupts import InterruptGuard
+from evsys.cli.pipeline import StepPipeline, pipeline_depth
 from evsys.cli.resume import (
     FINAL_NAME,
     ResumePoint,
@@ -510,11 +511,12 @@ class Runner:
         batch_size = int(getattr(params, "batch_size", 1))
         save_every = getattr(params, "save_every", None)
         stream = batches(examples, batch_size, seed, start_step=start)
+        steps = self._step_pipeline(algorithm, backend, stream, benchmarks, max_steps)
         for step in range(start + 1, max_steps + 1):
-            if self.guard.requested:
+            if self.guard.requested and not (steps and steps.in_flight(step)):
                 break
             started = time.perf_counter()
-            metrics = dict(algorithm.train_step(next(stream), step))
+            metrics = steps.run(step) if steps else dict(algorithm.train_step(next(stream), step))
             metrics.setdefault("train/step_seconds", time.perf_counter() - started)
             self.state.step = step
             self._record({"train/mean_loss": metrics.get("train/mean_loss")} if "train/mean_loss" in metrics else {})
@@ -541,6 +543,21 @@ class Runner:
         assert checkpoint is not None
         self._checkpoint(backend, algorithm, callbacks, checkpoint.name, completed=True, reuse=checkpoint.checkpoint)
         return "completed"
+
+    def _step_pipeline(
+        self, algorithm: Any, backend: Backend, stream: Iterator[list[Any]], benchmarks: list[LoadedBenchmark], max_steps: int
+    ) -> StepPipeline | None:
+        """Steps that overlap (evsys.cli.pipeline) when the backend samples off policy; ``None`` otherwise."""
+        if not pipeline_depth(backend):
+            return None
+        save_every = getattr(self.validated.algorithm_params, "save_every", None)
+
+        def overlap(step: int) -> bool:
+            evaluates = any(b.run_every is not None and step % b.run_every == 0 for b in benchmarks)
+            saves = bool(save_every) and step % save_every == 0
+            return step < max_steps and not evaluates and not saves and not self.guard.requested
+
+        return StepPipeline(algorithm, backend, stream, overlap)
 
     def _evaluate(self, backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: list[Callback]) -> None:
         result = evaluate_and_notify(backend, benchmark, step, seed, callbacks)

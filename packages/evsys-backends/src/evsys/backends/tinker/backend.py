@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -64,14 +65,17 @@ class PendingForwardBackwardResult(ForwardBackwardResult):
         self._resolve = resolve
         self._value: ForwardBackwardResult | None = None
         self._error: Exception | None = None
+        self._lock = threading.Lock()
+        self.owner = threading.get_ident()
 
     def result(self) -> ForwardBackwardResult:
         """Wait for the service (once) and return the plain result; re-raises a failure on every call."""
-        if self._value is None and self._error is None:
-            try:
-                self._value = self._resolve()
-            except Exception as exc:
-                self._error = exc
+        with self._lock:
+            if self._value is None and self._error is None:
+                try:
+                    self._value = self._resolve()
+                except Exception as exc:
+                    self._error = exc
         if self._error is not None:
             raise self._error
         assert self._value is not None
@@ -183,6 +187,11 @@ class TinkerBackend:
         self._weights_version = 0
         self._sampler_version = -1
         self._pending: list[PendingForwardBackwardResult] = []
+        self._pending_lock = threading.Lock()
+        self._turn = threading.Lock()  # held from a step's forward_backward to its optim_step (off-policy mode)
+        self._in_flight = 0  # optim_steps submitted and not yet done
+        self._local = threading.local()
+        self._on_training_submitted: Callable[[], None] | None = None
         self._pool: Any = None
         self._pool_size = 0
         self._training = self._call(
@@ -263,10 +272,15 @@ class TinkerBackend:
             finish(*inflight.popleft())
         return results
 
-    def _drain(self) -> None:
-        """Resolve every pending forward_backward result (surfacing its failure)."""
-        while self._pending:
-            self._pending.pop(0).result()
+    def _drain(self, *, own: bool = False) -> None:
+        """Resolve every pending forward_backward result (``own``: this thread's only), surfacing a failure."""
+        while True:
+            with self._pending_lock:
+                mine = [p for p in self._pending if not own or p.owner == threading.get_ident()]
+                if not mine:
+                    return
+                self._pending.remove(mine[0])
+            mine[0].result()
 
     def _record(self, row: Mapping[str, Any]) -> None:
         run_dir = self._setup.run_dir
@@ -288,14 +302,34 @@ class TinkerBackend:
                 rows.append(json.loads(line))
         return rows
 
+    @property
+    def max_steps_off_policy(self) -> int:
+        """How many optimizer steps old the weights that sample may be while training is in flight (0: on-policy)."""
+        return self._params.max_steps_off_policy
+
+    def on_training_submitted(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the step's thread) once a step's ``optim_step`` has been submitted."""
+        self._on_training_submitted = callback
+
     def _current_sampler(self) -> Any:
+        lag = self._weights_version - self._sampler_version
+        if self._policy_sampler is not None and self._in_flight > 0 and lag <= self.max_steps_off_policy:
+            self._local.sampler_version = self._sampler_version  # off policy: the weights before the step in flight
+            return self._policy_sampler
         self._drain()
         if self._policy_sampler is None or self._sampler_version != self._weights_version:
-            self._policy_sampler = self._call(
-                "save the weights for sampling", lambda: self._training.save_weights_and_get_sampling_client()
-            )
-            self._sampler_version = self._weights_version
+            self._refresh_sampler()
+        self._local.sampler_version = self._sampler_version
         return self._policy_sampler
+
+    def _refresh_sampler(self) -> None:
+        """Save the weights for sampling; the sampler is labelled with the optimizer steps submitted before it."""
+        version = self._weights_version
+        sampler = self._call(
+            "save the weights for sampling", lambda: self._training.save_weights_and_get_sampling_client()
+        )
+        if version >= self._sampler_version:
+            self._policy_sampler, self._sampler_version = sampler, version
 
     def _teacher_sampler(self) -> Any:
         if self._base_sampler is None:
@@ -509,10 +543,17 @@ class TinkerBackend:
             raise ValueError("forward_backward needs at least one datum")
         data = [to_tinker_datum(d, loss_fn) for d in batch]
         config = {k: float(v) for k, v in loss_fn_config.items()} if loss_fn_config else None
-        future = self._submit_once(
-            f"forward_backward ({loss_fn})",
-            lambda: self._training.forward_backward(data, loss_fn, loss_fn_config=config),
-        )
+        if self.max_steps_off_policy:
+            self._turn.acquire()  # the steps' training requests go out in order: released by optim_step
+        try:
+            future = self._submit_once(
+                f"forward_backward ({loss_fn})",
+                lambda: self._training.forward_backward(data, loss_fn, loss_fn_config=config),
+            )
+        except BaseException:
+            if self.max_steps_off_policy:
+                self._turn.release()
+            raise
 
         def resolve() -> ForwardBackwardResult:
             output = self._wait_once(f"forward_backward ({loss_fn})", future)
@@ -525,7 +566,8 @@ class TinkerBackend:
 
         pending = PendingForwardBackwardResult(resolve)
         if defer:
-            self._pending.append(pending)
+            with self._pending_lock:
+                self._pending.append(pending)
             return pending
         return pending.result()
 
@@ -548,11 +590,27 @@ class TinkerBackend:
             weight_decay=weight_decay,
             grad_clip_norm=float(grad_clip) if grad_clip else 0.0,
         )
-        future = self._submit_once("optim_step", lambda: self._training.optim_step(adam))
+        try:
+            future = self._submit_once("optim_step", lambda: self._training.optim_step(adam))
+        finally:
+            if self.max_steps_off_policy and self._turn.locked():
+                self._turn.release()
+        staleness = self._weights_version - getattr(self._local, "sampler_version", self._weights_version)
         self._weights_version += 1
-        self._drain()
-        response = self._wait_once("optim_step", future)
-        return {str(k): float(v) for k, v in (getattr(response, "metrics", None) or {}).items()}
+        self._in_flight += 1
+        try:
+            if self._on_training_submitted is not None:
+                self._on_training_submitted()
+            self._drain(own=bool(self.max_steps_off_policy))
+            response = self._wait_once("optim_step", future)
+            if self.max_steps_off_policy:
+                self._refresh_sampler()  # the next overlapping step samples these weights, one step behind
+        finally:
+            self._in_flight -= 1
+        metrics = {str(k): float(v) for k, v in (getattr(response, "metrics", None) or {}).items()}
+        if self.max_steps_off_policy:
+            metrics["off_policy_steps"] = float(staleness)
+        return metrics
 
     def forward_backward_and_optim_step(
         self,
@@ -621,6 +679,8 @@ class TinkerBackend:
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self._turn.locked():
+            self._turn.release()
         try:
             self._drain()
         except Exception as exc:

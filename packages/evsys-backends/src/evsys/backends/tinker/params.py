@@ -50,6 +50,14 @@ class TinkerBackendParams(StrictModel):
         description="Submit optim_step before waiting for the forward_backward result (the loss resolves lazily), "
         "so the two requests reach the service back to back.",
     )
+    max_steps_off_policy: int = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="1: sample step t+1 while step t trains (one step off policy, as tinker-cookbook's async "
+        "option; train/off_policy_steps records the staleness of each step's samples); 0: every step samples "
+        "the weights the previous step produced.",
+    )
     checkpoint_ttl_s: int | None = Field(
         default=None,
         ge=3600,

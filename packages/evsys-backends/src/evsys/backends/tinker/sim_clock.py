@@ -59,9 +59,17 @@ class Tally:
     """``(scoring request, sample request)``: indices into ``drawn`` of a scoring request and of the
     sample request whose completion it scores."""
 
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
     def count(self, method: str) -> None:
         """One more request of ``method``."""
-        self.requests[method] = self.requests.get(method, 0) + 1
+        with self._lock:
+            self.requests[method] = self.requests.get(method, 0) + 1
+
+    def add(self, name: str, amount: int) -> None:
+        """Add ``amount`` to the counter ``name`` (``tokens_sampled``, ``tokens_scored``, ...), thread-safely."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
 
     def summary_lines(self) -> list[str]:
         """The dry run's summary, one fact a line."""

@@ -97,7 +97,7 @@ class SimulatedSamplingClient:
         tokens = [int(t) for t in prompt.to_ints()]
         rules.check_sample(rules.SampleShape(len(tokens), min(tokens, default=0), max(tokens, default=0), 1, 1), service.limits)
         service.tally.count("compute_logprobs")
-        service.tally.tokens_scored += len(tokens)
+        service.tally.add("tokens_scored", len(tokens))
         values = [None] + [service.model.logprob(tokens[:i], tokens[i], self.version) for i in range(1, len(tokens))]
         ready = service.clock.ready_at("compute_logprobs", service.latency.teacher_s)
         return SimFuture("compute_logprobs", service.log, value=values, ready_at=ready)
@@ -135,8 +135,8 @@ class SimulatedTrainingClient:
         """Check every datum against the loss's documented inputs; answer with ``loss:sum`` and per-datum logprobs."""
         service = self._service
         rules.check_forward_backward([datum_shape(d) for d in data], loss_fn, loss_fn_config, service.limits)
-        service.tally.datums_trained += len(data)
-        service.tally.tokens_trained += sum(d.model_input.length for d in data)
+        service.tally.add("datums_trained", len(data))
+        service.tally.add("tokens_trained", sum(d.model_input.length for d in data))
         version = self.version
 
         def respond() -> types.ForwardBackwardOutput:
@@ -155,6 +155,7 @@ class SimulatedTrainingClient:
     def save_state(self, name: str, ttl_seconds: int | None = None) -> SimFuture:
         """Answer with a ``tinker://`` path of the simulated session."""
         response = types.SaveWeightsResponse(path=f"tinker://{self.name}/weights/{name}")
+        self._service.saved[response.path] = self.version
         return self._request("save_state", response, self._service.latency.save_s, name=name, ttl_seconds=ttl_seconds)
 
     def save_weights_and_get_sampling_client(self) -> SimFuture:
@@ -200,6 +201,8 @@ class SimulatedService:
         self.sampling_clients: list[SimulatedSamplingClient] = []
         self.closed: list[str] = []
         self._completions: dict[tuple[int, ...], int] = {}
+        self.saved: dict[str, int] = {}
+        """``tinker://`` path -> the weights version saved there."""
         self._longest = 0
 
     def link_scoring(self, index: int, sequence: Sequence[int]) -> None:
@@ -234,8 +237,18 @@ class SimulatedService:
         return self._future("create_lora_training_client", self._new_training, base_model=base_model, rank=rank, seed=seed)
 
     def create_training_client_from_state_with_optimizer(self, path: str) -> SimFuture:
-        """A future of a training client resumed from ``path``."""
-        return self._future("create_training_client_from_state_with_optimizer", self._new_training, path=path)
+        """A future of a training client resumed from ``path`` (its weights, when this service saved them;
+        else a trained policy of its own)."""
+        if not path.startswith("tinker://"):
+            raise rules.ServiceRuleError(f"Tinker would reject resuming from '{path}': not a tinker:// path")
+        version = self.saved.get(path, 1)
+
+        def resume() -> SimulatedTrainingClient:
+            client = self._new_training()
+            client.version = version
+            return client
+
+        return self._future("create_training_client_from_state_with_optimizer", resume, path=path)
 
     def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None) -> SimFuture:
         """A future of a base-model sampling client."""
@@ -308,7 +321,7 @@ class SimulatedService:
         sequences = []
         origin = client._drawn_index.get(serial)
         for index, (out, lps, reason) in enumerate(self.draw_completions(prompt, num_samples, params, version, serial)):
-            self.tally.tokens_sampled += len(out)
+            self.tally.add("tokens_sampled", len(out))
             if origin is not None and out:
                 self._completions[tuple(out)] = origin
                 self._longest = max(self._longest, len(out))
@@ -320,7 +333,7 @@ class SimulatedService:
             return types.SampleResponse(sequences=sequences)
         n = len(prompt)
         first = 1 if last_n is None else n - last_n
-        self.tally.tokens_scored += n - first
+        self.tally.add("tokens_scored", n - first)
         plp = np.full(n, np.nan, dtype=np.float32)
         if include_prompt_logprobs:
             for i in range(first, n):
