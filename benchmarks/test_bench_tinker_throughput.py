@@ -91,3 +91,38 @@ def test_bench_sdft_step_on_the_simulated_service(benchmark: Any) -> None:
     print(f"\nSDFT step on the simulated service (latencies x{SCALE}): wall/bound {ratio:.3f} "
           f"(without streaming the scoring: {plain:.3f}); walls {result['walls']}, bounds {result['bounds']}")
     assert ratio <= 1.1
+
+
+def run_steps(off_policy: bool, steps: int = 4) -> tuple[float, list[float]]:
+    """Seconds for steps 2..``steps`` (step 1 warms up), one step off policy or not, and each step's staleness."""
+    from evsys.cli.pipeline import StepPipeline
+
+    backend, _ = simulated_backend(latency=LATENCY, max_steps_off_policy=1 if off_policy else 0)
+
+    def forever() -> Any:
+        while True:
+            yield BATCH
+
+    pipeline = StepPipeline(SDFT(PARAMS, backend, None), backend, forever(), overlap=lambda step: step < steps)
+    pipeline.run(1)
+    started = time.perf_counter()
+    staleness = [pipeline.run(step).get("train/off_policy_steps", 0.0) for step in range(2, steps + 1)]
+    elapsed = time.perf_counter() - started
+    backend.close()
+    return elapsed, staleness
+
+
+def test_bench_one_step_off_policy_pipeline(benchmark: Any) -> None:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["off"], result["staleness"] = run_steps(off_policy=True)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    on, _ = run_steps(off_policy=False)
+    gain = on / result["off"]
+    benchmark.extra_info.update(scale=SCALE, on_policy_s=round(on, 3), off_policy_s=round(result["off"], 3),
+                                speedup=round(gain, 3), staleness=result["staleness"])
+    print(f"\n3 SDFT steps on the simulated service (latencies x{SCALE}): on policy {on:.2f} s, one step off policy "
+          f"{result['off']:.2f} s (x{gain:.2f}); staleness {result['staleness']}")
+    assert result["staleness"] == [1.0, 1.0, 1.0]
