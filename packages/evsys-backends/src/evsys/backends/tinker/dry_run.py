@@ -37,6 +37,7 @@ def summary_text(service: SimulatedService, setup: BackendSetup, *, failed: bool
         + (" until the run failed" if failed else ""),
         "",
         *(f"- {line}" for line in service.tally.summary_lines()),
+        *([f"- files: {setup.run_dir}"] if setup.run_dir is not None else []),
         "",
         "No request reached the real service; metrics and predictions come from a seeded pseudo-model.",
     ]
