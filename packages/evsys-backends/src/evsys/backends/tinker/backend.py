@@ -455,67 +455,9 @@ class TinkerBackend:
         its completions, while the other rollouts are still sampling. Equals :meth:`sample` followed by
         :meth:`topk_logprobs` (``None`` for an empty completion), without waiting for the slowest rollout.
         """
-        from concurrent.futures import ThreadPoolExecutor
+        from evsys.backends.tinker.rollouts import sample_and_score
 
-        from evsys.backends.tinker.convert import sampling_params, to_sampled_sequence, topk_from_response
-
-        tinker = _import_tinker()
-        if len(prefixes) != len(prompts):
-            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
-        if not prompts:
-            return [], []
-        sampler = self._current_sampler()
-        teacher = self._teacher_sampler()
-        params = sampling_params(max_tokens, temperature, stop, seed)
-        tokenizer = self.tokenizer
-        score_params = tinker.types.SamplingParams(max_tokens=1)
-
-        def score(prefix: list[int], tokens: list[int]) -> Callable[[], Any]:
-            sequence = prefix + tokens
-            extra: dict[str, Any] = {"prompt_logprobs_last_n": len(tokens)} if self._params.teacher_suffix_only else {}
-            return lambda: teacher.sample(
-                prompt=tinker.types.ModelInput.from_ints(sequence), num_samples=1, sampling_params=score_params,
-                include_prompt_logprobs=True, topk_prompt_logprobs=k, **extra,
-            )
-
-        def rollout(index: int, future: Any) -> tuple[list[SampledSequence], list[TopKLogprobs | None]]:
-            queue = [future]
-
-            def attempt() -> Any:
-                item = queue.pop() if queue else None
-                if isinstance(item, BaseException):
-                    raise item
-                model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompts[index]])
-                return self._wait(item if item is not None else sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
-
-            response = self._retrying("sample from the policy", attempt)
-            samples = [to_sampled_sequence(seq, tokenizer, stop) for seq in response.sequences]
-            prefix = [int(t) for t in prefixes[index]]
-            asked = [j for j, sample in enumerate(samples) if sample.tokens]
-            answers = self._gather("score with the teacher (top-k prompt logprobs)", [score(prefix, samples[j].tokens) for j in asked])
-            scores: list[TopKLogprobs | None] = [None] * len(samples)
-            for j, answer in zip(asked, answers, strict=True):
-                length = len(prefix) + len(samples[j].tokens)
-                try:
-                    scores[j] = topk_from_response(answer, length, len(prefix), k)
-                except RuntimeError as exc:
-                    raise self._fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
-            return samples, scores
-
-        futures: list[Any] = []
-        for prompt in prompts:
-            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
-            try:
-                futures.append(sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
-            except Exception as exc:
-                futures.append(exc)
-        if self._pool is None or self._pool_size < len(prompts):
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool_size = min(max(len(prompts), 32), self._params.teacher_concurrency)
-            self._pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="evsys-tinker")
-        results = list(self._pool.map(rollout, range(len(prompts)), futures))
-        return [r[0] for r in results], [r[1] for r in results]
+        return sample_and_score(self, prompts, prefixes, k, n, max_tokens, temperature, stop, seed)
 
     def forward_backward(
         self, batch: Sequence[Datum], loss_fn: LossName, loss_fn_config: Mapping[str, float] | None = None
