@@ -1,9 +1,10 @@
 """For the same rollouts and the same teacher numbers, SDFT sends the same datums on Tinker as on local.
 
-The Tinker side is the real adapter over fake SDK clients (real ``tinker.types``); the local side is
-the real ``LocalBackend`` on a tiny model, with ``sample`` and ``topk_logprobs`` answering the numbers
-the fake service answers. What goes to ``forward_backward`` on local is converted with the adapter's
-own ``to_tinker_datum`` and compared array by array with what the fake training client received.
+The Tinker side is the real adapter over the simulated service (real ``tinker.types``, every request
+checked); the local side is the real ``LocalBackend`` on a tiny model, with ``sample`` and
+``topk_logprobs`` answering the numbers the simulated service answers. What goes to ``forward_backward``
+on local is converted with the adapter's own ``to_tinker_datum`` and compared array by array with what
+the simulated training client received.
 """
 
 from __future__ import annotations
@@ -20,27 +21,29 @@ from evsys.backends.local.backend import LocalBackend
 from evsys.backends.local.params import LocalBackendParams
 from evsys.backends.local.testing import build_tiny_model_dir
 from evsys.backends.tinker.backend import TinkerBackend
-from evsys.backends.tinker.convert import to_tinker_datum
-from evsys.backends.tinker.fakes import FakeServiceClient, policy_completion, teacher_topk
+from evsys.backends.tinker.convert import sampling_params, to_tinker_datum
+from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.params import TinkerBackendParams
+from evsys.backends.tinker.simulator import SimulatedService
 from evsys.schema.protocols import BackendSetup, Datum, ForwardBackwardResult, SampledSequence, TopKLogprobs
 from evsys.schema.rows import PromptExample
 
 
 class ScriptedLocalBackend(LocalBackend):
-    """The real local backend whose rollouts and teacher numbers are the fake Tinker service's."""
+    """The real local backend whose rollouts and teacher numbers are the simulated Tinker service's."""
 
     sent: list[Datum]
+    service: SimulatedService
 
     def sample(self, prompts, n=1, max_tokens=64, temperature=1.0, stop=None, seed=None):  # type: ignore[override]
+        params = sampling_params(max_tokens, temperature, stop, seed)
         out = []
         for prompt in prompts:
             group = []
-            for index in range(n):
-                tokens = policy_completion(prompt, index, max_tokens, eos=self.tokenizer.eos_token_id)
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                stop_reason = "stop" if tokens[-1] == self.tokenizer.eos_token_id else "length"
-                group.append(SampledSequence(tokens, [-0.5] * len(tokens), text, stop_reason))
+            for tokens, logprobs, reason in self.service.draw_completions(prompt, n, params):
+                body = tokens[:-1] if tokens[-1] == self.tokenizer.eos_token_id else tokens
+                text = self.tokenizer.decode(body, skip_special_tokens=True)
+                group.append(SampledSequence(tokens, [float(x) for x in logprobs], text, reason))
             out.append(group)
         return out
 
@@ -48,7 +51,7 @@ class ScriptedLocalBackend(LocalBackend):
         starts = [from_position] * len(sequences) if isinstance(from_position, int) else list(from_position)
         result = []
         for sequence, start in zip(sequences, starts, strict=True):
-            dense = teacher_topk(sequence, k)
+            dense = self.service.topk_rows(sequence, k)
             result.append(
                 TopKLogprobs(
                     token_ids=np.asarray(dense.token_ids)[start:].tolist(),
@@ -75,9 +78,11 @@ def test_sdft_builds_identical_datums_on_both_backends(tiny_model: Path, tmp_pat
     ]
 
     local = ScriptedLocalBackend(BackendSetup(model_name=str(tiny_model), lora_rank=1, run_dir=tmp_path / "local"), LocalBackendParams())
+    limits = ModelLimits(vocab_size=len(local.tokenizer), context_length=2048, max_lora_rank=64)
+    service = SimulatedService(tokenizer=local.tokenizer, limits=limits, seed=0)
+    local.service = SimulatedService(tokenizer=local.tokenizer, limits=limits, seed=0)
     SDFT(params, local, None).train_step(batch, step=1)
 
-    service = FakeServiceClient(tokenizer=local.tokenizer)
     remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(), service_client=service)
     SDFT(params, remote, None).train_step(batch, step=1)
     remote.close()

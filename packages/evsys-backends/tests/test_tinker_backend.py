@@ -1,4 +1,4 @@
-"""The tinker backend against fake clients at the SDK boundary and the real ``tinker.types``."""
+"""The tinker backend against the simulated service at the SDK boundary, with the real ``tinker.types``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import tinker
 from tinker import types
 
 from evsys.backends.tinker.backend import CHECKPOINTS_FILE, PendingForwardBackwardResult, TinkerBackend
-from evsys.backends.tinker.fakes import FakeServiceClient, Faults
 from evsys.backends.tinker.params import TinkerBackendParams
+from evsys.backends.tinker.simulator import Faults, SimulatedService
+from evsys.backends.tinker.testing import BYTE_LIMITS, ByteTokenizer
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import Backend, BackendSetup, Datum, ForwardBackwardResult
 
@@ -32,10 +33,14 @@ def _bad_request() -> tinker.APIStatusError:
     return tinker.BadRequestError("bad datum", response=httpx.Response(400, request=request), body=None)
 
 
+def simulated(faults: Faults | None = None) -> SimulatedService:
+    return SimulatedService(tokenizer=ByteTokenizer(), faults=faults, limits=BYTE_LIMITS, seed=3)
+
+
 def make(
     tmp_path: Path | None = None, faults: Faults | None = None, **params: object
-) -> tuple[TinkerBackend, FakeServiceClient]:
-    service = FakeServiceClient(faults=faults)
+) -> tuple[TinkerBackend, SimulatedService]:
+    service = simulated(faults)
     setup = BackendSetup(model_name=MODEL, lora_rank=1, seed=3, run_dir=tmp_path)
     sleeps: list[float] = []
     backend = TinkerBackend(
@@ -43,6 +48,17 @@ def make(
     )
     backend.sleeps = sleeps  # type: ignore[attr-defined]
     return backend, service
+
+
+def ce_loss(service: SimulatedService, datum: Datum) -> float:
+    """``-sum(w * log p(target))`` under the simulated service's (untrained) pseudo-model."""
+    tokens = list(datum.input_tokens)
+    total = 0.0
+    for i, (targets, weights) in enumerate(zip(datum.target_tokens, datum.weights, strict=True)):
+        row_t = targets if isinstance(targets, list) else [targets]
+        row_w = weights if isinstance(weights, list) else [weights]
+        total -= sum(w * service.model.logprob(tokens[: i + 1], t) for t, w in zip(row_t, row_w, strict=True))
+    return total
 
 
 def sft_datum() -> Datum:
@@ -93,9 +109,9 @@ def test_stored_credential_file_counts_as_a_key(monkeypatch: pytest.MonkeyPatch,
     )
     made: list[dict[str, object]] = []
 
-    def service_factory(**kwargs: object) -> FakeServiceClient:
+    def service_factory(**kwargs: object) -> SimulatedService:
         made.append(kwargs)
-        return FakeServiceClient()
+        return simulated()
 
     monkeypatch.setattr(tinker, "ServiceClient", service_factory)
     backend = TinkerBackend(BackendSetup(model_name=MODEL, lora_rank=1), TinkerBackendParams())
@@ -108,11 +124,11 @@ def test_the_key_is_never_passed_stored_logged_or_written(
 ) -> None:
     monkeypatch.setenv("TINKER_API_KEY", SECRET)
     made: list[dict[str, object]] = []
-    services: list[FakeServiceClient] = []
+    services: list[SimulatedService] = []
 
-    def service_factory(**kwargs: object) -> FakeServiceClient:
+    def service_factory(**kwargs: object) -> SimulatedService:
         made.append(kwargs)
-        services.append(FakeServiceClient(faults=Faults(fail_result={"sample": [_server_error()]})))
+        services.append(simulated(Faults(fail_result={"sample": [_server_error()]})))
         return services[-1]
 
     monkeypatch.setattr(tinker, "ServiceClient", service_factory)
@@ -147,10 +163,14 @@ def test_sample_requests_and_conversion() -> None:
     params = first["sampling_params"]
     assert isinstance(params, types.SamplingParams)
     assert (params.max_tokens, params.temperature, params.stop, params.seed) == (8, 0.0, ["\n"], 5)
-    assert [[s.text for s in group] for group in out] == [["ok0", "ok1"], ["ok0", "ok1"]]
-    seq = out[0][0]
-    assert seq.tokens[-1] == 2 and seq.stop_reason == "stop" and seq.logprobs == [-0.5] * len(seq.tokens)
-    assert backend.sample([[11]], max_tokens=2)[0][0].stop_reason == "length"
+    for prompt, group in zip([[11, 12], [13]], out, strict=True):
+        drawn = service.draw_completions(prompt, 2, params)
+        assert [s.tokens for s in group] == [tokens for tokens, _, _ in drawn]
+        for seq, (tokens, logprobs, reason) in zip(group, drawn, strict=True):
+            assert seq.logprobs == pytest.approx(logprobs, rel=1e-6) and seq.stop_reason == reason
+            body = tokens[:-1] if tokens[-1] == 2 else tokens
+            assert seq.text == service.tokenizer.decode(body, skip_special_tokens=True).split("\n")[0]
+    assert [s.stop_reason for s in backend.sample([[11]], n=8, max_tokens=1)[0]].count("length") >= 1
 
 
 def test_sample_requests_are_all_in_flight_before_any_wait() -> None:
@@ -203,9 +223,11 @@ def test_teacher_requests_use_a_base_model_client_with_prompt_logprobs() -> None
         assert request["include_prompt_logprobs"] is True
         assert request["topk_prompt_logprobs"] == 3
         assert "prompt_logprobs_last_n" not in request
-    # row i is the top-k of p(. | s[:i]); the fake names s[i] + j at row i
-    assert out[0].token_ids == [[13, 14, 15], [14, 15, 16]]
-    assert out[1].token_ids == [[21, 22, 23], [22, 23, 24]]
+    # row i is the top-k of p(. | s[:i]) under the frozen base model
+    for result, seq, start in zip(out, seqs, [2, 1], strict=True):
+        rows = service.topk_rows(seq, 3)
+        assert result.token_ids == rows.token_ids[start:].tolist()
+        assert result.logprobs == rows.logprobs[start:].astype(float).tolist()
     assert all(len(row) == 3 for r in out for row in r.logprobs)
     assert service.training_clients[0].samplers == []  # the teacher is the frozen base model
 
@@ -225,7 +247,8 @@ def test_teacher_suffix_only_and_empty_ranges() -> None:
     backend, service = make(teacher_suffix_only=True)
     out = backend.topk_logprobs([[11, 12, 13, 14], [15, 16]], k=2, from_position=[3, 2])
     assert [r["prompt_logprobs_last_n"] for r in service.sampling_clients[0].requests] == [1]
-    assert out[0].token_ids == [[14, 15]] and out[1].token_ids == [] and out[1].logprobs == []
+    assert out[0].token_ids == service.topk_rows([11, 12, 13, 14], 2).token_ids[3:].tolist()
+    assert out[1].token_ids == [] and out[1].logprobs == []
     with pytest.raises(ValueError, match="from_position"):
         backend.topk_logprobs([[11, 12]], k=2, from_position=0)
 
@@ -247,7 +270,7 @@ def test_forward_backward_requests_real_datums_and_returns_the_loss_sum() -> Non
     assert data[0].loss_fn_inputs["weights"].shape == [3, 4]
     assert data[0].loss_fn_inputs["weights"].dtype == "float32"
     assert data[1].loss_fn_inputs["target_tokens"].shape == [3]
-    assert result.loss_sum == pytest.approx(0.25 * 4 + 1.0 + 2.0)
+    assert result.loss_sum == pytest.approx(ce_loss(service, distill_datum()) + ce_loss(service, sft_datum()), rel=1e-5)
     assert result.metrics["loss:sum"] == pytest.approx(result.loss_sum)
 
 
@@ -259,7 +282,12 @@ def test_rl_losses_pass_their_name_and_config(loss_fn: str) -> None:
     backend.forward_backward([datum], loss_fn, config)  # type: ignore[arg-type]
     _, request = service.training_clients[0].requests[-1]
     assert request["loss_fn"] == loss_fn and request["loss_fn_config"] == config
-    assert set(request["data"][0].loss_fn_inputs) == {"target_tokens", "weights", "logprobs", "advantages"}
+    inputs = request["data"][0].loss_fn_inputs
+    assert set(inputs) == {"target_tokens", "logprobs", "advantages"}  # exactly what Tinker documents
+    masked = Datum(input_tokens=[11, 12], target_tokens=[12, 13], weights=[0, 1], logprobs=[0, -2], advantages=[1, 1])
+    backend.forward_backward([masked], loss_fn, config)  # type: ignore[arg-type]
+    _, request = service.training_clients[0].requests[-1]
+    assert request["data"][0].loss_fn_inputs["advantages"].to_numpy().tolist() == [0.0, 1.0]  # the mask folds in
     with pytest.raises(ValueError, match="unknown loss"):
         backend.forward_backward([datum], "dpo")  # type: ignore[arg-type]
 
@@ -276,7 +304,7 @@ def test_optim_step_is_submitted_before_waiting_for_forward_backward() -> None:
         ("result", "forward_backward"),
         ("result", "optim_step"),
     ]
-    assert result.resolved and result.loss_sum == pytest.approx(2.0)
+    assert result.resolved and result.loss_sum == pytest.approx(ce_loss(service, sft_datum()), rel=1e-5)
     _, request = service.training_clients[0].requests[-1]
     adam = request["params"]
     assert isinstance(adam, types.AdamParams)
@@ -290,7 +318,7 @@ def test_forward_backward_and_optim_step_in_one_call() -> None:
     result, metrics = backend.forward_backward_and_optim_step(
         [sft_datum()], "cross_entropy", learning_rate=1e-4, grad_clip=None
     )
-    assert result.loss_sum == pytest.approx(2.0) and metrics == {"optim/lr": 1e-4}
+    assert result.loss_sum == pytest.approx(ce_loss(service, sft_datum()), rel=1e-5) and metrics == {"optim/lr": 1e-4}
     assert [e for e in service.log if e[1] in ("forward_backward", "optim_step")][:2] == [
         ("submit", "forward_backward"),
         ("submit", "optim_step"),
@@ -318,7 +346,7 @@ def test_transient_errors_are_retried_with_backoff_then_succeed() -> None:
     backend, service = make(faults=faults)
     assert len(service.training_clients) == 1
     out = backend.topk_logprobs([[11, 12, 13]], k=2, from_position=1)
-    assert out[0].token_ids == [[12, 13], [13, 14]]
+    assert out[0].token_ids == service.topk_rows([11, 12, 13], 2).token_ids[1:].tolist()
     assert len(service.sampling_clients[0].requests) == 3  # one request, resubmitted twice
     assert backend.sleeps == [0.5, 0.5, 1.0]  # type: ignore[attr-defined]
 
@@ -327,7 +355,7 @@ def test_a_request_that_could_not_be_submitted_is_resubmitted() -> None:
     faults = Faults(fail_submit={"sample": [ConnectionError("reset")]}, fail_result={"sample": [_server_error(503)]})
     backend, service = make(faults=faults)
     out = backend.sample([[11], [12]])
-    assert [[s.text for s in group] for group in out] == [["ok0"], ["ok0"]]
+    assert [len(group) for group in out] == [1, 1]
     requests = service.training_clients[0].samplers[0].requests
     # [11] failed to submit and [12]'s result failed: each is retried on its own, in order
     assert [r["prompt"].to_ints() for r in requests] == [[12], [11], [12]]
@@ -384,7 +412,7 @@ def test_checkpoints_are_saved_recorded_and_resumed(tmp_path: Path) -> None:
     backend, service = make(tmp_path, checkpoint_ttl_s=7200)
     backend.sample([[11]])
     path = backend.save_checkpoint("step-000002")
-    assert path == "tinker://run-1/weights/step-000002"
+    assert path == "tinker://sim-run-1/weights/step-000002"
     assert service.training_clients[0].requests[-1] == ("save_state", {"name": "step-000002", "ttl_seconds": 7200})
     backend.load_checkpoint(path)
     assert service.requests[-1] == ("create_training_client_from_state_with_optimizer", {"path": path})
@@ -422,3 +450,34 @@ def test_close_resolves_pending_work_and_leaves_an_injected_service_open() -> No
     backend.close()
     assert service.log[-1] == ("result", "forward_backward")
     assert service.closed == []
+
+
+# -- throughput ------------------------------------------------------------------------------------
+
+
+def test_sample_and_score_equals_sample_then_topk_logprobs() -> None:
+    prompts, prefixes = [[11, 12], [13, 14, 15]], [[20, 21, 22], [23]]
+    backend, service = make()
+    groups, scores = backend.sample_and_score(prompts, prefixes, 3, n=2, max_tokens=6, temperature=1.0, seed=4)
+    other, _ = make()
+    expected = other.sample(prompts, n=2, max_tokens=6, temperature=1.0, seed=4)
+    assert [[s.tokens for s in g] for g in groups] == [[s.tokens for s in g] for g in expected]
+    sequences = [prefix + s.tokens for prefix, g in zip(prefixes, expected, strict=True) for s in g]
+    starts = [len(prefix) for prefix, g in zip(prefixes, expected, strict=True) for _ in g]
+    topk = other.topk_logprobs(sequences, k=3, from_position=starts)
+    assert [t for row in scores for t in row] == topk
+    assert service.sampling_clients[0].requests[0]["topk_prompt_logprobs"] == 3
+
+
+def test_each_rollout_is_scored_as_soon_as_its_sample_returns() -> None:
+    from evsys.backends.tinker.simulator import Latency
+
+    service = SimulatedService(tokenizer=ByteTokenizer(), limits=BYTE_LIMITS, seed=3, latency=Latency(sample_s=0.2, jitter=0.9, seed=2))
+    backend = TinkerBackend(BackendSetup(model_name=MODEL, lora_rank=1, seed=3), TinkerBackendParams(), service_client=service)
+    backend.sample_and_score([[11 + i] for i in range(6)], [[30]] * 6, 2, n=1, max_tokens=3, temperature=1.0, seed=1)
+    events = [e for e in service.log if e[1] in ("sample:policy-1", "sample:base")]
+    first_scoring = events.index(("submit", "sample:base"))
+    last_sample = max(i for i, e in enumerate(events) if e == ("result", "sample:policy-1"))
+    assert first_scoring < last_sample  # scoring started while other rollouts were still sampling
+    assert events[:6] == [("submit", "sample:policy-1")] * 6  # every rollout in flight at once
+    backend.close()

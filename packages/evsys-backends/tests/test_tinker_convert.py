@@ -17,8 +17,19 @@ from evsys.backends.tinker.convert import (
     to_tinker_datum,
     topk_from_response,
 )
-from evsys.backends.tinker.fakes import FakeTokenizer, teacher_topk
+from evsys.backends.tinker.testing import ByteTokenizer
 from evsys.schema.protocols import Datum
+
+
+def teacher_topk(prompt: list[int], k: int) -> TopkLogprobs:
+    """Dense top-k rows laid out as the service sends them: row 0 empty, row ``i`` names ``prompt[i] + j``."""
+    n = len(prompt)
+    ids = np.zeros((n, k), dtype=np.int32)
+    lps = np.full((n, k), MASK_LOGPROB, dtype=np.float32)
+    for i in range(1, n):
+        ids[i] = [int(prompt[i]) + j for j in range(k)]
+        lps[i] = [-0.1 * (j + 1) - 0.01 * i for j in range(k)]
+    return TopkLogprobs(token_ids=ids, logprobs=lps)
 
 
 def test_datum_with_one_target_per_position() -> None:
@@ -59,6 +70,22 @@ def test_datum_for_rl_losses_carries_logprobs_and_advantages() -> None:
         assert out.loss_fn_inputs[name].dtype == "float32"
         assert out.loss_fn_inputs[name].shape == [3]
     assert out.loss_fn_inputs["advantages"].data == [0.0, 1.5, 1.5]
+
+
+@pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo"])
+def test_datum_for_a_policy_gradient_loss_holds_exactly_its_documented_inputs(loss_fn: str) -> None:
+    datum = Datum(
+        input_tokens=[5, 6, 7], target_tokens=[6, 7, 8], weights=[0.0, 1.0, 1.0],
+        logprobs=[-0.1, -0.2, -0.3], advantages=[0.7, 1.5, -1.5],
+    )
+    out = to_tinker_datum(datum, loss_fn)
+    assert set(out.loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
+    assert out.loss_fn_inputs["advantages"].data == [0.0, 1.5, -1.5]  # weight 0 masks through the advantage
+    assert out.loss_fn_inputs["advantages"].dtype == "float32"
+    with pytest.raises(ValueError, match="logprobs is required"):
+        to_tinker_datum(Datum(input_tokens=[5], target_tokens=[6], weights=[1.0], advantages=[1.0]), loss_fn)
+    ce = to_tinker_datum(datum, "cross_entropy")
+    assert set(ce.loss_fn_inputs) == {"target_tokens", "weights"}
 
 
 @pytest.mark.parametrize(
@@ -119,7 +146,7 @@ def test_topk_errors() -> None:
 
 
 def test_sampled_sequence_text_drops_eos_and_cuts_at_stop() -> None:
-    tok = FakeTokenizer()
+    tok = ByteTokenizer()
     tokens = [*tok.encode("Paris.\nMore"), tok.eos_token_id]
     seq = types.SampledSequence(
         stop_reason="stop",

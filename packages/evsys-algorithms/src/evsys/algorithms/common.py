@@ -12,7 +12,7 @@ from typing import Any
 
 from evsys.data.templates import render_template
 from evsys.schema.params import TrainingParams
-from evsys.schema.protocols import Backend, ForwardBackwardResult, Message, RunContext
+from evsys.schema.protocols import Backend, ForwardBackwardResult, Message, RunContext, SampledSequence, TopKLogprobs
 
 
 def user_messages(template: str, inputs: Mapping[str, Any]) -> list[Message]:
@@ -110,3 +110,41 @@ class AlgorithmBase:
             )
             or {}
         )
+
+
+def sample_and_score(
+    backend: Backend,
+    prompts: Sequence[Sequence[int]],
+    prefixes: Sequence[Sequence[int]],
+    *,
+    k: int,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
+    """Sample ``n`` completions per prompt, then the base model's top-``k`` of each ``prefixes[i] + completion``
+    from ``len(prefixes[i])`` on (``None`` for an empty completion).
+
+    A backend with its own ``sample_and_score`` (Tinker: each rollout's scoring starts the moment it
+    returns) does both at once; otherwise :meth:`Backend.sample` then one :meth:`Backend.topk_logprobs`.
+    """
+    own = getattr(backend, "sample_and_score", None)
+    if callable(own):
+        groups, scores = own(prompts, prefixes, k, n=n, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        return groups, scores
+    groups = backend.sample(prompts, n=n, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    sequences: list[list[int]] = []
+    starts: list[int] = []
+    where: list[tuple[int, int]] = []
+    for i, (prefix, samples) in enumerate(zip(prefixes, groups, strict=True)):
+        for j, sample in enumerate(samples):
+            if sample.tokens:
+                sequences.append([*prefix, *sample.tokens])
+                starts.append(len(prefix))
+                where.append((i, j))
+    out: list[list[TopKLogprobs | None]] = [[None] * len(samples) for samples in groups]
+    if sequences:
+        for (i, j), topk in zip(where, backend.topk_logprobs(sequences, k=k, from_position=starts), strict=True):
+            out[i][j] = topk
+    return groups, out

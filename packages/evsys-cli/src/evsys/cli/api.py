@@ -50,6 +50,7 @@ def run(
     callbacks: Sequence[Callback] = (),
     overwrite: bool = False,
     resume: bool = False,
+    dry_run: bool = False,
 ) -> RunResult:
     """Validate ``config`` (a path or an already validated config) and run it.
 
@@ -58,6 +59,7 @@ def run(
     User mistakes raise :class:`evsys.schema.errors.EvsysError` before training starts; a failure
     during training is re-raised after ``summary.md`` records it. SIGINT / SIGTERM stop the run after
     the current step with a checkpoint: the result's status is ``interrupted`` and ``exit_code`` 130 / 143.
+    ``dry_run=True`` runs against the backend's simulated service, in ``<output_dir>/<name>-dry-run``.
     """
     registry = registry or default_registry()
     if isinstance(config, (str, Path)):
@@ -66,6 +68,6 @@ def run(
         validated = config
     else:
         raise ConfigError(Problem(f"run() takes a config path, got {type(config).__name__}"))
-    runner = Runner(validated, registry, extra_callbacks=callbacks, overwrite=overwrite, resume=resume)
+    runner = Runner(validated, registry, extra_callbacks=callbacks, overwrite=overwrite, resume=resume, dry_run=dry_run)
     status, metrics, error = runner.run()
     return RunResult(status, metrics, runner.output_dir, runner.run_dir, error, runner.exit_code, runner.resumed_from_step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from evsys.cli.evaluation import evaluate_config
+from evsys.cli.loop import DRY_RUN_REPORT
 from evsys.logging.console import ConsoleProgress
 
 
@@ -27,7 +28,14 @@ from evsys.logging.console import ConsoleProgress
 @click.option("--step", type=click.IntRange(min=0), default=None, help="Record the rows at this step (default: 0 for the base model, N for step_N, max_steps for final).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in the same directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; print only the final result.")
-def eval_command(config: str, checkpoint: str | None, output: str | None, step: int | None, overwrite: bool, quiet: bool) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Score against a strict simulation of the Tinker service: offline, no key, nothing billed. Refused for the local backend.",
+)
+def eval_command(
+    config: str, checkpoint: str | None, output: str | None, step: int | None, overwrite: bool, quiet: bool, dry_run: bool
+) -> None:
     """Score CONFIG's benchmarks (metadata.benchmark) without training.
 
     Uses the same scoring as in-loop evaluation and writes the same files: metrics.jsonl rows
@@ -42,5 +50,10 @@ def eval_command(config: str, checkpoint: str | None, output: str | None, step: 
       evsys eval my_run.yaml -c outputs/my_run/checkpoints/step_000100 -o evals/step100
     """
     extra = [] if quiet else [ConsoleProgress()]
-    result = evaluate_config(config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite)
+    result = evaluate_config(
+        config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite, dry_run=dry_run
+    )
     click.echo(str(result))
+    report = result.logs / DRY_RUN_REPORT
+    if dry_run and report.is_file():
+        click.echo(report.read_text(encoding="utf-8").rstrip())

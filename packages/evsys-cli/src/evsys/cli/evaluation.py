@@ -13,7 +13,7 @@ from pathlib import Path
 
 from evsys.cli.api import LOG_FILES
 from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
-from evsys.cli.loop import build_backend, evaluate_and_notify, load_benchmarks
+from evsys.cli.loop import DRY_RUN_SUFFIX, build_backend, check_dry_run, evaluate_and_notify, load_benchmarks
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
 from evsys.logging.params import LocalLoggerParams
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
@@ -48,10 +48,10 @@ class EvalRunResult:
         return "\n".join(lines)
 
 
-def default_eval_dir(validated: ValidatedConfig, label: str) -> Path:
-    """``<output_dir>/<name>/eval/<label>``."""
+def default_eval_dir(validated: ValidatedConfig, label: str, *, dry_run: bool = False) -> Path:
+    """``<output_dir>/<name>/eval/<label>`` (``<name>-dry-run`` for a dry run)."""
     config = validated.config
-    return Path(config.output_dir) / config.name / EVAL_DIR / label
+    return Path(config.output_dir) / (config.name + (DRY_RUN_SUFFIX if dry_run else "")) / EVAL_DIR / label
 
 
 def resolve_eval_checkpoint(checkpoint: str | None) -> tuple[str | None, str]:
@@ -100,28 +100,32 @@ def evaluate_config(
     registry: PluginRegistry | None = None,
     callbacks: Sequence[Callback] = (),
     overwrite: bool = False,
+    dry_run: bool = False,
 ) -> EvalRunResult:
     """Score every benchmark of ``config`` on the base model, or on ``checkpoint`` (a run or checkpoint directory).
 
     Nothing is trained. User mistakes raise :class:`EvsysError` before the model loads; a failure while
-    scoring is recorded in ``summary.md`` and re-raised.
+    scoring is recorded in ``summary.md`` and re-raised. ``dry_run=True`` scores against the backend's
+    simulated service (replacing an earlier dry run's files).
     """
     registry = registry or default_registry()
     validated = config if isinstance(config, ValidatedConfig) else load_config(config, registry)
     benchmarks = load_benchmarks(validated)
     if not benchmarks:
         raise ConfigError(Problem("metadata.benchmark: the config has no benchmarks to score", Location(validated.path)))
+    if dry_run:
+        check_dry_run(validated, registry)
     checkpoint_path, label = resolve_eval_checkpoint(checkpoint)
-    directory = Path(output) if output is not None else default_eval_dir(validated, label)
+    directory = Path(output) if output is not None else default_eval_dir(validated, label, dry_run=dry_run)
     at_step = default_step(validated, checkpoint_path, label) if step is None else step
-    prepare_eval_dir(directory, overwrite=overwrite)
+    prepare_eval_dir(directory, overwrite=overwrite or dry_run)
     observers: list[Callback] = [LocalLogger(LocalLoggerParams(dir=str(directory))), *callbacks]
     config_model = validated.config
     context = RunContext(
         f"{config_model.name}/{EVAL_DIR}/{label}", directory, Path(config_model.output_dir), config_model, at_step, at_step
     )
     seed = int(getattr(validated.algorithm_params, "seed", 0))
-    backend = build_backend(validated, registry, directory)
+    backend = build_backend(validated, registry, directory, dry_run=dry_run)
     metrics: dict[str, float | None] = {}
     status, error = "completed", None
     try:

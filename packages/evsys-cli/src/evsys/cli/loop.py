@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evsys.cli.interrupts import InterruptGuard
+from evsys.cli.pipeline import StepPipeline, pipeline_depth
 from evsys.cli.resume import (
     FINAL_NAME,
     ResumePoint,
@@ -188,10 +189,36 @@ def evaluate_and_notify(backend: Backend, benchmark: LoadedBenchmark, step: int,
     return result
 
 
-def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir: Path) -> Backend:
-    """Construct the configured backend (imports its implementation only now)."""
+DRY_RUN_SUFFIX = "-dry-run"
+"""``--dry-run`` writes to ``<output_dir>/<name>-dry-run`` (replaced each time), never the real run's directory."""
+DRY_RUN_REPORT = "dry_run.md"
+"""The file a backend's dry run leaves in the run directory: its summary of requests and tokens."""
+
+
+def check_dry_run(validated: ValidatedConfig, registry: PluginRegistry) -> None:
+    """Refuse ``--dry-run`` with one line when the config's backend has no simulation (no ``supports_dry_run``)."""
+    config = validated.config
+    backend_class = registry.get("backend", config.backend.kind).load()
+    if not getattr(backend_class, "supports_dry_run", False):
+        raise ConfigError(
+            Problem(
+                f"--dry-run simulates a remote service, and backend '{config.backend.kind}' has none to simulate: "
+                "check the config with `evsys validate --deep`, or run it for real with max_steps: 1",
+                validated.document.locate(("backend", "kind")),
+                field="backend.kind",
+            )
+        )
+
+
+def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir: Path, *, dry_run: bool = False) -> Backend:
+    """Construct the configured backend (imports its implementation only now).
+
+    ``dry_run``: the backend runs against its simulation (:func:`check_dry_run` refuses one without).
+    """
     config = validated.config
     params = validated.algorithm_params
+    if dry_run:
+        check_dry_run(validated, registry)
     backend_class = registry.get("backend", config.backend.kind).load()
     setup = BackendSetup(
         model_name=config.model.name,
@@ -199,6 +226,7 @@ def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir:
         seed=int(getattr(params, "seed", 0)),
         model_revision=config.model.revision,
         run_dir=run_dir,
+        dry_run=dry_run,
     )
     return backend_class(setup, validated.backend_params)
 
@@ -273,15 +301,17 @@ class Runner:
         extra_callbacks: Sequence[Callback] = (),
         overwrite: bool = False,
         resume: bool = False,
+        dry_run: bool = False,
     ) -> None:
         self.validated = validated
         self.registry = registry
         self.extra_callbacks = list(extra_callbacks)
-        self.overwrite = overwrite
+        self.dry_run = dry_run
+        self.overwrite = overwrite or (dry_run and not resume)
         self.resume = resume
         config = validated.config
         self.output_dir = Path(config.output_dir)
-        self.run_dir = self.output_dir / config.name
+        self.run_dir = self.output_dir / (config.name + (DRY_RUN_SUFFIX if dry_run else ""))
         self.state = RunState()
         self.guard = InterruptGuard()
         self.exit_code = 0
@@ -324,6 +354,8 @@ class Runner:
         config = validated.config
         params = validated.algorithm_params
         seed = int(getattr(params, "seed", 0))
+        if self.dry_run:
+            check_dry_run(validated, registry)
         refuse_existing(self.run_dir, overwrite=self.overwrite, resume=self.resume)
         point = self._resume_point()
         examples = load_training_examples(validated, registry)
@@ -334,7 +366,7 @@ class Runner:
         prepare_run_dir(self.run_dir)
         # The backend is built (credentials checked, model resolved) before --overwrite clears anything,
         # so a missing key or model never costs the previous run's outputs.
-        backend = build_backend(self.validated, self.registry, self.run_dir)
+        backend = build_backend(self.validated, self.registry, self.run_dir, dry_run=self.dry_run)
         try:
             if self.overwrite:
                 clear_outputs(self.run_dir)
@@ -490,11 +522,12 @@ class Runner:
         batch_size = int(getattr(params, "batch_size", 1))
         save_every = getattr(params, "save_every", None)
         stream = batches(examples, batch_size, seed, start_step=start)
+        steps = self._step_pipeline(algorithm, backend, stream, benchmarks, max_steps)
         for step in range(start + 1, max_steps + 1):
-            if self.guard.requested:
+            if self.guard.requested and not (steps and steps.in_flight(step)):
                 break
             started = time.perf_counter()
-            metrics = dict(algorithm.train_step(next(stream), step))
+            metrics = steps.run(step) if steps else dict(algorithm.train_step(next(stream), step))
             metrics.setdefault("train/step_seconds", time.perf_counter() - started)
             self.state.step = step
             self._record({"train/mean_loss": metrics.get("train/mean_loss")} if "train/mean_loss" in metrics else {})
@@ -521,6 +554,21 @@ class Runner:
         assert checkpoint is not None
         self._checkpoint(backend, algorithm, callbacks, checkpoint.name, completed=True, reuse=checkpoint.checkpoint)
         return "completed"
+
+    def _step_pipeline(
+        self, algorithm: Any, backend: Backend, stream: Iterator[list[Any]], benchmarks: list[LoadedBenchmark], max_steps: int
+    ) -> StepPipeline | None:
+        """Steps that overlap (evsys.cli.pipeline) when the backend samples off policy; ``None`` otherwise."""
+        if not pipeline_depth(backend):
+            return None
+        save_every = getattr(self.validated.algorithm_params, "save_every", None)
+
+        def overlap(step: int) -> bool:
+            evaluates = any(b.run_every is not None and step % b.run_every == 0 for b in benchmarks)
+            saves = bool(save_every) and step % save_every == 0
+            return step < max_steps and not evaluates and not saves and not self.guard.requested
+
+        return StepPipeline(algorithm, backend, stream, overlap)
 
     def _evaluate(self, backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: list[Callback]) -> None:
         result = evaluate_and_notify(backend, benchmark, step, seed, callbacks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from evsys.cli.api import run
+from evsys.cli.loop import DRY_RUN_REPORT
 from evsys.logging.console import ConsoleProgress
 
 
@@ -13,8 +14,14 @@ from evsys.logging.console import ConsoleProgress
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its last complete checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier run of the same name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines; print only the final result.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Run against a strict simulation of the Tinker service: offline, no key, nothing billed; "
+    "outputs go to <output_dir>/<name>-dry-run (replaced each time). Refused for the local backend.",
+)
 @click.pass_context
-def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, quiet: bool) -> None:
+def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, quiet: bool, dry_run: bool) -> None:
     """Train with CONFIG and score its benchmarks.
 
     An existing run directory is an error unless --resume (continue it) or --overwrite (replace it).
@@ -26,9 +33,13 @@ def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, 
       evsys run examples/sdft_walkthrough/config.local.yaml
       evsys run my_run.yaml --resume
       evsys run my_run.yaml --overwrite
+      evsys run examples/sdft_walkthrough/config.yaml --dry-run
     """
     extra = [] if quiet else [ConsoleProgress()]
-    result = run(config, callbacks=extra, overwrite=overwrite, resume=resume)
+    result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, dry_run=dry_run)
     click.echo(str(result))
+    report = result.run_dir / DRY_RUN_REPORT
+    if dry_run and report.is_file():
+        click.echo(report.read_text(encoding="utf-8").rstrip())
     if result.exit_code:
         ctx.exit(result.exit_code)

@@ -70,6 +70,8 @@ class BackendSetup:
     seed: int = 0
     model_revision: str | None = None
     run_dir: Path | None = None
+    dry_run: bool = False
+    """``--dry-run``: a backend that supports it (``supports_dry_run = True``) runs against a simulation."""
 
 
 @runtime_checkable
@@ -85,7 +87,12 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """What an algorithm may ask of a model. Implemented by ``local`` and ``tinker``."""
+    """What an algorithm may ask of a model. Implemented by ``local`` and ``tinker``.
+
+    Optional, outside the protocol: ``sample_and_score(prompts, prefixes, k, n=..., max_tokens=...,
+    temperature=..., seed=...)``, :meth:`sample` and :meth:`topk_logprobs` of each ``prefix + completion``
+    in one call, so a remote backend can score each rollout as soon as it returns (tinker). Algorithms
+    call it through ``evsys.algorithms.common.sample_and_score``, which falls back to the two methods."""
 
     @property
     def tokenizer(self) -> Tokenizer:

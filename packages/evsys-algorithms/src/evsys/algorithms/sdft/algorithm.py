@@ -5,7 +5,9 @@ Each step, for each PromptExample ``{inputs, expected}``:
 1. the student samples a completion of the rendered ``user_template`` (``backend.sample``);
 2. the teacher prompt (``teacher_template``, one user turn) is rendered and the student's completion
    tokens are appended; ``backend.topk_logprobs(..., k=topk, from_position=len(teacher_prompt))``
-   gives the frozen base model's top-K next-token distribution at every answer position;
+   gives the frozen base model's top-K next-token distribution at every answer position (both steps
+   through :func:`~evsys.algorithms.common.sample_and_score`, so a backend can score each rollout as
+   soon as it returns);
 3. the student is trained by cross-entropy toward that distribution renormalized over the K tokens:
    ``loss = -sum_t sum_k q_t(k) log p_student(k | student_prompt, completion[:t])`` (Tinker's
    ``cross_entropy`` with ``(N, K)`` targets and weights), then one AdamW step.
@@ -24,6 +26,7 @@ from evsys.algorithms.common import (
     logsumexp,
     render_user_prompt,
     safe_div,
+    sample_and_score,
     sampling_seed,
 )
 from evsys.algorithms.sdft.params import SDFTParams, resolve_teacher_template
@@ -103,33 +106,30 @@ class SDFT(AlgorithmBase):
         """Roll out, score with the teacher, distill, and take one optimizer step."""
         p = self.params
         prompts = [render_user_prompt(self.backend, p.user_template, ex.inputs) for ex in batch]
-        groups = self.backend.sample(
-            prompts,
-            n=p.num_rollouts,
-            max_tokens=p.max_new_tokens,
-            temperature=p.temperature,
-            seed=sampling_seed(p.seed, step),
+        teacher_prompts = [
+            list(self.backend.render_chat(self.teacher_messages(ex), add_generation_prompt=True)) for ex in batch
+        ]
+        groups, scores = sample_and_score(
+            self.backend, prompts, teacher_prompts, k=p.topk, n=p.num_rollouts, max_tokens=p.max_new_tokens,
+            temperature=p.temperature, seed=sampling_seed(p.seed, step),
         )
         student_prompts: list[list[int]] = []
         completions: list[list[int]] = []
-        teacher_seqs: list[list[int]] = []
-        teacher_starts: list[int] = []
+        teacher: list[TopKLogprobs] = []
         student_logprob_sum = 0.0
         truncated = 0
         rollouts = 0
-        for example, prompt, samples in zip(batch, prompts, groups, strict=True):
-            teacher_prompt = list(self.backend.render_chat(self.teacher_messages(example), add_generation_prompt=True))
-            for sample in samples:
+        for prompt, samples, topks in zip(prompts, groups, scores, strict=True):
+            for sample, topk in zip(samples, topks, strict=True):
                 rollouts += 1
                 truncated += sample.stop_reason == "length"
                 tokens = list(sample.tokens)
-                if not tokens:
+                if not tokens or topk is None:
                     continue
                 student_logprob_sum += sum(sample.logprobs)
                 student_prompts.append(prompt)
                 completions.append(tokens)
-                teacher_seqs.append(teacher_prompt + tokens)
-                teacher_starts.append(len(teacher_prompt))
+                teacher.append(topk)
 
         metrics: dict[str, float] = {
             "train/rollout_len": safe_div(sum(len(c) for c in completions), rollouts),
@@ -145,7 +145,6 @@ class SDFT(AlgorithmBase):
                 "train/skipped": 1.0,
             }
 
-        teacher = self.backend.topk_logprobs(teacher_seqs, k=p.topk, from_position=teacher_starts)
         datums = [
             build_sdft_datum(sp, comp, tk, p.skip_first_tokens)
             for sp, comp, tk in zip(student_prompts, completions, teacher, strict=True)

@@ -8,6 +8,8 @@ Each protocol call maps to the SDK (tinker 0.38) as follows; see docs/backends-t
 - ``topk_logprobs``: a base-model ``SamplingClient`` and ``sample(prompt=seq, num_samples=1,
   sampling_params=SamplingParams(max_tokens=1), include_prompt_logprobs=True, topk_prompt_logprobs=k)``
   per sequence, all in flight at once;
+- ``sample_and_score`` (SDFT's rollouts): both of the above, each rollout's scoring submitted the moment
+  its sample returns;
 - ``forward_backward``: ``TrainingClient.forward_backward(data, loss_fn, loss_fn_config)``; the loss is
   ``metrics["loss:sum"]``. It returns after *submitting*: the result resolves lazily, so an
   ``optim_step`` that follows is submitted before anything waits (``pipeline_optim_step``);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -62,14 +65,17 @@ class PendingForwardBackwardResult(ForwardBackwardResult):
         self._resolve = resolve
         self._value: ForwardBackwardResult | None = None
         self._error: Exception | None = None
+        self._lock = threading.Lock()
+        self.owner = threading.get_ident()
 
     def result(self) -> ForwardBackwardResult:
         """Wait for the service (once) and return the plain result; re-raises a failure on every call."""
-        if self._value is None and self._error is None:
-            try:
-                self._value = self._resolve()
-            except Exception as exc:
-                self._error = exc
+        with self._lock:
+            if self._value is None and self._error is None:
+                try:
+                    self._value = self._resolve()
+                except Exception as exc:
+                    self._error = exc
         if self._error is not None:
             raise self._error
         assert self._value is not None
@@ -117,10 +123,14 @@ def _import_tinker() -> Any:
 class TinkerBackend:
     """The Backend protocol on the Tinker service: a LoRA training client plus sampling clients.
 
-    ``service_client`` replaces ``tinker.ServiceClient()`` (tests pass a fake). Without one, a
+    ``service_client`` replaces ``tinker.ServiceClient()`` (tests pass the simulator,
+    :class:`~evsys.backends.tinker.simulator.SimulatedService`). With ``setup.dry_run`` the simulator
+    serves the run offline (no key) and :meth:`close` writes its summary to ``dry_run.md``. Otherwise a
     credential must exist (``TINKER_API_KEY``, ``TINKER_CREDENTIAL_CMD`` or ``tinker auth login``'s
     file) before any client is built; the SDK reads it itself, and this object never holds the key.
     """
+
+    supports_dry_run = True
 
     def __init__(
         self,
@@ -140,7 +150,12 @@ class TinkerBackend:
         )
         self._sleep = sleep
         self._owns_service = service_client is None
-        if service_client is None:
+        self._simulated: Any = None
+        if service_client is None and setup.dry_run:
+            from evsys.backends.tinker.dry_run import simulated_service
+
+            service_client = self._simulated = simulated_service(setup)
+        elif service_client is None:
             if credential_source() is None:
                 raise EvsysError(MISSING_KEY_MESSAGE)
             tinker = _import_tinker()
@@ -150,6 +165,13 @@ class TinkerBackend:
             )
         else:
             _import_tinker()
+        if self._params.record_requests:
+            from pathlib import Path
+
+            from evsys.backends.tinker.recording import RecordingService
+
+            source = "simulator" if setup.dry_run else "service"
+            service_client = RecordingService(service_client, Path(self._params.record_requests), source)
         if setup.model_revision:
             logger.warning(
                 "Tinker serves '%s' at the service's revision; model.revision '%s' is ignored",
@@ -165,6 +187,13 @@ class TinkerBackend:
         self._weights_version = 0
         self._sampler_version = -1
         self._pending: list[PendingForwardBackwardResult] = []
+        self._pending_lock = threading.Lock()
+        self._turn = threading.Lock()  # held from a step's forward_backward to its optim_step (off-policy mode)
+        self._in_flight = 0  # optim_steps submitted and not yet done
+        self._local = threading.local()
+        self._on_training_submitted: Callable[[], None] | None = None
+        self._pool: Any = None
+        self._pool_size = 0
         self._training = self._call(
             f"create a LoRA training client for '{setup.model_name}' (rank {setup.lora_rank})",
             lambda: self._service.create_lora_training_client(
@@ -243,10 +272,15 @@ class TinkerBackend:
             finish(*inflight.popleft())
         return results
 
-    def _drain(self) -> None:
-        """Resolve every pending forward_backward result (surfacing its failure)."""
-        while self._pending:
-            self._pending.pop(0).result()
+    def _drain(self, *, own: bool = False) -> None:
+        """Resolve every pending forward_backward result (``own``: this thread's only), surfacing a failure."""
+        while True:
+            with self._pending_lock:
+                mine = [p for p in self._pending if not own or p.owner == threading.get_ident()]
+                if not mine:
+                    return
+                self._pending.remove(mine[0])
+            mine[0].result()
 
     def _record(self, row: Mapping[str, Any]) -> None:
         run_dir = self._setup.run_dir
@@ -268,14 +302,34 @@ class TinkerBackend:
                 rows.append(json.loads(line))
         return rows
 
+    @property
+    def max_steps_off_policy(self) -> int:
+        """How many optimizer steps old the weights that sample may be while training is in flight (0: on-policy)."""
+        return self._params.max_steps_off_policy
+
+    def on_training_submitted(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the step's thread) once a step's ``optim_step`` has been submitted."""
+        self._on_training_submitted = callback
+
     def _current_sampler(self) -> Any:
+        lag = self._weights_version - self._sampler_version
+        if self._policy_sampler is not None and self._in_flight > 0 and lag <= self.max_steps_off_policy:
+            self._local.sampler_version = self._sampler_version  # off policy: the weights before the step in flight
+            return self._policy_sampler
         self._drain()
         if self._policy_sampler is None or self._sampler_version != self._weights_version:
-            self._policy_sampler = self._call(
-                "save the weights for sampling", lambda: self._training.save_weights_and_get_sampling_client()
-            )
-            self._sampler_version = self._weights_version
+            self._refresh_sampler()
+        self._local.sampler_version = self._sampler_version
         return self._policy_sampler
+
+    def _refresh_sampler(self) -> None:
+        """Save the weights for sampling; the sampler is labelled with the optimizer steps submitted before it."""
+        version = self._weights_version
+        sampler = self._call(
+            "save the weights for sampling", lambda: self._training.save_weights_and_get_sampling_client()
+        )
+        if version >= self._sampler_version:
+            self._policy_sampler, self._sampler_version = sampler, version
 
     def _teacher_sampler(self) -> Any:
         if self._base_sampler is None:
@@ -383,6 +437,28 @@ class TinkerBackend:
                 raise self._fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
         return out
 
+    def sample_and_score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        n: int = 1,
+        max_tokens: int = 64,
+        temperature: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
+        """Sample ``n`` completions per prompt and score each with the frozen base model as soon as it returns.
+
+        Every prompt's sample request goes out at once; the moment one returns, the top-``k`` prompt
+        logprobs of ``prefixes[i] + completion`` (from ``len(prefixes[i])`` on) are requested for each of
+        its completions, while the other rollouts are still sampling. Equals :meth:`sample` followed by
+        :meth:`topk_logprobs` (``None`` for an empty completion), without waiting for the slowest rollout.
+        """
+        from evsys.backends.tinker.rollouts import sample_and_score
+
+        return sample_and_score(self, prompts, prefixes, k, n, max_tokens, temperature, stop, seed)
+
     def forward_backward(
         self, batch: Sequence[Datum], loss_fn: LossName, loss_fn_config: Mapping[str, float] | None = None
     ) -> ForwardBackwardResult:
@@ -407,12 +483,19 @@ class TinkerBackend:
             raise ValueError(f"unknown loss '{loss_fn}'; the tinker backend supports {', '.join(LOSSES)}")
         if not batch:
             raise ValueError("forward_backward needs at least one datum")
-        data = [to_tinker_datum(d) for d in batch]
+        data = [to_tinker_datum(d, loss_fn) for d in batch]
         config = {k: float(v) for k, v in loss_fn_config.items()} if loss_fn_config else None
-        future = self._submit_once(
-            f"forward_backward ({loss_fn})",
-            lambda: self._training.forward_backward(data, loss_fn, loss_fn_config=config),
-        )
+        if self.max_steps_off_policy:
+            self._turn.acquire()  # the steps' training requests go out in order: released by optim_step
+        try:
+            future = self._submit_once(
+                f"forward_backward ({loss_fn})",
+                lambda: self._training.forward_backward(data, loss_fn, loss_fn_config=config),
+            )
+        except BaseException:
+            if self.max_steps_off_policy:
+                self._turn.release()
+            raise
 
         def resolve() -> ForwardBackwardResult:
             output = self._wait_once(f"forward_backward ({loss_fn})", future)
@@ -425,7 +508,8 @@ class TinkerBackend:
 
         pending = PendingForwardBackwardResult(resolve)
         if defer:
-            self._pending.append(pending)
+            with self._pending_lock:
+                self._pending.append(pending)
             return pending
         return pending.result()
 
@@ -448,11 +532,27 @@ class TinkerBackend:
             weight_decay=weight_decay,
             grad_clip_norm=float(grad_clip) if grad_clip else 0.0,
         )
-        future = self._submit_once("optim_step", lambda: self._training.optim_step(adam))
+        try:
+            future = self._submit_once("optim_step", lambda: self._training.optim_step(adam))
+        finally:
+            if self.max_steps_off_policy and self._turn.locked():
+                self._turn.release()
+        staleness = self._weights_version - getattr(self._local, "sampler_version", self._weights_version)
         self._weights_version += 1
-        self._drain()
-        response = self._wait_once("optim_step", future)
-        return {str(k): float(v) for k, v in (getattr(response, "metrics", None) or {}).items()}
+        self._in_flight += 1
+        try:
+            if self._on_training_submitted is not None:
+                self._on_training_submitted()
+            self._drain(own=bool(self.max_steps_off_policy))
+            response = self._wait_once("optim_step", future)
+            if self.max_steps_off_policy:
+                self._refresh_sampler()  # the next overlapping step samples these weights, one step behind
+        finally:
+            self._in_flight -= 1
+        metrics = {str(k): float(v) for k, v in (getattr(response, "metrics", None) or {}).items()}
+        if self.max_steps_off_policy:
+            metrics["off_policy_steps"] = float(staleness)
+        return metrics
 
     def forward_backward_and_optim_step(
         self,
@@ -519,12 +619,21 @@ class TinkerBackend:
         if self._closed:
             return
         self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        if self._turn.locked():
+            self._turn.release()
         try:
             self._drain()
         except Exception as exc:
             self._failed = True
             logger.warning("Tinker: a pending request failed while closing: %s", describe(exc))
             self._pending.clear()
+        if self._simulated is not None:
+            from evsys.backends.tinker.dry_run import write_summary
+
+            write_summary(self._simulated, self._setup, failed=self._failed)
+            return
         if self._owns_service and hasattr(self._service, "close"):
             try:
                 future = self._service.close("errored" if self._failed else "success")

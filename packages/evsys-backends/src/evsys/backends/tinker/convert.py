@@ -24,32 +24,54 @@ def _tensor(values: Any, dtype: type, name: str) -> types.TensorData:
     return types.TensorData.from_numpy(np.ascontiguousarray(array))
 
 
-def to_tinker_datum(datum: Datum) -> types.Datum:
+RL_LOSSES = ("importance_sampling", "ppo", "cispo")
+"""Losses whose documented inputs are exactly ``target_tokens``, ``logprobs`` and ``advantages``."""
+
+
+def to_tinker_datum(datum: Datum, loss_fn: str | None = None) -> types.Datum:
     """Convert an EvSys :class:`~evsys.schema.protocols.Datum` to a ``tinker.types.Datum``.
 
-    ``model_input`` holds the N input tokens; ``loss_fn_inputs`` holds ``target_tokens`` (int64) and
-    ``weights`` (float32), both ``(N,)`` or both ``(N, K)``, plus ``logprobs`` and ``advantages``
-    (float32, ``(N,)``) when the datum carries them — the names Tinker's losses read.
+    ``model_input`` holds the N input tokens. For ``cross_entropy`` (or no ``loss_fn``),
+    ``loss_fn_inputs`` holds ``target_tokens`` (int64) and ``weights`` (float32), both ``(N,)`` or both
+    ``(N, K)``, plus ``logprobs`` and ``advantages`` (float32, ``(N,)``) when ``loss_fn`` is None and the
+    datum carries them. For a policy-gradient loss (``importance_sampling``, ``ppo``, ``cispo``) it holds
+    exactly what Tinker documents: ``target_tokens``, ``logprobs`` and ``advantages``, all ``(N,)``; a
+    position the datum's ``weights`` mask out gets advantage 0 (as tinker-cookbook strips its mask).
     """
     tokens = [int(t) for t in datum.input_tokens]
     n = len(tokens)
     if n == 0:
         raise ValueError("Datum.input_tokens is empty")
     targets = _tensor(datum.target_tokens, np.int64, "target_tokens")
-    weights = _tensor(datum.weights, np.float32, "weights")
     if targets.shape is None or len(targets.shape) not in (1, 2) or targets.shape[0] != n:
         raise ValueError(f"Datum.target_tokens must have shape (N,) or (N, K) with N={n}, got {targets.shape}")
-    if weights.shape != targets.shape:
+    weights = _tensor(datum.weights, np.float32, "weights") if datum.weights is not None else None
+    if weights is not None and weights.shape != targets.shape:
         raise ValueError(f"Datum.weights has shape {weights.shape}, target_tokens {targets.shape}: they must match")
-    inputs: dict[str, types.TensorData] = {"target_tokens": targets, "weights": weights}
+    extra: dict[str, types.TensorData] = {}
     for name in ("logprobs", "advantages"):
         values = getattr(datum, name)
         if values is None:
+            if loss_fn in RL_LOSSES:
+                raise ValueError(f"Datum.{name} is required by the '{loss_fn}' loss")
             continue
         tensor = _tensor(values, np.float32, name)
         if tensor.shape != [n]:
             raise ValueError(f"Datum.{name} must have shape ({n},), got {tensor.shape}")
-        inputs[name] = tensor
+        extra[name] = tensor
+    if loss_fn in RL_LOSSES:
+        advantages = np.asarray(extra["advantages"].to_numpy(), dtype=np.float32)
+        if weights is not None:
+            advantages = np.where(np.asarray(weights.to_numpy()).reshape(n) != 0, advantages, np.float32(0.0))
+        inputs = {
+            "target_tokens": targets,
+            "logprobs": extra["logprobs"],
+            "advantages": types.TensorData.from_numpy(np.ascontiguousarray(advantages, dtype=np.float32)),
+        }
+    else:
+        if weights is None:
+            raise ValueError("Datum.weights is required by the cross_entropy loss")
+        inputs = {"target_tokens": targets, "weights": weights, **({} if loss_fn else extra)}
     return types.Datum(model_input=types.ModelInput.from_ints(tokens), loss_fn_inputs=inputs)
 
 

@@ -6,6 +6,8 @@ The list warns (never fails) in ``evsys validate --deep``: the service adds mode
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 SUPPORTED_MODELS: tuple[str, ...] = (
     # Qwen 3.5 (vision-language; text works the same)
     "Qwen/Qwen3.5-4B",
@@ -40,3 +42,36 @@ SUPPORTED_MODELS: tuple[str, ...] = (
     "moonshotai/Kimi-K2-Thinking",
     "moonshotai/Kimi-K2.5",
 )
+
+
+class ModelLimits(NamedTuple):
+    """What the service accepts for one model: ids below ``vocab_size``, sequences of at most
+    ``context_length`` tokens, LoRA ranks up to ``max_lora_rank``."""
+
+    vocab_size: int
+    context_length: int
+    max_lora_rank: int
+
+
+# Per family, from the models' published configs (``vocab_size``, ``max_position_embeddings``); the
+# service may serve a shorter context (``get_server_capabilities`` says). Mixture-of-experts models
+# take LoRA ranks up to 32 (the service's error: "rank 128 exceeds max LoRA rank 32", tinker-cookbook
+# issue 9); dense ones up to 128.
+_FAMILY_LIMITS: tuple[tuple[str, ModelLimits], ...] = (
+    ("Qwen/Qwen3.5-", ModelLimits(vocab_size=248_320, context_length=262_144, max_lora_rank=128)),
+    ("Qwen/Qwen3-", ModelLimits(vocab_size=151_936, context_length=32_768, max_lora_rank=128)),
+    ("meta-llama/Llama-3", ModelLimits(vocab_size=128_256, context_length=131_072, max_lora_rank=128)),
+    ("openai/gpt-oss-", ModelLimits(vocab_size=201_088, context_length=131_072, max_lora_rank=128)),
+    ("deepseek-ai/DeepSeek-V3", ModelLimits(vocab_size=129_280, context_length=131_072, max_lora_rank=32)),
+    ("moonshotai/Kimi-K2", ModelLimits(vocab_size=163_840, context_length=262_144, max_lora_rank=32)),
+)
+_MOE_MARKERS = ("-A3B", "-A17B", "-A22B", "gpt-oss-", "DeepSeek-V3", "Kimi-K2")
+
+
+def model_limits(model_name: str) -> ModelLimits | None:
+    """The request limits of ``model_name`` (``None`` for a model not in the catalog)."""
+    for prefix, limits in _FAMILY_LIMITS:
+        if model_name.startswith(prefix):
+            moe = any(marker in model_name for marker in _MOE_MARKERS)
+            return limits._replace(max_lora_rank=32) if moe else limits
+    return None

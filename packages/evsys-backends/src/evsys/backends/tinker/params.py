@@ -35,9 +35,10 @@ class TinkerBackendParams(StrictModel):
         "null: wait as long as the SDK does.",
     )
     teacher_concurrency: int = Field(
-        default=64,
+        default=1024,
         ge=1,
-        description="Teacher (top-k logprob) and sampling requests in flight at once.",
+        description="Teacher (top-k logprob) and sampling requests in flight at once (the default covers a "
+        "batch of 32 prompts x 4 rollouts and more, so a step keeps the service busy).",
     )
     teacher_suffix_only: bool = Field(
         default=False,
@@ -49,10 +50,24 @@ class TinkerBackendParams(StrictModel):
         description="Submit optim_step before waiting for the forward_backward result (the loss resolves lazily), "
         "so the two requests reach the service back to back.",
     )
+    max_steps_off_policy: int = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="1: sample step t+1 while step t trains (one step off policy, as tinker-cookbook's async "
+        "option; train/off_policy_steps records the staleness of each step's samples); 0: every step samples "
+        "the weights the previous step produced.",
+    )
     checkpoint_ttl_s: int | None = Field(
         default=None,
         ge=3600,
         description="Time to live of saved checkpoints on the service, in seconds; null: they never expire.",
+    )
+    record_requests: str | None = Field(
+        default=None,
+        description="Write every request's shape and every response's fields (no token ids or texts) to this "
+        "JSONL file (relative paths: from the working directory); scripts/record_tinker_session.py uses it and "
+        "evsys.backends.tinker.recording.replay checks a record against the service's rules. null: no record.",
     )
     display_name: str | None = Field(
         default=None, description="Name shown for the session in the Tinker console; null: the run's model name."
