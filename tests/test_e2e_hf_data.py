@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,11 +139,16 @@ def test_chat_prompts_with_expected_validate_for_sdft_and_grpo(tmp_path: Path, t
         assert "deep: 1 example" in done.stdout, (algorithm, done.stdout)
 
 
-def test_hub_id_offline_not_cached_is_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_hub_id_not_cached_is_one_line_and_validate_never_downloads(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_for(tmp_path, tiny_model_dir, {"source_kind": "hf", "path": "someone/not-cached", "columns": COLUMNS})
     done = evsys("validate", str(config), "--deep", cwd=tmp_path)
-    assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if not line.startswith("FAILED")]
-    assert len(lines) == 1 and lines[0].startswith(
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(
         "someone/not-cached: Hub dataset 'someone/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
     ), done.stderr
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    started = time.monotonic()
+    done = evsys("validate", str(config), "--deep", cwd=tmp_path)
+    assert time.monotonic() - started < 60  # no download attempts and retries
+    assert "is not in the local Hugging Face cache and validate --deep never downloads" in done.stderr, done.stderr

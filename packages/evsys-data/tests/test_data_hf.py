@@ -184,3 +184,24 @@ def test_benchmark_needs_path_or_data() -> None:
         BenchmarkSpec.model_validate({"name": "x"})
     with pytest.raises(ValueError, match="unknown task field 'inputs'"):
         BenchmarkSpec.model_validate({"name": "x", "data": {"source_kind": "hf", "path": "p.parquet", "columns": {"inputs": "q"}}})
+
+
+def test_a_csv_given_to_the_jsonl_source_is_one_line(tmp_path: Path, registry) -> None:
+    (tmp_path / "train.csv").write_text("q,a\n" + "x,y\n" * 11, encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_examples(tmp_path / "train.csv", MODELS, registry=registry)
+    assert str(caught.value) == f"{tmp_path / 'train.csv'}: a .csv file is not JSON lines; read it with data.source_kind: hf"
+
+
+def test_a_transform_sees_the_raw_row_and_columns_map_its_result(tmp_path: Path, registry) -> None:
+    from evsys.data import register_transform
+
+    @register_transform("final_answer_test")
+    def final_answer(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "final": row["answer"].split("####")[-1].strip()}
+
+    pq.write_table(pa.Table.from_pylist([{"question": "2+2?", "answer": "2 and 2 make 4\n#### 4"}]), tmp_path / "g.parquet")
+    (example,) = load_examples(
+        tmp_path / "g.parquet", MODELS, options=hf(columns={"question": "question", "expected": "final"}, transform="final_answer_test"), registry=registry
+    )
+    assert example.model_dump()["expected"] == "4"

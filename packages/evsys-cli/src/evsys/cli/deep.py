@@ -174,7 +174,7 @@ class _Checker:
             valid, problems = check_examples_file(
                 spec.path,
                 row_models,
-                options=source_options(spec),
+                options=source_options(spec, offline=True),
                 templates=templates,
                 registry=self.registry,
                 algorithm=self.config.algorithm.kind,
@@ -239,7 +239,7 @@ class _Checker:
         first: dict[str, Any] = {}
         hidden = 0
         try:
-            for location, task, row_problems in iter_dataset_tasks(bench, self.registry):
+            for location, task, row_problems in iter_dataset_tasks(bench, self.registry, offline=True):
                 if task is not None:
                     self.report.tasks += 1
                     row_problems = verifier_problems(task, self.registry, location, cache)  # type: ignore[arg-type]

@@ -26,8 +26,11 @@ from evsys.schema.rows import TaskRow
 __all__ = ["iter_dataset_tasks", "load_dataset_tasks"]
 
 
-def iter_dataset_tasks(spec: Any, registry: PluginRegistry | None = None) -> Iterator[tuple[Location, TaskRow | None, list[Problem]]]:
-    """``(location, task, problems)`` for every row of a benchmark's ``data`` (a :class:`~evsys.schema.config.BenchmarkSpec`)."""
+def iter_dataset_tasks(
+    spec: Any, registry: PluginRegistry | None = None, *, offline: bool = False
+) -> Iterator[tuple[Location, TaskRow | None, list[Problem]]]:
+    """``(location, task, problems)`` for every row of a benchmark's ``data`` (a :class:`~evsys.schema.config.BenchmarkSpec`);
+    ``offline``: never download."""
     data = spec.data
     columns = dict(data.columns) if data.columns is not None else None
     verifier = spec.verifier
@@ -36,7 +39,7 @@ def iter_dataset_tasks(spec: Any, registry: PluginRegistry | None = None) -> Ite
         return task_row(raw, columns, verifier, number)
 
     for location, task, problems in iter_examples(
-        data.path, (TaskRow,), registry=registry or default_registry(), options=source_options(data), build_row=build
+        data.path, (TaskRow,), registry=registry or default_registry(), options=source_options(data, offline=offline), build_row=build
     ):
         yield location, task, problems if isinstance(problems, list) else []  # type: ignore[misc]
 

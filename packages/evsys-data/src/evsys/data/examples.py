@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ class SourceOptions:
     subset: str | None = None
     columns: Mapping[str, str] | None = None
     transform: str | None = None
+    #: never download (passed to readers that take an ``offline`` keyword)
+    offline: bool = False
 
 
 def _located(problems: Iterable[Problem], location: Location, columns: Mapping[str, str] | None) -> list[Problem]:
@@ -104,15 +107,24 @@ def open_source(path: str | Path, options: SourceOptions, registry: PluginRegist
     A reader takes the path (plus ``split``/``subset`` keywords when the config sets them) and returns
     an iterable of :class:`JsonlLine`; it may carry ``label`` and ``unit`` naming its rows' location
     (``data.parquet[train]`` and ``row``), and ``select_columns(columns)``, which checks once that
-    the mapped columns exist and reads only those.
+    the mapped columns exist and reads only those (without a transform, which sees whole raw rows).
     """
     reader: Callable[..., Iterable[JsonlLine]] = registry.get("source", options.source_kind).load()
-    extra = {k: v for k, v in (("split", options.split), ("subset", options.subset)) if v is not None}
+    extra: dict[str, Any] = {k: v for k, v in (("split", options.split), ("subset", options.subset)) if v is not None}
+    if options.offline and _takes_keyword(reader, "offline"):
+        extra["offline"] = True
     rows = reader(path, **extra)
     select = getattr(rows, "select_columns", None)
-    if options.columns is not None and callable(select):
+    if options.columns is not None and options.transform is None and callable(select):
         rows = select(list(options.columns.values()))
     return rows
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def other_algorithm_shapes(registry: PluginRegistry, algorithm: str) -> dict[type[BaseModel], tuple[str, ...]]:
@@ -339,9 +351,10 @@ def load_examples(
     return examples
 
 
-def source_options(spec: Any) -> SourceOptions:
+def source_options(spec: Any, *, offline: bool = False) -> SourceOptions:
     """The :class:`SourceOptions` of a config's ``data`` (a :class:`~evsys.schema.config.DataSpec`)."""
     return SourceOptions(
+        offline=offline,
         source_kind=spec.source_kind,
         split=spec.split,
         subset=spec.subset,

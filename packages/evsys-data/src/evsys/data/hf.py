@@ -124,24 +124,45 @@ def _load_directory(datasets: Any, directory: Path, split: str | None, subset: s
         return _pick_split(datasets.load_dataset(str(directory), subset), str(directory), split)
 
 
-def _load_hub(datasets: Any, dataset_id: str, split: str | None, subset: str | None) -> datasets.Dataset:
+@contextlib.contextmanager
+def _hub_offline(datasets: Any) -> Iterator[None]:
+    """Hub offline mode for the calls inside (what ``HF_HUB_OFFLINE=1`` does, read by both libraries at call time)."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
     try:
-        loaded = datasets.load_dataset(dataset_id, subset)
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def _load_hub(datasets: Any, dataset_id: str, split: str | None, subset: str | None, offline: bool) -> datasets.Dataset:
+    try:
+        with _hub_offline(datasets) if offline else contextlib.nullcontext():
+            loaded = datasets.load_dataset(dataset_id, subset)
     except ConnectionError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+        if env_offline:
+            why, fix = "HF_HUB_OFFLINE is set", "unset it where the hub is reachable to download it"
+        elif offline:
+            why, fix = "validate --deep never downloads", "evsys run downloads it when the hub is reachable"
+        else:
+            why, fix = "the hub cannot be reached", "connect to the hub"
         raise DataError(
             Problem(
-                f"Hub dataset '{dataset_id}' is not in the local Hugging Face cache and {why} ({exc}); "
-                "download it where the hub is reachable, or give a local path",
+                f"Hub dataset '{dataset_id}' is not in the local Hugging Face cache and {why} ({exc}); {fix}, or give a local path",
                 Location(dataset_id),
             )
         ) from None
     return _pick_split(loaded, dataset_id, split)
 
 
-def open_dataset(path: str, *, split: str | None = None, subset: str | None = None) -> datasets.Dataset:
-    """The split of ``path`` as a ``datasets.Dataset`` (memory-mapped Arrow); every failure is a one-line :class:`DataError`."""
+def open_dataset(path: str, *, split: str | None = None, subset: str | None = None, offline: bool = False) -> datasets.Dataset:
+    """The split of ``path`` as a ``datasets.Dataset`` (memory-mapped Arrow); every failure is a one-line :class:`DataError`.
+
+    ``offline`` reads a Hub dataset from the local cache only, whatever ``HF_HUB_OFFLINE`` says.
+    """
     datasets = _datasets_module()
     local = Path(path).expanduser()
     try:
@@ -153,7 +174,7 @@ def open_dataset(path: str, *, split: str | None = None, subset: str | None = No
             return _load_directory(datasets, local, split, subset)
         if _looks_local(path):
             raise DataError(Problem("file not found", Location(path)))
-        return _load_hub(datasets, path, split, subset)
+        return _load_hub(datasets, path, split, subset, offline)
     except DataError:
         raise
     except FileNotFoundError as exc:
@@ -218,8 +239,9 @@ class DatasetRows:
                 yield JsonlLine(number, row=row)
 
 
-def read_hf(path: str | Path, *, split: str | None = None, subset: str | None = None) -> DatasetRows:
-    """The ``hf`` source: the rows of ``path`` (see the module docstring) for the requested split."""
+def read_hf(path: str | Path, *, split: str | None = None, subset: str | None = None, offline: bool = False) -> DatasetRows:
+    """The ``hf`` source: the rows of ``path`` (see the module docstring) for the requested split;
+    ``offline``: a Hub dataset only from the local cache (``evsys validate --deep``)."""
     text = str(path)
-    dataset = open_dataset(text, split=split, subset=subset)
+    dataset = open_dataset(text, split=split, subset=subset, offline=offline)
     return DatasetRows(dataset, split_label(text, split, dataset))

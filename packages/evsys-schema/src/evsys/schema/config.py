@@ -94,7 +94,10 @@ class DataSpec(StrictModel):
     )
     transform: str | None = Field(
         default=None,
-        description="Name of a registered transform (@register_transform) turning raw rows into examples.",
+        description=(
+            "Name of a registered transform (@register_transform) turning raw rows into examples; with "
+            "'columns', it receives the raw row and 'columns' maps what it returns."
+        ),
     )
 
     @model_validator(mode="after")
@@ -103,8 +106,6 @@ class DataSpec(StrictModel):
             for key in ("split", "subset"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"'{key}' applies to source_kind 'hf', not 'jsonl'")
-        if self.columns is not None and self.transform is not None:
-            raise ValueError("give 'columns' or 'transform', not both (a transform receives the raw row)")
         if self.columns is not None and not self.columns:
             raise ValueError("'columns' is empty; map at least one field, e.g. {question: q, expected: a}")
         return self
