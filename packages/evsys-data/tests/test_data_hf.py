@@ -142,13 +142,17 @@ def test_chat_rows_from_a_messages_column(tmp_path: Path, registry) -> None:
 def test_hub_id_goes_to_load_dataset_with_subset_and_split(registry, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
 
-    def fake_load_dataset(path: str, name: str | None = None, **kwargs: Any) -> Any:
-        calls.append((path, name, kwargs))
-        return datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:2])})
+    splits = {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:2])}
+
+    def fake_load_dataset(path: str, name: str | None = None, *, split: str) -> Any:
+        calls.append((path, name, split))
+        return splits[split]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     examples = load_examples("openai/gsm8k", MODELS, options=hf(columns=QA, subset="main", split="test"), registry=registry)
-    assert calls == [("openai/gsm8k", "main", {})] and len(examples) == 2
+    assert calls == [("openai/gsm8k", "main", "test")] and len(examples) == 2
+    assert len(load_examples("openai/gsm8k", MODELS, options=hf(columns=QA), registry=registry)) == 3
+    assert calls[-1] == ("openai/gsm8k", None, "train")
 
 
 def test_hub_id_offline_and_not_cached_is_one_line(registry, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,3 +209,17 @@ def test_a_transform_sees_the_raw_row_and_columns_map_its_result(tmp_path: Path,
         tmp_path / "g.parquet", MODELS, options=hf(columns={"question": "question", "expected": "final"}, transform="final_answer_test"), registry=registry
     )
     assert example.model_dump()["expected"] == "4"
+
+
+def test_chat_rows_meet_only_the_templates_that_rewrite_the_last_user_turn(tmp_path: Path, registry) -> None:
+    row = {"messages": [{"role": "user", "content": "2+2?"}], "expected": "4"}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    teacher_extra = frozenset({"prompt", "expected", "demo"})
+    ok = {"{question}": frozenset(), "{prompt}\n\nThe answer is {expected}.": teacher_extra}
+    assert check_examples_file(tmp_path / "chat.jsonl", MODELS, templates=ok, registry=registry) == (1, [])
+    bad = {"{question}": frozenset(), "{question}\n\nThe answer is {expected}.": teacher_extra}
+    valid, problems = check_examples_file(tmp_path / "chat.jsonl", MODELS, templates=bad, registry=registry)
+    assert valid == 0
+    assert [p.format() for p in problems] == [
+        f"{tmp_path / 'chat.jsonl'}:1: messages: template placeholder {{question}} needs inputs, which a chat row has none of (it may use {{demo}}, {{expected}}, {{prompt}})"
+    ]

@@ -140,7 +140,7 @@ def _hub_offline(datasets: Any) -> Iterator[None]:
 def _load_hub(datasets: Any, dataset_id: str, split: str | None, subset: str | None, offline: bool) -> datasets.Dataset:
     try:
         with _hub_offline(datasets) if offline else contextlib.nullcontext():
-            loaded = datasets.load_dataset(dataset_id, subset)
+            loaded = datasets.load_dataset(dataset_id, subset, split=split or DEFAULT_SPLIT)  # only that split is downloaded
     except ConnectionError as exc:
         env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
         if env_offline:
