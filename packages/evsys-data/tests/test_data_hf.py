@@ -223,3 +223,11 @@ def test_chat_rows_meet_only_the_templates_that_rewrite_the_last_user_turn(tmp_p
     assert [p.format() for p in problems] == [
         f"{tmp_path / 'chat.jsonl'}:1: messages: template placeholder {{question}} needs inputs, which a chat row has none of (it may use {{demo}}, {{expected}}, {{prompt}})"
     ]
+
+
+def test_an_empty_id_is_no_id_but_an_empty_answer_is_an_error(tmp_path: Path, registry) -> None:
+    pq.write_table(pa.table({"q": ["a?", "b?"], "a": ["x", "y"], "i": ["first", None]}), tmp_path / "t.parquet")
+    examples = load_examples(tmp_path / "t.parquet", MODELS, options=hf(columns={**QA, "id": "i"}), registry=registry)
+    assert [e.id for e in examples] == ["first", None]
+    spec = BenchmarkSpec.model_validate({"name": "b", "data": {"source_kind": "hf", "path": str(tmp_path / "t.parquet"), "columns": {**QA, "id": "i"}}})
+    assert [t.resolved_id for t in load_dataset_tasks(spec, registry)] == ["first", "row_2"]

@@ -26,11 +26,15 @@ class ColumnProblem(ValueError):
         self.message = message
 
 
-def _value(raw: Mapping[str, Any], column: str) -> Any:
+#: fields that may be empty: the row simply has none
+OPTIONAL_FIELDS = frozenset({"id", "metadata"})
+
+
+def _value(raw: Mapping[str, Any], column: str, field: str) -> Any:
     if column not in raw:
         raise ColumnProblem(column, "no such column in this row")
     value = raw[column]
-    if value is None:
+    if value is None and field not in OPTIONAL_FIELDS:
         raise ColumnProblem(column, "empty value (null)")
     return value
 
@@ -40,7 +44,9 @@ def example_row(raw: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str,
     row: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
     for field, column in columns.items():
-        value = _value(raw, column)
+        value = _value(raw, column, field)
+        if value is None:
+            continue
         if field in ROW_FIELDS:
             row[field] = value
         else:
@@ -66,7 +72,9 @@ def task_row(raw: Mapping[str, Any], columns: Mapping[str, str] | None, verifier
     row = {}
     spec = verifier.model_dump(exclude_defaults=True) if verifier is not None else {}
     for field, column in columns.items():
-        value = _value(raw, column)
+        value = _value(raw, column, field)
+        if value is None:
+            continue
         if field == "expected":
             spec["expected"] = value
         elif field == "id":
