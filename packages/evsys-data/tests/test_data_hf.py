@@ -231,3 +231,10 @@ def test_an_empty_id_is_no_id_but_an_empty_answer_is_an_error(tmp_path: Path, re
     assert [e.id for e in examples] == ["first", None]
     spec = BenchmarkSpec.model_validate({"name": "b", "data": {"source_kind": "hf", "path": str(tmp_path / "t.parquet"), "columns": {**QA, "id": "i"}}})
     assert [t.resolved_id for t in load_dataset_tasks(spec, registry)] == ["first", "row_2"]
+
+
+def test_columns_map_jsonl_rows_too(tmp_path: Path, registry) -> None:
+    (tmp_path / "t.jsonl").write_text('{"q": "a?", "a": "x"}\n{"q": "b?"}\n', encoding="utf-8")
+    valid, problems = check_examples_file(tmp_path / "t.jsonl", MODELS, options=SourceOptions(columns=QA), registry=registry)
+    assert valid == 1
+    assert [p.format() for p in problems] == [f"{tmp_path / 't.jsonl'}:2: a: no such column in this row"]
