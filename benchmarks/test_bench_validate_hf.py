@@ -67,4 +67,4 @@ def test_validate_deep_1m_parquet_rows(benchmark, parquet_config: tuple[Path, bo
     else:
         assert done.returncode == 0, done.stderr
         assert f"deep: {ROWS} examples" in done.stdout
-    assert benchmark.stats.stats.max < LIMIT_S
+    assert benchmark.stats.stats.median < LIMIT_S  # the median of 3 rounds: a shared machine adds noise
