@@ -152,3 +152,12 @@ def test_hub_id_not_cached_is_one_line_and_validate_never_downloads(tmp_path: Pa
     done = evsys("validate", str(config), "--deep", cwd=tmp_path)
     assert time.monotonic() - started < 60  # no download attempts and retries
     assert "is not in the local Hugging Face cache and validate --deep never downloads" in done.stderr, done.stderr
+
+
+def test_a_missing_local_data_file_points_at_the_config_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "sub" / "train.parquet")
+    config = config_for(tmp_path / "sub", tiny_model_dir, {"source_kind": "hf", "path": "train.parquet", "columns": COLUMNS})
+    done = evsys("validate", f"sub/{config.name}", "--deep", cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"sub/{config.name}:21:3: data.path: file not found: train.parquet (paths are relative to the working directory, {tmp_path}); did you mean 'sub/train.parquet'?" in done.stderr, done.stderr

@@ -142,12 +142,16 @@ class _Checker:
     def data(self) -> None:
         """The data file exists, the source and transform load, and every row is a valid example."""
         from evsys.data.examples import check_examples_file, source_options
+        from evsys.data.hf import looks_like_a_local_file
         from evsys.data.transforms import load_transform
 
         spec = self.config.data
         algorithm = self.registry.get("algorithm", self.config.algorithm.kind)
         templates = self.templates(algorithm)
         path = Path(spec.path)
+        if spec.source_kind == "hf" and not path.exists() and looks_like_a_local_file(spec.path):
+            self.at(("data", "path"), self.missing_path_message(spec.path, "file"))
+            return
         if spec.source_kind == "jsonl":
             if not path.exists():
                 self.at(("data", "path"), self.missing_path_message(spec.path, "file"))
@@ -223,7 +227,6 @@ class _Checker:
                 problems = exc.problems
             self.report.problems.extend(problems)
             self.report.tasks += _count_rows(tasks)
-
 
     def dataset_tasks(self, bench: Any, at: FieldPath) -> None:
         """Every row of a benchmark's ``data`` is a valid task whose verifier is registered."""

@@ -62,6 +62,11 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or "\\" in path or Path(path).suffix.lower() in BUILDERS
 
 
+def looks_like_a_local_file(path: str) -> bool:
+    """A path (not a glob, not a Hub id) naming one data file: it ends in a suffix the source reads."""
+    return not _is_glob(path) and Path(path).suffix.lower() in BUILDERS
+
+
 def _builder_for(path: str) -> tuple[str, dict[str, Any]]:
     suffix = Path(path).suffix.lower()
     if suffix not in BUILDERS:
