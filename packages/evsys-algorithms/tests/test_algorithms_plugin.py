@@ -12,20 +12,20 @@ from evsys.algorithms.sft.params import SFTParams
 from evsys.schema.params import TrainingParams
 from evsys.schema.plugins import build_registry
 from evsys.schema.protocols import Algorithm
-from evsys.schema.rows import ChatExample, PromptExample, TaskRow
+from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample, TaskRow
 
 
 def test_algorithms_plugin_registrations() -> None:
     registry = build_registry([("evsys-algorithms", plugin)], autoload=False)
     assert registry.names("algorithm") == ["grpo", "sdft", "sft"]
     sdft = registry.get("algorithm", "sdft")
-    assert sdft.params is SDFTParams and sdft.meta["row_models"] == (PromptExample,)
+    assert sdft.params is SDFTParams and sdft.meta["row_models"] == (PromptExample, ChatPromptExample)
     assert sdft.meta["templates"] == {
         "user_template": frozenset(),
         "teacher_template": frozenset({"expected", "demo", "prompt"}),
     }
-    assert registry.get("algorithm", "sft").meta["row_models"] == (PromptExample, ChatExample)
-    assert registry.get("algorithm", "grpo").meta["row_models"] == (PromptExample, TaskRow)
+    assert registry.get("algorithm", "sft").meta["row_models"] == (PromptExample, ChatPromptExample, ChatExample)
+    assert registry.get("algorithm", "grpo").meta["row_models"] == (PromptExample, ChatPromptExample, TaskRow)
     for name, params in (("sdft", SDFTParams), ("sft", SFTParams), ("grpo", GRPOParams)):
         reg = registry.get("algorithm", name)
         assert reg.params is params and issubclass(params, TrainingParams) and reg.description

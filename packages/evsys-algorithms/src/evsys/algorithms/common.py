@@ -20,6 +20,20 @@ def user_messages(template: str, inputs: Mapping[str, Any]) -> list[Message]:
     return [{"role": "user", "content": render_template(template, inputs)}]
 
 
+def prompt_messages(example: Any, user_template: str) -> list[Message]:
+    """The prompt turns of a training row: a chat row's ``messages`` (system and user turns, the last
+    one the user's), or the one user turn ``user_template`` renders from a prompt row's ``inputs``."""
+    inputs = getattr(example, "inputs", None)
+    if inputs is None:
+        return [{"role": m.role, "content": m.content} for m in example.messages]
+    return user_messages(user_template, inputs)
+
+
+def render_prompt(backend: Backend, example: Any, user_template: str) -> list[int]:
+    """Token ids of :func:`prompt_messages`, rendered with the generation prompt (what the student sees)."""
+    return list(backend.render_chat(prompt_messages(example, user_template), add_generation_prompt=True))
+
+
 def render_user_prompt(backend: Backend, template: str, inputs: Mapping[str, Any]) -> list[int]:
     """Token ids of the user turn rendered from ``template`` and ``inputs``, ready for generation.
 

@@ -7,7 +7,7 @@ from evsys.algorithms.sdft.params import TEACHER_EXTRA_FIELDS, SDFTParams
 from evsys.algorithms.sft.params import SFTParams
 from evsys.schema.plugins import hookimpl
 from evsys.schema.registry import AlgorithmRegistrar
-from evsys.schema.rows import ChatExample, PromptExample, TaskRow
+from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample, TaskRow
 
 
 @hookimpl
@@ -17,7 +17,7 @@ def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
         "sdft",
         "evsys.algorithms.sdft.algorithm:SDFT",
         params=SDFTParams,
-        row_models=(PromptExample,),
+        row_models=(PromptExample, ChatPromptExample),
         templates={"user_template": frozenset(), "teacher_template": TEACHER_EXTRA_FIELDS},
         description="Self-distillation: on-policy rollouts distilled toward the frozen base model shown the gold answer.",
     )
@@ -25,7 +25,7 @@ def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
         "sft",
         "evsys.algorithms.sft.algorithm:SFT",
         params=SFTParams,
-        row_models=(PromptExample, ChatExample),
+        row_models=(PromptExample, ChatPromptExample, ChatExample),
         templates={"user_template": frozenset()},
         description="Supervised fine-tuning: cross-entropy on gold answers / assistant turns, prompt masked.",
     )
@@ -33,7 +33,7 @@ def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
         "grpo",
         "evsys.algorithms.grpo.algorithm:GRPO",
         params=GRPOParams,
-        row_models=(PromptExample, TaskRow),
+        row_models=(PromptExample, ChatPromptExample, TaskRow),
         templates={"user_template": frozenset()},
         description="Group-relative policy optimization with verifier rewards (importance_sampling or ppo loss).",
     )

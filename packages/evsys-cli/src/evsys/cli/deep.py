@@ -26,6 +26,7 @@ from evsys.schema.validation import ValidatedConfig
 from evsys.schema.yaml_source import FieldPath, format_field_path
 
 TASKS_FILE = "tasks.jsonl"
+MAX_ROW_PROBLEMS = 100
 
 
 @dataclass
@@ -142,19 +143,24 @@ class _Checker:
 
     def data(self) -> None:
         """The data file exists, the source and transform load, and every row is a valid example."""
-        from evsys.data.examples import check_examples_file
+        from evsys.data.examples import check_examples_file, source_options
+        from evsys.data.hf import looks_like_a_local_file
         from evsys.data.transforms import load_transform
 
         spec = self.config.data
         algorithm = self.registry.get("algorithm", self.config.algorithm.kind)
         templates = self.templates(algorithm)
         path = Path(spec.path)
-        if not path.exists():
+        if spec.source_kind == "hf" and not path.exists() and looks_like_a_local_file(spec.path):
             self.at(("data", "path"), self.missing_path_message(spec.path, "file"))
             return
-        if path.is_dir():
-            self.at(("data", "path"), f"is a directory, expected a file: {spec.path}")
-            return
+        if spec.source_kind == "jsonl":
+            if not path.exists():
+                self.at(("data", "path"), self.missing_path_message(spec.path, "file"))
+                return
+            if path.is_dir():
+                self.at(("data", "path"), f"is a directory, expected a file: {spec.path}")
+                return
         ok = True
         try:
             self.registry.get("source", spec.source_kind).load()
@@ -172,12 +178,12 @@ class _Checker:
             return
         try:
             valid, problems = check_examples_file(
-                path,
+                spec.path,
                 row_models,
-                source_kind=spec.source_kind,
-                transform=spec.transform,
+                options=source_options(spec, offline=True),
                 templates=templates,
                 registry=self.registry,
+                algorithm=self.config.algorithm.kind,
             )
         except EvsysError as exc:
             self.add(exc.problems, ("data", "path"))
@@ -198,7 +204,10 @@ class _Checker:
                         f"{metric} needs {family[1]} samples per task but num_samples is {bench.num_samples}; "
                         f"set num_samples: {family[1]} (or more)",
                     )
-            directory = Path(bench.path)
+            if bench.data is not None:
+                self.dataset_tasks(bench, at)
+                continue
+            directory = Path(bench.path or "")
             if not directory.exists():
                 self.at((*at, "path"), self.missing_path_message(bench.path, "directory"))
                 continue
@@ -243,6 +252,40 @@ class _Checker:
         else:
             message = f"its verifier programs will run unsandboxed: {problem}; {sandbox.INSTALL_HINT}"
             self.at((*at, "path"), message, "warning")
+
+    def dataset_tasks(self, bench: Any, at: FieldPath) -> None:
+        """Every row of a benchmark's ``data`` is a valid task whose verifier is registered."""
+        from evsys.data.benchmarks import iter_dataset_tasks
+
+        try:
+            from evsys.verifiers.tasks import verifier_problems
+        except ImportError as exc:
+            self.at((*at, "data"), f"cannot check the benchmark's tasks: evsys-verifiers is not importable ({exc})")
+            return
+        cache: dict[tuple[str, str], Any] = {}
+        problems: list[Problem] = []
+        first: dict[str, Any] = {}
+        hidden = 0
+        try:
+            for location, task, row_problems in iter_dataset_tasks(bench, self.registry, offline=True):
+                if task is not None:
+                    self.report.tasks += 1
+                    row_problems = verifier_problems(task, self.registry, location, cache)  # type: ignore[arg-type]
+                    task_id = task.resolved_id  # type: ignore[attr-defined]
+                    if task_id in first:
+                        row_problems = [*row_problems, Problem(f"duplicate task_id '{task_id}' (first at {first[task_id]})", location, "task_id")]
+                    first.setdefault(task_id, location)
+                for problem in row_problems:
+                    if len(problems) < MAX_ROW_PROBLEMS:
+                        problems.append(problem)
+                    else:
+                        hidden += 1
+        except EvsysError as exc:
+            self.add(exc.problems, (*at, "data", "path"))
+            return
+        if hidden:
+            problems.append(Problem(f"... and {hidden} more problem(s)", problems[-1].location))
+        self.report.problems.extend(problems)
 
 
 def _call_checker(checker: Callable[..., Any], model_name: str, params: BaseModel, revision: str | None) -> Any:

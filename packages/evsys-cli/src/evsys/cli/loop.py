@@ -42,7 +42,8 @@ from evsys.cli.rundir import (
     resume_conflicts,
     write_snapshot,
 )
-from evsys.data.examples import load_examples
+from evsys.data.benchmarks import load_dataset_tasks
+from evsys.data.examples import load_examples, source_options
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
 from evsys.schema.protocols import Backend, BackendSetup, Callback, EvalResult, RunContext
 from evsys.schema.registry import PluginRegistry
@@ -109,10 +110,10 @@ def load_training_examples(validated: ValidatedConfig, registry: PluginRegistry)
     return load_examples(
         config.data.path,
         tuple(registration.meta.get("row_models", ())),
-        source_kind=config.data.source_kind,
-        transform=config.data.transform,
+        options=source_options(config.data),
         templates=template_checks(validated, registry),
         registry=registry,
+        algorithm=config.algorithm.kind,
     )
 
 
@@ -122,7 +123,7 @@ def load_benchmarks(validated: ValidatedConfig) -> list[LoadedBenchmark]:
 
     loaded = []
     for spec in validated.config.metadata.benchmark:
-        tasks = load_benchmark_dir(spec.path)
+        tasks = load_benchmark_dir(spec.path) if spec.path is not None else load_dataset_tasks(spec)
         if spec.limit is not None:
             tasks = tasks[: spec.limit]
         loaded.append(

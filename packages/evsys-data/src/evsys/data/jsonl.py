@@ -10,6 +10,9 @@ from typing import Any
 
 from evsys.schema.errors import DataError, Location, Problem
 
+#: file suffixes the ``hf`` source reads and the ``jsonl`` source does not
+DATASET_SUFFIXES = frozenset({".csv", ".tsv", ".parquet", ".arrow"})
+
 
 @dataclass(frozen=True)
 class JsonlLine:
@@ -31,6 +34,9 @@ def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
     ``error`` instead of a row, so callers can report every bad line at once.
     """
     name = str(path)
+    suffix = Path(path).suffix.lower()
+    if suffix in DATASET_SUFFIXES and Path(path).is_file():
+        raise DataError(Problem(f"a {suffix} file is not JSON lines; read it with data.source_kind: hf", Location(name)))
     try:
         handle = Path(path).open("rb")  # noqa: SIM115 - closed by the with-block below
     except FileNotFoundError:

@@ -8,30 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, model_validator
 
-from evsys.schema.jsontypes import check_json_type
+from evsys.schema.base import StrictModel
+from evsys.schema.rows import VerifierSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class StrictModel(BaseModel):
-    """Base of every EvSys config, params and row model.
-
-    Unknown keys are errors, and a value must already have the JSON type its field declares:
-    ``max_steps: "2"`` or ``batch_size: true`` are errors, as the JSON Schema says, rather than
-    silently coerced (pydantic's lax mode would accept them). Integral floats (``2.0``) are
-    integers, as in JSON Schema; list-for-tuple and the like keep pydantic's lax behaviour.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _json_type_gate(cls, value: Any, info: ValidationInfo) -> Any:
-        if info.field_name is not None:
-            check_json_type(cls, info.field_name, value)
-        return value
 
 
 class ModelSpec(StrictModel):
@@ -74,22 +56,83 @@ class CallbackSpec(KindSpec):
     kind: str = Field(min_length=1, description="Callback name, e.g. 'local_logger'.")
 
 
-class DataSpec(StrictModel):
-    """The training data."""
+#: EvSys fields ``columns`` may map besides the keys of ``inputs``
+ROW_FIELDS = ("expected", "messages", "id", "metadata")
+#: benchmark task fields ``columns`` may map
+TASK_FIELDS = ("instruction", "prompt", "question", "messages", "expected", "id", "metadata")
 
-    source_kind: str = Field(default="jsonl", min_length=1, description="Data source kind, e.g. 'jsonl'.")
-    path: str = Field(min_length=1, description="Path of the data file, relative to the working directory.")
+
+class DataSpec(StrictModel):
+    """The training data: a jsonl file, or a dataset read with Hugging Face ``datasets`` (``source_kind: hf``)."""
+
+    source_kind: str = Field(
+        default="jsonl",
+        min_length=1,
+        description=(
+            "Data source kind: 'jsonl' (one JSON object per line) or 'hf' (a Hub dataset id, a save_to_disk "
+            "directory, or parquet/csv/json/jsonl/arrow files, globs allowed)."
+        ),
+    )
+    path: str = Field(
+        min_length=1,
+        description=(
+            "jsonl: the file. hf: a local path or glob (relative to the working directory), or a Hub dataset id "
+            "such as 'openai/gsm8k'."
+        ),
+    )
+    split: str | None = Field(default=None, min_length=1, description="hf: the dataset split to read; default 'train'.")
+    subset: str | None = Field(
+        default=None, min_length=1, description="hf: the dataset's configuration (load_dataset's 'name'), e.g. 'main'."
+    )
+    columns: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "EvSys field -> dataset column, e.g. {question: q, expected: a}: 'expected', 'messages', 'id' and "
+            "'metadata' fill those fields, any other name a key of 'inputs'. Other columns are ignored. "
+            "Omitted: each row is taken as it is."
+        ),
+    )
     transform: str | None = Field(
         default=None,
-        description="Name of a registered transform (@register_transform) turning raw rows into examples.",
+        description=(
+            "Name of a registered transform (@register_transform) turning raw rows into examples; with "
+            "'columns', it receives the raw row and 'columns' maps what it returns."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _check_source_options(self) -> DataSpec:
+        if self.source_kind == "jsonl":
+            for key in ("split", "subset"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' applies to source_kind 'hf', not 'jsonl'")
+        if self.columns is not None and not self.columns:
+            raise ValueError("'columns' is empty; map at least one field, e.g. {question: q, expected: a}")
+        return self
 
 
 class BenchmarkSpec(StrictModel):
     """A benchmark of verifier-scored tasks, scored in the loop or after training."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Benchmark name; metric keys are '<split>/<name>/<metric>'.")
-    path: str = Field(min_length=1, description="Directory holding tasks.jsonl.")
+    path: str | None = Field(
+        default=None, min_length=1, description="Directory holding tasks.jsonl (or give 'data' instead)."
+    )
+    data: DataSpec | None = Field(
+        default=None,
+        description=(
+            "The tasks as a dataset, with the keys of the top-level 'data' (source_kind, path, split, subset, "
+            "columns). 'columns' maps task fields (instruction, prompt, question, messages, expected, id, "
+            "metadata) to dataset columns."
+        ),
+    )
+    verifier: VerifierSpec | None = Field(
+        default=None,
+        description=(
+            "How every task of 'data' is scored, e.g. {fn_name: numeric_match}; each row's 'expected' column "
+            "is the reference answer. Default: exact_match."
+        ),
+    )
     run_every: int | None = Field(
         default=None,
         ge=1,
@@ -109,6 +152,20 @@ class BenchmarkSpec(StrictModel):
     max_new_tokens: int = Field(default=64, ge=1, description="Longest answer the model may generate per task.")
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy.")
     limit: int | None = Field(default=None, ge=1, description="Score only the first N tasks.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> BenchmarkSpec:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("a benchmark needs exactly one of 'path' (a directory holding tasks.jsonl) or 'data'")
+        if self.verifier is not None and self.data is None:
+            raise ValueError("'verifier' applies to a benchmark's 'data'; tasks.jsonl rows carry their own")
+        if self.data is not None and self.data.columns is not None:
+            unknown = sorted(set(self.data.columns) - set(TASK_FIELDS))
+            if unknown:
+                raise ValueError(
+                    f"data.columns: unknown task field '{unknown[0]}' (fields: {', '.join(TASK_FIELDS)})"
+                )
+        return self
 
 
 class MetadataSpec(StrictModel):

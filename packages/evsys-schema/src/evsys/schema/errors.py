@@ -7,16 +7,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Location:
-    """A place in a user's file: path, 1-based line and column (either may be unknown)."""
+    """A place in a user's file: path, 1-based line and column (either may be unknown).
+
+    ``unit`` names what ``line`` counts when it is not a text line: a dataset's rows print as
+    ``data.parquet[train]:row 5``.
+    """
 
     path: str
     line: int | None = None
     column: int | None = None
+    unit: str | None = None
 
     def __str__(self) -> str:
         text = self.path
         if self.line is not None:
-            text += f":{self.line}"
+            text += f":{self.unit} {self.line}" if self.unit else f":{self.line}"
             if self.column is not None:
                 text += f":{self.column}"
         return text

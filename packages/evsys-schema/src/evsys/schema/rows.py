@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from evsys.schema.config import StrictModel
+from evsys.schema.base import StrictModel
 
 
 class PromptExample(StrictModel):
     """A prompt and the gold answer: ``{"inputs": {...}, "expected": ...}`` (SDFT, SFT, GRPO)."""
+
+    shape: ClassVar[str] = '{"inputs": {...}, "expected": ...}'
 
     inputs: dict[str, Any] = Field(min_length=1, description="Template fields, e.g. {'question': '...'}.")
     expected: str | list[str] = Field(description="The gold answer; the SDFT teacher (not the student) sees it.")
@@ -33,6 +35,7 @@ class ChatExample(StrictModel):
     """A conversation ``{"messages": [...]}``; SFT trains on its assistant turns."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_chat_schema_extra)
+    shape: ClassVar[str] = 'conversations to train on {"messages": [..., assistant turns]} without "expected"'
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation.")
     id: str | None = Field(default=None, description="Optional row identifier.")
@@ -42,6 +45,29 @@ class ChatExample(StrictModel):
     def _has_assistant_turn(self) -> ChatExample:
         if not any(m.role == "assistant" for m in self.messages):
             raise ValueError("messages need at least one assistant turn to train on")
+        return self
+
+
+class ChatPromptExample(StrictModel):
+    """A chat prompt and the gold answer: ``{"messages": [...], "expected": ...}`` (SDFT, SFT, GRPO).
+
+    The messages are the prompt (system and user turns, earlier assistant turns allowed) and end with
+    a user turn; SDFT's teacher template is applied to that last user turn.
+    """
+
+    shape: ClassVar[str] = '{"messages": [system/user turns], "expected": ...}'
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The prompt turns; the last one is the user's.")
+    expected: str | list[str] = Field(description="The gold answer; the SDFT teacher (not the student) sees it.")
+    id: str | None = Field(default=None, description="Optional row identifier.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form data carried along.")
+
+    @model_validator(mode="after")
+    def _ends_with_user(self) -> ChatPromptExample:
+        if self.messages[-1].role != "user":
+            raise ValueError(
+                f"a chat prompt must end with a user turn (the last one is '{self.messages[-1].role}')"
+            )
         return self
 
 
@@ -81,6 +107,7 @@ class TaskRow(StrictModel):
     """A benchmark task: one line of ``tasks.jsonl``."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_TASK_SCHEMA_RULES)
+    shape: ClassVar[str] = 'benchmark tasks {"task_id": ..., "instruction": ..., "verifier": {...}}'
 
     task_id: str | int | None = Field(default=None, description="Task identifier ('id' is accepted too).")
     id: str | int | None = Field(default=None, description="Alias of task_id.")

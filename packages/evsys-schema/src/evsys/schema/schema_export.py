@@ -15,7 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from evsys.schema.config import RunConfig
 from evsys.schema.registry import PluginRegistry
-from evsys.schema.rows import ChatExample, MetricsRow, PredictionRow, PromptExample, TaskRow
+from evsys.schema.rows import ChatExample, ChatPromptExample, MetricsRow, PredictionRow, PromptExample, TaskRow
 
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
 REF_TEMPLATE = "#/definitions/{model}"
@@ -23,7 +23,7 @@ REF_TEMPLATE = "#/definitions/{model}"
 #: file name -> title, for every schema EvSys publishes
 SCHEMA_FILES: dict[str, str] = {
     "run_config.schema.json": "EvSys run config",
-    "prompt_example.schema.json": "EvSys PromptExample row",
+    "prompt_example.schema.json": "EvSys prompt row (SDFT, GRPO)",
     "sft_example.schema.json": "EvSys SFT example row",
     "task.schema.json": "EvSys benchmark task row",
     "metrics_row.schema.json": "EvSys metrics.jsonl row",
@@ -129,8 +129,8 @@ def all_schemas(registry: PluginRegistry) -> dict[str, dict[str, Any]]:
     """Every published schema by file name."""
     return {
         "run_config.schema.json": config_schema(registry),
-        "prompt_example.schema.json": _finish(_model_schema(PromptExample), "prompt_example.schema.json"),
-        "sft_example.schema.json": _finish(_model_schema(PromptExample | ChatExample), "sft_example.schema.json"),
+        "prompt_example.schema.json": _finish(_model_schema(PromptExample | ChatPromptExample), "prompt_example.schema.json"),
+        "sft_example.schema.json": _finish(_model_schema(PromptExample | ChatPromptExample | ChatExample), "sft_example.schema.json"),
         "task.schema.json": _finish(_model_schema(TaskRow), "task.schema.json"),
         "metrics_row.schema.json": _finish(_model_schema(MetricsRow), "metrics_row.schema.json"),
         "prediction_row.schema.json": _finish(_model_schema(PredictionRow), "prediction_row.schema.json"),

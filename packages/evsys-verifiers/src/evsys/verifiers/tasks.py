@@ -35,6 +35,7 @@ __all__ = [
     "runs_programs",
     "task_messages",
     "task_prompt",
+    "verifier_problems",
 ]
 
 DEFAULT_FUNCTION = "exact_match"
@@ -216,9 +217,12 @@ def _builtin_options(fn_name: str, target: str) -> tuple[set[str], bool] | None:
     return _SIGNATURES[target]
 
 
-def _verifier_problems(
+def verifier_problems(
     task: TaskRow, registry: Any, location: Location, cache: dict[tuple[str, str], Any]
 ) -> list[Problem]:
+    """What is wrong with a valid task's verifier: an unknown kind or function, unknown options, a
+    missing expected answer, a malformed python target or subprocess command. ``cache`` (a dict the
+    caller keeps across tasks) memoizes registry look-ups."""
     spec = task.verifier or VerifierSpec()
     kind = spec.kind
     key = ("verifier", kind)
@@ -303,7 +307,7 @@ def check_tasks_file(path: str | Path, registry: Any) -> list[Problem]:
         if task is None:
             problems.extend(row_problems)
         else:
-            problems.extend(_verifier_problems(task, registry, Location(name, number), cache))
+            problems.extend(verifier_problems(task, registry, Location(name, number), cache))
     problems += _duplicate_problems(rows, name)
     if not rows:
         problems.append(Problem("has no tasks", Location(name)))

@@ -16,14 +16,13 @@ from typing import Any
 from evsys.algorithms.common import (
     AlgorithmBase,
     backend_metrics,
-    render_user_prompt,
+    prompt_messages,
     safe_div,
     sampling_seed,
 )
 from evsys.algorithms.grpo.params import GRPOParams
-from evsys.data.templates import render_template
 from evsys.schema.protocols import Backend, Datum, RunContext, SampledSequence, TopKLogprobs
-from evsys.schema.rows import PromptExample, TaskRow, VerifierSpec
+from evsys.schema.rows import ChatPromptExample, PromptExample, TaskRow, VerifierSpec
 from evsys.verifiers.tasks import task_messages
 
 ADVANTAGE_EPS = 1e-6
@@ -106,20 +105,21 @@ class GRPO(AlgorithmBase):
     def __init__(self, params: GRPOParams, backend: Backend, context: RunContext | None = None) -> None:
         super().__init__(params, backend, context)
 
-    def prompt_and_task(self, row: PromptExample | TaskRow, index: int) -> tuple[list[int], TaskRow]:
+    def prompt_and_task(self, row: PromptExample | ChatPromptExample | TaskRow, index: int) -> tuple[list[int], TaskRow]:
         """The prompt tokens of a row and the task its completions are verified against.
 
-        A PromptExample becomes a task scored by ``reward_fn`` (``module:function`` means the
+        A PromptExample (or ChatPromptExample) becomes a task scored by ``reward_fn`` (``module:function`` means the
         ``python`` verifier kind) with the row's ``expected`` and ``reward_options``.
         """
         if isinstance(row, TaskRow):
             return list(self.backend.render_chat(task_messages(row), add_generation_prompt=True)), row
         p = self.params
-        prompt = render_user_prompt(self.backend, p.user_template, row.inputs)
+        messages = prompt_messages(row, p.user_template)
+        prompt = list(self.backend.render_chat(messages, add_generation_prompt=True))
         kind = "python" if ":" in p.reward_fn else "in_process"
         task = TaskRow(
             task_id=row.id or f"example_{index}",
-            instruction=render_template(p.user_template, row.inputs),
+            instruction=messages[-1]["content"],
             verifier=VerifierSpec(
                 kind=kind, fn_name=p.reward_fn, expected=row.expected, options=dict(p.reward_options)
             ),
@@ -134,7 +134,7 @@ class GRPO(AlgorithmBase):
         result = verify(output, task)
         return float(result.score), result.error is not None
 
-    def train_step(self, batch: Sequence[PromptExample | TaskRow], step: int) -> dict[str, float]:
+    def train_step(self, batch: Sequence[PromptExample | ChatPromptExample | TaskRow], step: int) -> dict[str, float]:
         """Sample groups, score them, and take one policy-gradient optimizer step."""
         p = self.params
         prepared = [self.prompt_and_task(row, i) for i, row in enumerate(batch)]

@@ -24,7 +24,8 @@ from evsys.algorithms.common import (
     backend_metrics,
     first_expected,
     logsumexp,
-    render_user_prompt,
+    prompt_messages,
+    render_prompt,
     safe_div,
     sample_and_score,
     sampling_seed,
@@ -32,7 +33,7 @@ from evsys.algorithms.common import (
 from evsys.algorithms.sdft.params import SDFTParams, resolve_teacher_template
 from evsys.data.templates import render_template
 from evsys.schema.protocols import Backend, Datum, Message, RunContext, TopKLogprobs
-from evsys.schema.rows import PromptExample
+from evsys.schema.rows import ChatPromptExample, PromptExample
 
 
 def renormalize(logprobs: Sequence[float]) -> list[float]:
@@ -91,21 +92,23 @@ class SDFT(AlgorithmBase):
         super().__init__(params, backend, context)
         self.teacher_template = resolve_teacher_template(params.teacher_template)
 
-    def teacher_messages(self, example: PromptExample) -> list[Message]:
-        """The teacher's one user turn: ``teacher_template`` filled from inputs, the prompt and the answer."""
+    def teacher_messages(self, example: PromptExample | ChatPromptExample) -> list[Message]:
+        """The student's prompt turns with the last user turn replaced by ``teacher_template``, filled
+        from inputs, that turn's text (``{prompt}``) and the answer."""
         answer = first_expected(example.expected)
+        turns = prompt_messages(example, self.params.user_template)
         values: dict[str, Any] = {
-            **example.inputs,
-            "prompt": render_template(self.params.user_template, example.inputs),
+            **getattr(example, "inputs", {}),
+            "prompt": turns[-1]["content"],
             "expected": answer,
             "demo": answer,
         }
-        return [{"role": "user", "content": render_template(self.teacher_template, values)}]
+        return [*turns[:-1], {"role": "user", "content": render_template(self.teacher_template, values)}]
 
-    def train_step(self, batch: Sequence[PromptExample], step: int) -> dict[str, float]:
+    def train_step(self, batch: Sequence[PromptExample | ChatPromptExample], step: int) -> dict[str, float]:
         """Roll out, score with the teacher, distill, and take one optimizer step."""
         p = self.params
-        prompts = [render_user_prompt(self.backend, p.user_template, ex.inputs) for ex in batch]
+        prompts = [render_prompt(self.backend, ex, p.user_template) for ex in batch]
         teacher_prompts = [
             list(self.backend.render_chat(self.teacher_messages(ex), add_generation_prompt=True)) for ex in batch
         ]

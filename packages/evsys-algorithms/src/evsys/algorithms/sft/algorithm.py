@@ -16,12 +16,12 @@ from evsys.algorithms.common import (
     backend_metrics,
     common_prefix_length,
     first_expected,
+    prompt_messages,
     safe_div,
-    user_messages,
 )
 from evsys.algorithms.sft.params import SFTParams
 from evsys.schema.protocols import Backend, Datum, Message, RunContext
-from evsys.schema.rows import ChatExample, PromptExample
+from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample
 
 
 def sft_total_steps(params: SFTParams, num_examples: int) -> int:
@@ -85,12 +85,12 @@ def assistant_mask(backend: Backend, messages: Sequence[Message]) -> tuple[list[
     return full, mask
 
 
-def example_messages(example: PromptExample | ChatExample, user_template: str) -> list[Message]:
-    """The conversation of a row: the chat as given, or the user turn plus the gold answer."""
+def example_messages(example: PromptExample | ChatPromptExample | ChatExample, user_template: str) -> list[Message]:
+    """The conversation of a row: the chat as given, or the prompt turns plus the gold answer."""
     if isinstance(example, ChatExample):
         return [{"role": m.role, "content": m.content} for m in example.messages]
     answer = first_expected(example.expected)
-    return [*user_messages(user_template, example.inputs), {"role": "assistant", "content": answer}]
+    return [*prompt_messages(example, user_template), {"role": "assistant", "content": answer}]
 
 
 class SFT(AlgorithmBase):
@@ -105,12 +105,12 @@ class SFT(AlgorithmBase):
         """``max_steps``, or the steps ``epochs`` passes over ``num_examples`` take (the smaller if both)."""
         return sft_total_steps(self.params, num_examples)
 
-    def build_datum(self, example: PromptExample | ChatExample) -> Datum:
+    def build_datum(self, example: PromptExample | ChatPromptExample | ChatExample) -> Datum:
         """Render one row and build its datum (answer tokens weighted 1, the rest 0)."""
         tokens, mask = assistant_mask(self.backend, example_messages(example, self.params.user_template))
         return build_sft_datum(tokens, mask, self.params.max_length)
 
-    def train_step(self, batch: Sequence[PromptExample | ChatExample], step: int) -> dict[str, float]:
+    def train_step(self, batch: Sequence[PromptExample | ChatPromptExample | ChatExample], step: int) -> dict[str, float]:
         """One cross-entropy step on the batch's answer tokens."""
         datums = [self.build_datum(example) for example in batch]
         datums = [d for d in datums if any(w > 0 for w in d.weights)]
