@@ -1,4 +1,4 @@
-"""What the local-backend benchmarks share: the performance issue's setup and a peak-RSS reading."""
+"""What the local-backend benchmarks share: the setup of docs/performance.md (model, LoRA, data) and a peak-RSS reading."""
 
 from __future__ import annotations
 

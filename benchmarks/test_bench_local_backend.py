@@ -7,7 +7,7 @@ Run (the workspace's addopts skip benchmarks by default)::
     python -m pytest benchmarks/test_bench_local_backend.py -o addopts="--import-mode=importlib" \\
         --benchmark-enable --benchmark-columns=min,median,mean,rounds -s
 
-The setup is the performance issue's: LoRA rank 1 (alpha 32) on q_proj/v_proj, 32 new tokens per
+The setup is docs/performance.md's benchmark: LoRA rank 1 (alpha 32) on q_proj/v_proj, 32 new tokens per
 rollout with EOS not ending it (the backend's EOS set is emptied, so every rollout is 32 tokens),
 sampling at temperature 1, AdamW lr 1e-4. ``EVSYS_BENCH_THREADS`` sets torch threads (default: torch's
 choice; use 1 on a shared machine). ``EVSYS_BENCH_ROLLOUT_WEIGHTS`` (``model`` — the default — or

@@ -1,6 +1,6 @@
 """EvSys' SDFT step against TRL's ``trl.experimental.sdft.SDFTTrainer`` on exactly the same work.
 
-Setup (the performance issue's): the bundled SmolLM2-135M-Instruct in float32 on CPU, LoRA rank 1
+Setup (docs/performance.md's benchmark): the bundled SmolLM2-135M-Instruct in float32 on CPU, LoRA rank 1
 (alpha 32) on q_proj/v_proj, batch 1 (and 8), 32 new tokens per rollout with EOS never ending it
 (TRL: ``min_new_tokens=32``; EvSys: an empty EOS set), sampling at temperature 1, teacher = the same
 weights with the adapter disabled, shown ``"{question}\\n\\nThe correct answer is {gold}."`` (EvSys'

@@ -1,4 +1,4 @@
-"""The docs: the config reference is generated and fresh, and the pages' relative links resolve."""
+"""The docs: the config reference is generated and fresh, and every page's relative links and anchors resolve."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-#: pages of this change whose links are checked
-PAGES = ["data.md", "getting-started.md", "cli.md", "backends.md", "plugins.md", "architecture.md", "config-reference.md", "walkthrough-sdft.md", "trackers.md"]
-#: written by the SFT/GRPO walkthrough work; linked before they land
-PENDING = {"walkthrough-sft.md", "walkthrough-grpo.md"}
+#: every docs page, the README and the changelog
+PAGES = [*sorted(str(p.relative_to(ROOT)) for p in DOCS.glob("*.md")), "README.md", "CHANGELOG.md"]
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
-LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
 
 
 def test_config_reference_is_fresh() -> None:
@@ -36,10 +35,25 @@ def test_config_reference_covers_every_params_field() -> None:
                 assert f"| `{field}` |" in text, (kind, registration.name, field)
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives ``page``'s headings: lower case, punctuation dropped, spaces as hyphens."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in HEADING.findall(text)}
+
+
+def test_every_docs_page_is_checked() -> None:
+    assert {"docs/getting-started.md", "docs/performance.md", "README.md"} <= set(PAGES)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_relative_links_resolve(page: str) -> None:
-    text = FENCE.sub("", (DOCS / page).read_text(encoding="utf-8"))  # links inside code blocks are output, not links
-    for target in LINK.findall(text):
-        if "://" in target or target.startswith("mailto:") or Path(target).name in PENDING:
+    source = ROOT / page
+    text = FENCE.sub("", source.read_text(encoding="utf-8"))  # links inside code blocks are output, not links
+    for link in LINK.findall(text):
+        if "://" in link or link.startswith("mailto:"):
             continue
-        assert (DOCS / target).exists(), f"{page}: broken link {target}"
+        path, _, anchor = link.partition("#")
+        target = source if not path else source.parent / path
+        assert target.exists(), f"{page}: broken link {link}"
+        if anchor and target.suffix == ".md":
+            assert anchor in anchors(target), f"{page}: no heading for #{anchor} in {target.relative_to(ROOT)}"
