@@ -107,6 +107,13 @@ def teacher_topk(prompt: Sequence[int], k: int) -> TopkLogprobs:
     return TopkLogprobs(token_ids=ids, logprobs=lps)
 
 
+def prompt_logprobs(prompt: Sequence[int], last_n: int | None = None) -> list[float | None]:
+    """The fake model's logprob of each prompt token: ``None`` at 0 (and before the last ``last_n``), then
+    ``-0.1 - 0.01 * i`` at position ``i`` — the logprob :func:`teacher_topk` gives the token itself."""
+    first = len(prompt) - last_n if last_n is not None else 1
+    return [None if i < max(first, 1) else -0.1 - 0.01 * i for i in range(len(prompt))]
+
+
 def policy_completion(prompt: Sequence[int], index: int, max_tokens: int, eos: int = 2) -> list[int]:
     """The fake policy's completion: ``"ok<index>"`` bytes then EOS, cut at ``max_tokens``."""
     tokens = [b + 10 for b in f"ok{index}".encode()] + [eos]
@@ -166,9 +173,24 @@ class FakeSamplingClient:
         return FakeFuture(name, self._log, value=respond, error=error)
 
 
+    def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> FakeFuture:
+        """Record the request; answer with :func:`prompt_logprobs` of the prompt, as the SDK's list."""
+        name = f"compute_logprobs:{self.kind}"
+        self._log.append(("submit", name))
+        self._faults.on_submit("compute_logprobs")
+        self.requests.append({"compute_logprobs": prompt, "prompt_logprobs_last_n": prompt_logprobs_last_n})
+        tokens = prompt.to_ints()
+        return FakeFuture(
+            name,
+            self._log,
+            value=lambda: prompt_logprobs(tokens, prompt_logprobs_last_n),
+            error=self._faults.next_result_error("compute_logprobs"),
+        )
+
+
 class FakeTrainingClient:
-    """A LoRA training client. Its ``cross_entropy`` pretends every target has logprob -1, so
-    ``loss:sum`` is the sum of the weights."""
+    """A LoRA training client. It pretends every target has logprob -1 and every ratio is 1, so
+    ``loss:sum`` is the sum of the weights (``cross_entropy``) or minus the sum of the advantages."""
 
     def __init__(self, name: str, log: Log, faults: Faults, tokenizer: Any) -> None:
         self.name = name
@@ -197,9 +219,13 @@ class FakeTrainingClient:
             total = 0.0
             outputs = []
             for datum in data:
-                weights = datum.loss_fn_inputs["weights"].to_numpy()
-                total += float(np.asarray(weights, dtype=np.float64).sum())
-                outputs.append({"logprobs": types.TensorData.from_numpy(-np.ones_like(weights, dtype=np.float32))})
+                inputs = datum.loss_fn_inputs
+                if "weights" in inputs:  # cross_entropy: -sum(w * -1)
+                    total += float(np.asarray(inputs["weights"].to_numpy(), dtype=np.float64).sum())
+                else:  # the RL losses at ratio 1: -sum(advantages)
+                    total -= float(np.asarray(inputs["advantages"].to_numpy(), dtype=np.float64).sum())
+                targets = inputs["target_tokens"].to_numpy()
+                outputs.append({"logprobs": types.TensorData.from_numpy(-np.ones(targets.shape, dtype=np.float32))})
             return types.ForwardBackwardOutput(
                 loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs, metrics={"loss:sum": total}
             )
