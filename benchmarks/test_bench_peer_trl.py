@@ -105,6 +105,8 @@ class EvsysSide:
                 max_new_tokens=NEW_TOKENS,
                 temperature=1.0,
                 seed=0,
+                teacher_template="answer_hint",  # = TRL's "{prompt}\n\n{privileged_context}"
+                skip_first_tokens=0,  # TRL's num_loss_tokens_to_skip default
             ),
             self.backend,
         )

@@ -163,16 +163,28 @@ def walkthrough_run() -> object:
     return run_walkthrough_locally
 
 
+#: algorithm params a walkthrough's config.local.yaml may add for the bundled 135M model, each on a
+#: line with a comment saying why (the Tinker config keeps tinker-cookbook's defaults)
+LOCAL_ONLY_PARAMS = frozenset({"teacher_template"})
+
+
 def check_walkthrough_configs(repo_root: Path, walkthrough: str, row_model: type) -> None:
-    """config.yaml (Tinker) and config.local.yaml (local) differ only in model and backend, and every
-    training row is a valid ``row_model``."""
+    """config.yaml (Tinker) and config.local.yaml (local) differ only in model and backend (and in
+    :data:`LOCAL_ONLY_PARAMS`, commented), and every training row is a valid ``row_model``."""
     import yaml
 
     folder = repo_root / "examples" / walkthrough
     tinker = yaml.safe_load((folder / "config.yaml").read_text())
-    local = yaml.safe_load((folder / "config.local.yaml").read_text())
+    local_text = (folder / "config.local.yaml").read_text()
+    local = yaml.safe_load(local_text)
     assert tinker["backend"] == {"kind": "tinker"} and local["backend"] == {"kind": "local"}
     assert local["model"] == {"name": "smollm2-135m-instruct"}
+    local_params = local["algorithm"]["params"]
+    for key in set(local_params) - set(tinker["algorithm"]["params"]):
+        assert key in LOCAL_ONLY_PARAMS, f"config.local.yaml adds algorithm param {key!r}"
+        (line,) = [x for x in local_text.splitlines() if x.strip().startswith(f"{key}:")]
+        assert "#" in line, f"config.local.yaml sets {key} without a comment saying why"
+        del local_params[key]
     for config in (tinker, local):
         del config["model"], config["backend"]
     assert tinker == local

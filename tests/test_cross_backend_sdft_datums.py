@@ -1,4 +1,4 @@
-"""For the same rollouts and the same teacher numbers, SDFT sends the same datums on Tinker as on local.
+"""For the same rollouts and the same teacher numbers, SDFT (and GRPO) send the same datums on Tinker as on local.
 
 The Tinker side is the real adapter over the simulated service (real ``tinker.types``, every request
 checked); the local side is the real ``LocalBackend`` on a tiny model, with ``sample`` and
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evsys.algorithms.grpo.algorithm import GRPO
+from evsys.algorithms.grpo.params import GRPOParams
 from evsys.algorithms.sdft.algorithm import SDFT
 from evsys.algorithms.sdft.params import SDFTParams
 from evsys.backends.local.backend import LocalBackend
@@ -26,7 +28,7 @@ from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.params import TinkerBackendParams
 from evsys.backends.tinker.simulator import SimulatedService
 from evsys.schema.protocols import BackendSetup, Datum, ForwardBackwardResult, SampledSequence, TopKLogprobs
-from evsys.schema.rows import PromptExample
+from evsys.schema.rows import PromptExample, TaskRow
 
 
 class ScriptedLocalBackend(LocalBackend):
@@ -59,6 +61,11 @@ class ScriptedLocalBackend(LocalBackend):
                 )
             )
         return result
+
+    def compute_logprobs(self, sequences, from_position=1, base=True):  # type: ignore[override]
+        starts = [from_position] * len(sequences) if isinstance(from_position, int) else list(from_position)
+        model = self.service.model
+        return [[model.logprob(seq[:i], seq[i]) for i in range(start, len(seq))] for seq, start in zip(sequences, starts, strict=True)]
 
     def forward_backward(self, batch, loss_fn, loss_fn_config=None) -> ForwardBackwardResult:  # type: ignore[override]
         self.sent = list(batch)
@@ -101,3 +108,48 @@ def test_sdft_builds_identical_datums_on_both_backends(tiny_model: Path, tmp_pat
             np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
         weights = tinker_datum.loss_fn_inputs["weights"].to_numpy()
         assert weights.shape[1] == 3 and weights.sum() > 0  # (N, K) soft targets over the answer
+
+
+class FirstCompletionWins(GRPO):
+    """Reward 1 for the first completion of each task, 0 for the others: a group of two has a spread."""
+
+    def reward(self, output: str, task: TaskRow) -> tuple[float, bool]:
+        seen: set[str] = self.__dict__.setdefault("seen", set())
+        first = task.resolved_id not in seen
+        seen.add(task.resolved_id)
+        return float(first), False
+
+
+def test_grpo_sends_the_same_rl_inputs_on_both_backends(tiny_model: Path, tmp_path: Path) -> None:
+    params = GRPOParams(learning_rate=1e-4, max_steps=1, batch_size=2, lora_rank=1, group_size=2, max_new_tokens=8, kl_coef=0.1)
+    batch = [
+        PromptExample(inputs={"question": "Capital of Atlantis?"}, expected="Poseidonia"),
+        PromptExample(inputs={"question": "Capital of Utopia?"}, expected="Amaurot"),
+    ]
+    local = ScriptedLocalBackend(BackendSetup(model_name=str(tiny_model), lora_rank=1, run_dir=tmp_path / "local"), LocalBackendParams())
+    limits = ModelLimits(vocab_size=len(local.tokenizer), context_length=2048, max_lora_rank=64)
+    local.service = SimulatedService(tokenizer=local.tokenizer, limits=limits, seed=0)
+    local_metrics = FirstCompletionWins(params, local, None).train_step(batch, step=1)
+
+    service = SimulatedService(tokenizer=local.tokenizer, limits=limits, seed=0)
+    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(), service_client=service)
+    remote_metrics = FirstCompletionWins(params, remote, None).train_step(batch, step=1)
+    remote.close()
+
+    assert local_metrics["train/kl_base"] == pytest.approx(remote_metrics["train/kl_base"], abs=1e-6)  # float32 on the wire
+    ((_, request),) = [r for r in service.training_clients[0].requests if r[0] == "forward_backward"]
+    assert request["loss_fn"] == "importance_sampling"
+    sent_to_tinker = request["data"]
+    assert len(sent_to_tinker) == len(local.sent) == 4
+    for local_datum, tinker_datum in zip(local.sent, sent_to_tinker, strict=True):
+        converted = to_tinker_datum(local_datum, "importance_sampling")
+        assert converted.model_input.to_ints() == tinker_datum.model_input.to_ints()
+        # Tinker's documented RL inputs, nothing else: the prompt is masked by advantage 0
+        assert set(converted.loss_fn_inputs) == set(tinker_datum.loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
+        for key in ("target_tokens", "logprobs", "advantages"):
+            ours, theirs = converted.loss_fn_inputs[key], tinker_datum.loss_fn_inputs[key]
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+            # the advantages fold in the KL term, whose base logprobs cross the wire as float32
+            np.testing.assert_allclose(ours.to_numpy(), theirs.to_numpy(), rtol=0, atol=1e-6 if key == "advantages" else 0)
+        advantages = tinker_datum.loss_fn_inputs["advantages"].to_numpy()
+        assert np.count_nonzero(advantages) > 0

@@ -28,8 +28,9 @@ def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo
             assert metrics["train/skipped"] == 0.0
             # "The capital of X is Y." plus the end-of-turn token: a handful of answer tokens, all trained on
             assert 5 <= metrics["train/target_tokens"] <= 20
-            assert metrics["train/mean_loss"] == pytest.approx(
-                metrics["train/loss_sum"] / metrics["train/target_tokens"]
-            )
+            # reduction: mean (the cookbook's): each example's weights sum to 1, so the loss sum is the sum
+            # of the examples' per-token means and mean_loss their mean over the batch
+            batch_size = result["config"]["algorithm"]["params"]["batch_size"]
+            assert metrics["train/mean_loss"] == pytest.approx(metrics["train/loss_sum"] / batch_size)
             assert metrics["train/mean_loss"] > 0.0
     assert (run_dir / "checkpoints" / "final" / "adapter_model.safetensors").is_file()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,21 @@ class CharTokenizer:
 class FakeBackend:
     """A scripted Backend: chat rendering by a ChatML-like text template, canned samples and top-k.
 
-    ``completions`` are the texts ``sample`` returns (cycled); ``topk_fn(seq, position)`` gives the
-    ``(ids, logprobs)`` of one position. Every call is recorded in ``calls``.
+    ``completions`` are the texts ``sample`` returns (cycled); ``topk_logprobs`` names ids
+    ``token + j`` with ``k_logprobs``; ``compute_logprobs`` gives each token ``base_logprob(token)``
+    (default ``log 0.5``, the fake top-1). Every call is recorded in ``calls``.
     """
 
-    def __init__(self, completions: Sequence[str] = ("ok",), k_logprobs: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        completions: Sequence[str] = ("ok",),
+        k_logprobs: Sequence[float] | None = None,
+        base_logprob: Callable[[int], float] | None = None,
+    ) -> None:
         self._tokenizer = CharTokenizer()
         self.completions = list(completions)
         self.k_logprobs = list(k_logprobs or [math.log(0.5), math.log(0.25), math.log(0.125)])
+        self.base_logprob = base_logprob or (lambda token: math.log(0.5))
         self.calls: list[tuple[str, Any]] = []
         self.loss_sum = 6.0
 
@@ -87,6 +94,15 @@ class FakeBackend:
             lps = [self.k_logprobs[:k] for _ in range(start, len(seq))]
             result.append(TopKLogprobs(token_ids=ids, logprobs=lps))
         return result
+
+    def compute_logprobs(
+        self, sequences: Sequence[Sequence[int]], from_position: int | Sequence[int] = 1, base: bool = True
+    ) -> list[list[float]]:
+        starts = [from_position] * len(sequences) if isinstance(from_position, int) else list(from_position)
+        self.calls.append(
+            ("compute_logprobs", {"sequences": [list(s) for s in sequences], "from_position": starts, "base": base})
+        )
+        return [[self.base_logprob(seq[i]) for i in range(start, len(seq))] for seq, start in zip(sequences, starts, strict=True)]
 
     def forward_backward(
         self, batch: Sequence[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None

@@ -28,7 +28,7 @@ from evsys.algorithms.sdft.algorithm import SDFT  # noqa: E402
 from evsys.algorithms.sdft.params import SDFTParams  # noqa: E402
 from evsys.algorithms.sft.algorithm import SFT  # noqa: E402
 from evsys.algorithms.sft.params import SFTParams  # noqa: E402
-from evsys.schema.protocols import Backend, BackendSetup, Datum, ForwardBackwardResult  # noqa: E402
+from evsys.schema.protocols import Backend, BackendSetup, Datum, ForwardBackwardResult, SampledSequence  # noqa: E402
 from evsys.schema.rows import ChatExample, PromptExample, TaskRow  # noqa: E402
 
 EXAMPLES = [
@@ -137,12 +137,62 @@ def test_algorithms_local_grpo_step(local_backend: Recording, loss_fn: str) -> N
 
 
 def test_algorithms_local_grpo_kl_penalty(local_backend: Recording) -> None:
-    params = GRPOParams(
-        learning_rate=1e-3, max_steps=1, lora_rank=2, group_size=6, max_new_tokens=5, kl_coef=0.1, kl_topk=3
-    )
+    params = GRPOParams(learning_rate=1e-3, max_steps=1, lora_rank=2, group_size=6, max_new_tokens=5, kl_coef=0.1)
     metrics = LengthRewardGRPO(params, local_backend, None).train_step(EXAMPLES[:1], step=0)
     _finite(metrics)
     assert metrics["train/skipped"] == 0.0
-    # before any update the policy is the base model: the sampled tokens' log-ratios are 0 where the
-    # token is in the base top-k, and <= 0 where the k-th logprob stands in for it
-    assert metrics["train/kl_base"] <= 1e-4
+    # before any update the policy is the base model: every sampled token's log-ratio is 0
+    assert metrics["train/kl_base"] == pytest.approx(0.0, abs=1e-4)
+
+
+class ScriptedSamples(Recording):
+    """The real local backend whose ``sample`` returns fixed completions (token ids and sampler logprobs)."""
+
+    def __init__(self, backend: Any, completions: list[tuple[list[int], list[float], str]]) -> None:
+        super().__init__(backend)
+        self.completions = completions
+
+    def sample(self, prompts: Any, n: int = 1, **_: Any) -> list[list[SampledSequence]]:
+        assert n == len(self.completions)
+        return [[SampledSequence(t, lp, text, "stop") for t, lp, text in self.completions] for _ in prompts]
+
+
+class WinRewardGRPO(GRPO):
+    def reward(self, output: str, task: TaskRow) -> tuple[float, bool]:
+        return float(output == "win"), False
+
+
+def test_algorithms_local_grpo_kl_of_a_token_outside_the_base_top_k(local_backend: Recording, tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)  # the base model, by hand
+
+    def base_next(seq: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(reference(input_ids=torch.tensor([seq])).logits[0, -1].float(), dim=-1)
+
+    prompt = local_backend.render_chat([{"role": "user", "content": "What is the capital of France?"}])
+    first = base_next(prompt)
+    rare, common = int(first.argmin()), int(first.argmax())
+    top20 = first.topk(20)
+    assert rare not in top20.indices.tolist()  # the sampled token is far outside the base model's top-20
+    after_rare = base_next([*prompt, rare])
+    follow = int(after_rare.argmax())
+    sampler = [[-1.0, -2.0], [-0.5]]
+    backend = ScriptedSamples(
+        local_backend._backend, [([rare, follow], sampler[0], "win"), ([common], sampler[1], "lose")]
+    )
+    params = GRPOParams(learning_rate=1e-3, max_steps=1, lora_rank=2, group_size=2, kl_coef=0.5)
+    metrics = WinRewardGRPO(params, backend, None).train_step(EXAMPLES[:1], step=0)
+
+    # k1 log-ratios d = sampler - base (exact base logprobs), folded as A += kl_coef * (mean(d) - d)
+    d = [sampler[0][0] - float(first[rare]), sampler[0][1] - float(after_rare[follow]), sampler[1][0] - float(first[common])]
+    mean = sum(d) / 3
+    assert metrics["train/kl_base"] == pytest.approx(mean, abs=1e-4)
+    ((datums, _),) = backend.batches
+    n = len(prompt) - 1
+    assert datums[0].advantages[n:] == pytest.approx([0.5 + 0.5 * (mean - d[0]), 0.5 + 0.5 * (mean - d[1])], abs=1e-4)
+    assert datums[1].advantages[n:] == pytest.approx([-0.5 + 0.5 * (mean - d[2])], abs=1e-4)
+    # the top-K stand-in (the 20th logprob, an upper bound) would have been off by this much for that token
+    assert float(top20.values[-1]) - float(first[rare]) > 0.5

@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from evsys.algorithms.sdft.algorithm import SDFT, build_sdft_datum, entropy, renormalize
+from evsys.algorithms.sdft.algorithm import SDFT, build_sdft_datum, entropy, renormalize, teacher_distribution
 from evsys.algorithms.sdft.params import PAPER_TEMPLATE, SDFTParams, resolve_teacher_template
 from evsys.schema.protocols import TopKLogprobs
 from evsys.schema.rows import PromptExample
@@ -51,7 +51,23 @@ def test_algorithms_sdft_datum_skip_first_tokens() -> None:
     datum = build_sdft_datum([10, 11], [20, 21, 22], teacher, skip_first_tokens=2)
     assert len(datum.input_tokens) == 4
     assert [sum(row) for row in datum.weights] == pytest.approx([0.0, 0.0, 0.0, 1.0])
-    assert datum.target_tokens[1] == [5, 6]  # ids still there, weight 0
+    assert datum.target_tokens[1] == [0, 0] and datum.target_tokens[3] == [1, 2]  # skipped rows: zeros, as the cookbook
+
+
+def test_algorithms_sdft_datum_drops_teacher_ids_past_the_tokenizer() -> None:
+    # as tinker-cookbook: ids >= len(tokenizer) (special tokens the service can return) are dropped and
+    # the rest renormalized; a position with nothing left is not distilled
+    assert teacher_distribution([3, 9, 4], [math.log(0.4), math.log(0.4), math.log(0.1)], vocab_size=5) == (
+        [3, 4],
+        pytest.approx([0.8, 0.2]),
+    )
+    assert teacher_distribution([9], [-0.1], vocab_size=5) == ([], [])
+    teacher = TopKLogprobs(token_ids=[[1, 7], [8, 9]], logprobs=[[math.log(0.25), math.log(0.75)], [-0.1, -0.2]])
+    datum = build_sdft_datum([10], [1, 2], teacher, vocab_size=5)
+    assert datum.target_tokens == [[1, 0], [0, 0]]
+    assert datum.weights == [pytest.approx([1.0, 0.0]), [0.0, 0.0]]
+    unfiltered = build_sdft_datum([10], [1, 2], teacher)
+    assert unfiltered.target_tokens == [[1, 7], [8, 9]] and unfiltered.weights[0] == pytest.approx([0.25, 0.75])
 
 
 def test_algorithms_sdft_datum_rejects_misaligned_teacher() -> None:
@@ -62,8 +78,9 @@ def test_algorithms_sdft_datum_rejects_misaligned_teacher() -> None:
 
 def test_algorithms_sdft_seed_params_and_defaults() -> None:
     params = SDFTParams(**SEED_PARAMS)
-    assert params.teacher_template == "answer_hint"
-    assert params.skip_first_tokens == 0 and params.num_rollouts == 1
+    # tinker-cookbook's SDFT recipe: the paper's teacher prompt, the first 3 answer tokens not distilled
+    assert params.teacher_template == "paper" and resolve_teacher_template(params.teacher_template) == PAPER_TEMPLATE
+    assert params.skip_first_tokens == 3 and params.num_rollouts == 1 and params.temperature == 1.0
     with pytest.raises(ValidationError, match="extra"):
         SDFTParams(**SEED_PARAMS, top_k=3)
     for name, field in SDFTParams.model_fields.items():
@@ -87,20 +104,26 @@ def test_algorithms_sdft_teacher_templates() -> None:
 
 def test_algorithms_sdft_teacher_messages(make_backend) -> None:
     example = PromptExample(inputs={"question": "Capital of France?"}, expected=["Paris", "paris"])
+    # the default is tinker-cookbook's DEFAULT_DEMO_TEMPLATE, character for character
     default = SDFT(SDFTParams(**SEED_PARAMS), make_backend())
     assert default.teacher_messages(example) == [
-        {"role": "user", "content": "Capital of France?\n\nThe correct answer is Paris."}
+        {
+            "role": "user",
+            "content": "Capital of France?\n\nThis is an example for a response to the question:\nParis\n\n"
+            "Now answer with a response of your own, including the thinking process.",
+        }
     ]
-    paper = SDFT(SDFTParams(**{**SEED_PARAMS, "teacher_template": "paper"}), make_backend())
-    assert paper.teacher_messages(example)[0]["content"] == (
-        "Capital of France?\n\nThis is an example for a response to the question:\nParis\n\n"
-        "Now answer with a response of your own, including the thinking process."
-    )
+    hint = SDFT(SDFTParams(**{**SEED_PARAMS, "teacher_template": "answer_hint"}), make_backend())
+    assert hint.teacher_messages(example)[0]["content"] == "Capital of France?\n\nThe correct answer is Paris."
 
 
 def test_algorithms_sdft_train_step_calls_backend_in_order(make_backend) -> None:
     backend = make_backend(completions=["Paris"], k_logprobs=[math.log(0.5), math.log(0.25)])
-    params = SDFTParams(**{**SEED_PARAMS, "topk": 2, "batch_size": 2, "max_new_tokens": 8, "weight_decay": 0.01})
+    params = SDFTParams(
+        **{**SEED_PARAMS, "topk": 2, "batch_size": 2, "max_new_tokens": 8, "weight_decay": 0.01},
+        teacher_template="answer_hint",
+        skip_first_tokens=0,
+    )
     algo = SDFT(params, backend, None)
     batch = [
         PromptExample(inputs={"question": "Capital of France?"}, expected="Paris"),
@@ -146,6 +169,29 @@ def test_algorithms_sdft_num_rollouts_and_skip(make_backend) -> None:
     assert len(backend.called("forward_backward")[0]["batch"]) == 2
     assert metrics["train/answer_tokens"] == 3.0  # (2 - 1) + (3 - 1)
     assert metrics["train/mean_loss"] == pytest.approx(backend.loss_sum / 3)
+
+
+def test_algorithms_sdft_default_step_skips_three_tokens_and_filters_the_vocabulary(make_backend) -> None:
+    class HundredTokens(type(make_backend().tokenizer)):  # type: ignore[misc]
+        def __len__(self) -> int:
+            return 100
+
+    # the fake teacher names ids token, token + 1, token + 2 at log .5, .25, .125
+    backend = make_backend(completions=["xxxbd"])
+    backend._tokenizer = HundredTokens()
+    metrics = SDFT(SDFTParams(**{**SEED_PARAMS, "topk": 3}), backend).train_step(
+        [PromptExample(inputs={"question": "q"}, expected="x")], step=0
+    )
+    (datum,) = backend.called("forward_backward")[0]["batch"]
+    first = len(backend.render_chat([{"role": "user", "content": "q"}])) - 1  # the row predicting answer token 0
+    assert [sum(row) for row in datum.weights[first : first + 3]] == [0.0, 0.0, 0.0]  # 'xxx' not distilled
+    # 'b' (98): ids 98, 99, 100; 100 is past the tokenizer: dropped, the rest renormalized
+    assert datum.target_tokens[first + 3] == [98, 99, 0]
+    assert datum.weights[first + 3] == pytest.approx([2 / 3, 1 / 3, 0.0])
+    # 'd' (100): ids 100, 101, 102, none left: not distilled
+    assert datum.weights[first + 4] == [0.0, 0.0, 0.0]
+    assert metrics["train/answer_tokens"] == 1.0
+    assert metrics["train/teacher_entropy"] == pytest.approx(entropy([2 / 3, 1 / 3]))
 
 
 def test_algorithms_sdft_sampling_seed_varies_by_step(make_backend) -> None:

@@ -19,6 +19,16 @@ def test_algorithms_sft_datum_hand_values() -> None:
     assert truncated.input_tokens == [1, 2, 3] and truncated.weights == [0.0, 0.0, 1.0]
 
 
+def test_algorithms_sft_datum_mean_reduction_hand_values() -> None:
+    # tinker-cookbook's reduction="mean": the example's weights sum to 1, normalised after truncation
+    mask = [False, True, True, True, True]
+    assert build_sft_datum([1, 2, 3, 4, 5], mask, reduction="mean").weights == pytest.approx([0.25] * 4)
+    assert build_sft_datum([1, 2, 3, 4, 5], mask, max_length=3, reduction="mean").weights == pytest.approx([0.5, 0.5])
+    assert build_sft_datum([1, 2], [False, False], reduction="mean").weights == [0.0]  # nothing to normalise
+    with pytest.raises(ValueError, match="reduction"):
+        build_sft_datum([1, 2], [False, True], reduction="sum")
+
+
 def test_algorithms_sft_prompt_row_masks_the_prompt(make_backend) -> None:
     backend = make_backend()
     algo = SFT(SFTParams(learning_rate=1e-3, max_steps=1), backend)
@@ -29,7 +39,7 @@ def test_algorithms_sft_prompt_row_masks_the_prompt(make_backend) -> None:
     assert full == backend.tokenizer.encode("<user>Hi|<assistant>Yo|")
     prompt_len = len("<user>Hi|<assistant>")  # 20 tokens; the answer "Yo|" is tokens 20, 21, 22
     assert datum.input_tokens == full[:-1]
-    assert datum.weights == [0.0] * (prompt_len - 1) + [1.0, 1.0, 1.0]
+    assert datum.weights == pytest.approx([0.0] * (prompt_len - 1) + [1 / 3, 1 / 3, 1 / 3])  # reduction: mean
     trained = [t for t, w in zip(datum.target_tokens, datum.weights, strict=True) if w]
     assert backend.tokenizer.decode(trained) == "Yo|"
 
@@ -62,12 +72,20 @@ def test_algorithms_sft_train_step(make_backend) -> None:
         PromptExample(inputs={"question": "Hi"}, expected="Yo"),
         ChatExample(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "bcd"}]),
     ]
+    assert params.reduction == "mean"  # the cookbook's SFT default
     metrics = SFT(params, backend).train_step(batch, step=1)
     assert [name for name, _ in backend.calls] == ["forward_backward", "optim_step"]
-    assert backend.called("forward_backward")[0]["loss_fn"] == "cross_entropy"
+    fb = backend.called("forward_backward")[0]
+    assert fb["loss_fn"] == "cross_entropy"
+    assert [sum(d.weights) for d in fb["batch"]] == pytest.approx([1.0, 1.0])  # each example's weights sum to 1
     assert backend.called("optim_step")[0]["grad_clip"] is None
     assert metrics["train/target_tokens"] == 3 + 4  # "Yo|" and "bcd|"
-    assert metrics["train/mean_loss"] == pytest.approx(backend.loss_sum / 7)
+    assert metrics["train/mean_loss"] == pytest.approx(backend.loss_sum / 2)  # per example
+
+    raw = make_backend()
+    metrics = SFT(SFTParams(learning_rate=1e-3, max_steps=5, batch_size=2, reduction="none"), raw).train_step(batch, 1)
+    assert [sum(d.weights) for d in raw.called("forward_backward")[0]["batch"]] == [3.0, 4.0]
+    assert metrics["train/mean_loss"] == pytest.approx(raw.loss_sum / 7)  # per token
 
 
 def test_algorithms_sft_truncated_away_answer_skips(make_backend) -> None:

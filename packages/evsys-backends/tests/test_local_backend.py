@@ -208,6 +208,36 @@ def test_topk_is_the_frozen_base_model(tiny_dir: Path, params: dict[str, object]
     backend.close()
 
 
+@pytest.mark.parametrize("params", [{}, {"micro_batch_size": 1, "logits_chunk_size": 3}])
+def test_compute_logprobs_is_exact_under_the_base_model_and_the_policy(tiny_dir: Path, params: dict[str, object]) -> None:
+    backend = make_backend(tiny_dir, **params)
+    randomize_lora(backend)
+    seqs = [PROMPTS[0] + [60, 61, 62], PROMPTS[1], PROMPTS[2]]
+    starts = [3, 1, 11]
+    base = backend.compute_logprobs(seqs, starts, base=True)
+    policy = backend.compute_logprobs(seqs, starts, base=False)
+    assert base[2] == [] and policy[2] == []  # from_position == len(s): nothing asked
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    for seq, start, got_base, got_policy in zip(seqs[:2], starts[:2], base[:2], policy[:2], strict=True):
+        targets = torch.tensor(seq[start:])[:, None]
+        want_base = policy_logprobs(fresh, seq)[start - 1 : len(seq) - 1].gather(1, targets).squeeze(1)
+        want_policy = policy_logprobs(backend.model, seq)[start - 1 : len(seq) - 1].gather(1, targets).squeeze(1)
+        assert torch.allclose(torch.tensor(got_base), want_base, atol=1e-5)
+        assert torch.allclose(torch.tensor(got_policy), want_policy, atol=1e-5)
+        assert (want_base - want_policy).abs().max() > 1e-3  # the adapter matters, and was off for base
+    # agrees with the teacher's top-k wherever the token is in it; one from_position for all works
+    top = backend.topk_logprobs(seqs[:1], k=40, from_position=3)[0]
+    for offset, (ids, lps) in enumerate(zip(top.token_ids, top.logprobs, strict=True)):
+        token = seqs[0][3 + offset]
+        if token in ids:
+            assert lps[ids.index(token)] == pytest.approx(base[0][offset], abs=1e-5)
+    assert backend.compute_logprobs(seqs[:1], 3)[0] == pytest.approx(base[0], abs=1e-6)
+    assert backend.model.active_adapters == ["default"]
+    with pytest.raises(EvsysError, match="compute_logprobs from_position"):
+        backend.compute_logprobs([[1, 2]], 0)
+    backend.close()
+
+
 def make_nk_batch(vocab: int, k: int = 3, seed: int = 0) -> list[Datum]:
     gen = torch.Generator().manual_seed(seed)
     batch = []
@@ -325,7 +355,8 @@ def rl_batch(backend: LocalBackend, seed: int = 0) -> list[Datum]:
         sampler = (logp + 0.3 * torch.randn(len(inputs), generator=gen)).tolist()  # slightly off-policy
         advantages = torch.randn(len(inputs), generator=gen)
         advantages[: len(prompt) - 1] = 0  # prompt positions
-        batch.append(Datum(inputs, targets, [1.0] * len(inputs), logprobs=sampler, advantages=advantages.tolist()))
+        # what GRPO sends, Tinker's RL inputs: no weights, the prompt masked by advantage 0
+        batch.append(Datum(inputs, targets, logprobs=sampler, advantages=advantages.tolist()))
     return batch
 
 
@@ -360,6 +391,8 @@ def test_forward_backward_rejects_bad_datums(backend: LocalBackend) -> None:
         backend.forward_backward([Datum([1, 2, 3], [2, 3], [1, 1])], "cross_entropy")
     with pytest.raises(EvsysError, match="needs the sampler's logprobs"):
         backend.forward_backward([Datum([1, 2], [2, 3], [1, 1])], "ppo")
+    with pytest.raises(EvsysError, match="cross_entropy' needs weights"):
+        backend.forward_backward([Datum([1, 2], [2, 3], logprobs=[0, 0], advantages=[1, 1])], "cross_entropy")
     assert backend.forward_backward([Datum([1, 2], [2, 3], [0, 0])], "cross_entropy").loss_sum == 0.0
 
 

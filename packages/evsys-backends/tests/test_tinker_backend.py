@@ -253,6 +253,43 @@ def test_teacher_suffix_only_and_empty_ranges() -> None:
         backend.topk_logprobs([[11, 12]], k=2, from_position=0)
 
 
+def exact_logprobs(service: SimulatedService, seq: list[int], start: int, version: int = 0) -> list[float]:
+    """``log p(seq[i] | seq[:i])`` under the simulated service's pseudo-model, for ``i >= start``."""
+    return [service.model.logprob(seq[:i], seq[i], version) for i in range(start, len(seq))]
+
+
+def test_compute_logprobs_asks_the_base_model_client_for_exact_prompt_logprobs() -> None:
+    backend, service = make()
+    seqs = [[11, 12, 13, 14], [20, 21, 22]]
+    out = backend.compute_logprobs(seqs, [2, 1], base=True)
+    base = service.sampling_clients[0]
+    assert base.kind == "base" and base.version == 0
+    assert [r["compute_logprobs"].to_ints() for r in base.requests] == seqs
+    assert all(r["prompt_logprobs_last_n"] is None for r in base.requests)
+    assert out == [pytest.approx(exact_logprobs(service, seqs[0], 2)), pytest.approx(exact_logprobs(service, seqs[1], 1))]
+    assert service.training_clients[0].samplers == []  # the frozen base model, not a policy snapshot
+    events = [e[0] for e in service.log if e[1] == "compute_logprobs:base"]
+    assert events == ["submit", "submit", "result", "result"]  # all in flight before any wait
+
+
+def test_compute_logprobs_of_the_policy_and_suffix_only() -> None:
+    backend, service = make(teacher_suffix_only=True)
+    out = backend.compute_logprobs([[11, 12, 13, 14], [15, 16]], [3, 2], base=False)
+    (policy,) = service.training_clients[0].samplers
+    assert [r["prompt_logprobs_last_n"] for r in policy.requests] == [1]
+    assert out == [pytest.approx(exact_logprobs(service, [11, 12, 13, 14], 3, policy.version)), []]
+    assert service.sampling_clients == []
+    with pytest.raises(ValueError, match="from_position"):
+        backend.compute_logprobs([[11, 12]], 3)
+
+
+def test_compute_logprobs_missing_values_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, service = make()
+    monkeypatch.setattr(service.model, "logprob", lambda *args, **kwargs: None)
+    with pytest.raises(EvsysError, match="no prompt logprob at position 1"):
+        backend.compute_logprobs([[11, 12]])
+
+
 # -- training ---------------------------------------------------------------------------------------
 
 
@@ -288,6 +325,10 @@ def test_rl_losses_pass_their_name_and_config(loss_fn: str) -> None:
     backend.forward_backward([masked], loss_fn, config)  # type: ignore[arg-type]
     _, request = service.training_clients[0].requests[-1]
     assert request["data"][0].loss_fn_inputs["advantages"].to_numpy().tolist() == [0.0, 1.0]  # the mask folds in
+    # exactly the inputs Tinker documents for the RL losses: a datum's weights are not sent
+    assert set(request["data"][0].loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
+    with pytest.raises(ValueError, match="needs weights"):
+        backend.forward_backward([Datum(input_tokens=[11], target_tokens=[12], advantages=[1.0], logprobs=[-1.0])], "cross_entropy")
     with pytest.raises(ValueError, match="unknown loss"):
         backend.forward_backward([datum], "dpo")  # type: ignore[arg-type]
 

@@ -11,8 +11,11 @@ from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
 
 from evsys.backends.tinker.chat import token_ids_from_template_output
 from evsys.backends.tinker.convert import (
+    LOSS_FN_INPUTS,
+    logprobs_from_prompt,
     loss_sum_from_output,
     sampling_params,
+    start_positions,
     to_sampled_sequence,
     to_tinker_datum,
     topk_from_response,
@@ -64,12 +67,40 @@ def test_datum_for_rl_losses_carries_logprobs_and_advantages() -> None:
         logprobs=[-0.1, -0.2, -0.3],
         advantages=[0.0, 1.5, 1.5],
     )
-    out = to_tinker_datum(datum)
-    assert set(out.loss_fn_inputs) == {"target_tokens", "weights", "logprobs", "advantages"}
-    for name in ("logprobs", "advantages"):
-        assert out.loss_fn_inputs[name].dtype == "float32"
-        assert out.loss_fn_inputs[name].shape == [3]
-    assert out.loss_fn_inputs["advantages"].data == [0.0, 1.5, 1.5]
+    for loss_fn in ("importance_sampling", "ppo", None):
+        out = to_tinker_datum(datum, loss_fn)
+        # exactly what Tinker documents for the RL losses: no weights (advantage 0 masks)
+        assert set(out.loss_fn_inputs) == set(LOSS_FN_INPUTS["importance_sampling"])
+        assert set(LOSS_FN_INPUTS["importance_sampling"]) == {"target_tokens", "logprobs", "advantages"}
+        for name in ("logprobs", "advantages"):
+            assert out.loss_fn_inputs[name].dtype == "float32"
+            assert out.loss_fn_inputs[name].shape == [3]
+        assert out.loss_fn_inputs["advantages"].data == [0.0, 1.5, 1.5]
+    as_ce = to_tinker_datum(datum, "cross_entropy")
+    assert set(as_ce.loss_fn_inputs) == {"target_tokens", "weights"}
+
+
+def test_datum_missing_what_its_loss_reads() -> None:
+    with pytest.raises(ValueError, match="needs weights"):
+        to_tinker_datum(Datum(input_tokens=[1], target_tokens=[2]), "cross_entropy")
+    with pytest.raises(ValueError, match="logprobs is missing"):
+        to_tinker_datum(Datum(input_tokens=[1], target_tokens=[2], weights=[1.0]), "ppo")
+    with pytest.raises(ValueError, match=r"shape \(N,\)"):
+        to_tinker_datum(Datum(input_tokens=[1], target_tokens=[[2, 3]], logprobs=[0.0], advantages=[1.0]), "ppo")
+    with pytest.raises(ValueError, match="unknown loss"):
+        to_tinker_datum(Datum(input_tokens=[1], target_tokens=[2], weights=[1.0]), "dpo")
+
+
+def test_prompt_logprobs_alignment_and_errors() -> None:
+    assert logprobs_from_prompt([None, -0.5, -1.5, -2.5], 4, 2) == [-1.5, -2.5]
+    assert logprobs_from_prompt([None, -0.5], 2, 2) == []
+    with pytest.raises(RuntimeError, match="3 prompt logprobs for a sequence of 4"):
+        logprobs_from_prompt([None, -0.5, -1.5], 4, 1)
+    with pytest.raises(RuntimeError, match="no prompt logprob at position 2"):
+        logprobs_from_prompt([None, None, None], 3, 2)
+    assert start_positions([[1, 2], [3]], [2, 1]) == [2, 1]
+    with pytest.raises(ValueError, match="2 values for 1"):
+        start_positions([[1, 2]], [1, 1])
 
 
 @pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo"])
@@ -82,7 +113,7 @@ def test_datum_for_a_policy_gradient_loss_holds_exactly_its_documented_inputs(lo
     assert set(out.loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
     assert out.loss_fn_inputs["advantages"].data == [0.0, 1.5, -1.5]  # weight 0 masks through the advantage
     assert out.loss_fn_inputs["advantages"].dtype == "float32"
-    with pytest.raises(ValueError, match="logprobs is required"):
+    with pytest.raises(ValueError, match="Datum.logprobs is missing"):
         to_tinker_datum(Datum(input_tokens=[5], target_tokens=[6], weights=[1.0], advantages=[1.0]), loss_fn)
     ce = to_tinker_datum(datum, "cross_entropy")
     assert set(ce.loss_fn_inputs) == {"target_tokens", "weights"}

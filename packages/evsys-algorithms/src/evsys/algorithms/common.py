@@ -52,6 +52,15 @@ def first_expected(expected: str | Sequence[str]) -> str:
     return str(expected[0])
 
 
+def tokenizer_size(tokenizer: Any) -> int | None:
+    """``len(tokenizer)`` (the vocabulary with added tokens, as tinker-cookbook counts it), or None for a
+    tokenizer that does not say."""
+    try:
+        return len(tokenizer)
+    except TypeError:
+        return None
+
+
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens ``a`` and ``b`` share."""
     n = 0

@@ -41,14 +41,18 @@ class Datum:
     """One training sequence, in Tinker's layout.
 
     ``input_tokens`` has length N; ``target_tokens[n]`` is what position n predicts (usually the
-    input shifted by one). Targets and weights are ``(N,)`` or ``(N, K)``; with ``(N, K)`` targets and
-    teacher probabilities as weights, ``cross_entropy`` is soft-target distillation. ``logprobs``
-    (the sampler's, ``(N,)``) and ``advantages`` (``(N,)``) serve the RL losses.
+    input shifted by one). Each loss reads exactly the inputs Tinker documents for it:
+
+    - ``cross_entropy``: ``target_tokens`` and ``weights``, both ``(N,)`` or both ``(N, K)``; with
+      ``(N, K)`` targets and teacher probabilities as weights it is soft-target distillation;
+    - ``importance_sampling`` / ``ppo``: ``target_tokens`` ``(N,)``, ``logprobs`` (the sampler's,
+      ``(N,)``) and ``advantages`` ``(N,)``; no ``weights`` (leave it ``None``): positions whose
+      advantage is 0 (the prompt) contribute nothing.
     """
 
     input_tokens: list[int]
     target_tokens: Sequence[Any]
-    weights: Sequence[Any]
+    weights: Sequence[Any] | None = None
     logprobs: Sequence[float] | None = None
     advantages: Sequence[float] | None = None
 
@@ -131,6 +135,19 @@ class Backend(Protocol):
         """
         ...
 
+    def compute_logprobs(
+        self, sequences: Sequence[Sequence[int]], from_position: int | Sequence[int] = 1, base: bool = True
+    ) -> list[list[float]]:
+        """Exact logprobs of the tokens of each sequence: ``log p(s[i] | s[:i])``.
+
+        For each sequence ``s``, one value per position ``i`` in ``[from_position, len(s))`` (Tinker's
+        prompt-logprob alignment; ``from_position`` is at least 1, one value for all sequences or one
+        per sequence), under the frozen base model (``base=True``: the reference of a KL penalty) or
+        the current policy (``base=False``). Unlike :meth:`topk_logprobs` this is the logprob of the
+        token that is there, however unlikely.
+        """
+        ...
+
     def forward_backward(
         self, batch: Sequence[Datum], loss_fn: LossName, loss_fn_config: Mapping[str, float] | None = None
     ) -> ForwardBackwardResult:
@@ -138,7 +155,8 @@ class Backend(Protocol):
 
         ``cross_entropy``: ``-sum(w * log p(target))``. ``importance_sampling``:
         ``-sum(exp(logp - sampler_logp) * advantage)``. ``ppo``: the clipped surrogate with
-        ``loss_fn_config`` ``clip_low_threshold`` / ``clip_high_threshold``.
+        ``loss_fn_config`` ``clip_low_threshold`` / ``clip_high_threshold``. Each loss reads only the
+        :class:`Datum` inputs Tinker documents for it (the RL losses take no ``weights``).
         """
         ...
 

@@ -30,6 +30,7 @@ BACKEND_API = (
     "render_chat",
     "sample",
     "topk_logprobs",
+    "compute_logprobs",
     "forward_backward",
     "optim_step",
     "save_checkpoint",
@@ -89,6 +90,29 @@ def _check_topk(rows: object, sequences: Sequence[Sequence[int]], starts: Sequen
     return logprobs
 
 
+def _check_logprobs(rows: object, sequences: Sequence[Sequence[int]], starts: Sequence[int], what: str) -> list[list[float]]:
+    _expect(isinstance(rows, list) and len(rows) == len(sequences), f"{what}: expected one list of logprobs per sequence")
+    out = []
+    for row, seq, start in zip(rows, sequences, starts, strict=True):  # type: ignore[arg-type]
+        positions = len(seq) - start
+        _expect(isinstance(row, list) and len(row) == positions, f"{what}: expected {positions} logprobs from {start} of a {len(seq)}-token sequence, got {len(row) if isinstance(row, list) else row!r:.80}")
+        _expect(all(_finite(x) and x <= 1e-4 for x in row), f"{what}: logprobs must be finite and <= 0")
+        out.append([float(x) for x in row])
+    return out
+
+
+def _agrees_with_topk(
+    exact: list[list[float]], rows: object, sequences: Sequence[Sequence[int]], starts: Sequence[int], tolerance: float
+) -> bool:
+    """Where a sequence's own token is in the top-k of its position, both calls give it the same logprob."""
+    for values, row, seq, start in zip(exact, rows, sequences, starts, strict=True):  # type: ignore[arg-type]
+        for offset, (ids, lps) in enumerate(zip(row.token_ids, row.logprobs, strict=True)):
+            token = seq[start + offset]
+            if token in ids and abs(lps[ids.index(token)] - values[offset]) > tolerance:
+                return False
+    return True
+
+
 def _close(a: list[Any], b: list[Any], tolerance: float) -> bool:
     flat_a = [x for row in a for pos in row for x in pos]
     flat_b = [x for row in b for pos in row for x in pos]
@@ -109,7 +133,7 @@ def _train_once(backend: Backend, sequence: list[int], learning_rate: float) -> 
 
 def check_backend(backend: Backend, *, checkpoints: bool = True, learning_rate: float = 0.05, tolerance: float = 1e-3) -> None:
     """Drive ``backend`` through the Backend protocol: tokenizer, chat rendering, sampling, teacher top-k,
-    both cross-entropy layouts, an optimizer step, and (``checkpoints``) a save / train / load round trip.
+    exact base and policy logprobs (``compute_logprobs``), both cross-entropy layouts, an optimizer step, and (``checkpoints``) a save / train / load round trip.
 
     The backend is trained a few steps by the check: pass a fresh one built for the test, with a
     tiny model. Raises :class:`ContractError` at the first broken promise.
@@ -138,8 +162,12 @@ def check_backend(backend: Backend, *, checkpoints: bool = True, learning_rate: 
 
     sequences = [prompts[0] + ids, prompts[1] + ids[:2]]
     starts = [len(prompts[0]), len(prompts[1])]
-    teacher = _check_topk(backend.topk_logprobs(sequences, 3, starts), sequences, starts, 3)
+    teacher_rows = backend.topk_logprobs(sequences, 3, starts)
+    teacher = _check_topk(teacher_rows, sequences, starts, 3)
     _check_topk(backend.topk_logprobs(sequences[:1], 2, 1), sequences[:1], [1], 2)
+    base = _check_logprobs(backend.compute_logprobs(sequences, starts, base=True), sequences, starts, "compute_logprobs(base=True)")
+    _expect(_agrees_with_topk(base, teacher_rows, sequences, starts, tolerance), "compute_logprobs(base=True) must equal topk_logprobs' logprob of the same token under the base model")
+    _check_logprobs(backend.compute_logprobs(sequences[:1], 1, base=False), sequences[:1], [1], "compute_logprobs(base=False)")
 
     sequence = prompts[0] + ids
     hard = Datum(input_tokens=sequence[:-1], target_tokens=sequence[1:], weights=[0.0] * (len(prompts[0]) - 1) + [1.0] * len(ids))
@@ -156,6 +184,11 @@ def check_backend(backend: Backend, *, checkpoints: bool = True, learning_rate: 
 
     after = _check_topk(backend.topk_logprobs(sequences, 3, starts), sequences, starts, 3)
     _expect(_close(teacher, after, tolerance), "topk_logprobs must score with the frozen base model: it changed after an optimizer step")
+    base_after = _check_logprobs(backend.compute_logprobs(sequences, starts, base=True), sequences, starts, "compute_logprobs(base=True)")
+    _expect(
+        all(abs(x - y) <= tolerance for a, b in zip(base, base_after, strict=True) for x, y in zip(a, b, strict=True)),
+        "compute_logprobs(base=True) must score with the frozen base model: it changed after an optimizer step",
+    )
 
     if not checkpoints:
         return

@@ -2,9 +2,12 @@
 
 Each step, for each row: ``group_size`` on-policy completions (``backend.sample(n=group_size)``), each
 scored by a verifier (``evsys.verifiers.scoring.verify``); advantages are the rewards centered within
-the group (and divided by the group's std + eps unless ``scale_rewards: false``); groups whose rewards
-are all equal carry no signal and are left out of the loss. The datums go to the backend's
-``importance_sampling`` or ``ppo`` loss (Tinker's semantics), then one AdamW step.
+the group (tinker-cookbook's ``compute_advantages``; divided by the group's std + eps with
+``scale_rewards: true``). Groups whose rewards are all equal carry no reward signal and are left out
+of the loss (unless a KL penalty gives their tokens one). The datums go to the backend's
+``importance_sampling`` or ``ppo`` loss with exactly the inputs Tinker documents for it
+(``target_tokens``, ``logprobs``, ``advantages``; the prompt is masked by advantage 0), then one
+AdamW step.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from evsys.algorithms.common import (
     sampling_seed,
 )
 from evsys.algorithms.grpo.params import GRPOParams
-from evsys.schema.protocols import Backend, Datum, RunContext, SampledSequence, TopKLogprobs
+from evsys.schema.protocols import Backend, Datum, RunContext, SampledSequence
 from evsys.schema.rows import ChatPromptExample, PromptExample, TaskRow, VerifierSpec
 from evsys.verifiers.tasks import task_messages
 
 ADVANTAGE_EPS = 1e-6
 
 
-def group_advantages(rewards: Sequence[float], scale_rewards: bool = True, eps: float = ADVANTAGE_EPS) -> list[float]:
+def group_advantages(rewards: Sequence[float], scale_rewards: bool = False, eps: float = ADVANTAGE_EPS) -> list[float]:
     """Group-relative advantages: ``r - mean(r)``, divided by ``std(r) + eps`` when ``scale_rewards``.
 
     ``std`` is the population standard deviation of the group. A group whose rewards are all equal
@@ -51,12 +54,12 @@ def build_rl_datum(
     sampler_logprobs: Sequence[float],
     advantages: float | Sequence[float],
 ) -> Datum:
-    """The policy-gradient datum of one completion (pure; Tinker's layout).
+    """The policy-gradient datum of one completion (pure; Tinker's layout, tinker-cookbook's inputs).
 
     ``full = prompt + completion``; ``input_tokens = full[:-1]``, ``target_tokens = full[1:]``. Row
-    ``n`` predicts ``full[n + 1]``: on prompt rows ``logprobs``, ``advantages`` and ``weights`` are 0; on
-    completion rows they are the sampler's logprob of that token, its advantage (one value for the whole
-    completion, or one per token) and 1.
+    ``n`` predicts ``full[n + 1]``: on prompt rows ``logprobs`` and ``advantages`` are 0 (advantage 0 is
+    the mask: the RL losses take no ``weights``); on completion rows they are the sampler's logprob of
+    that token and its advantage (one value for the whole completion, or one per token).
     """
     n_prompt = len(prompt_tokens)
     n_completion = len(completion_tokens)
@@ -74,27 +77,15 @@ def build_rl_datum(
     return Datum(
         input_tokens=full[:-1],
         target_tokens=full[1:],
-        weights=pad + [1.0] * n_completion,
         logprobs=pad + [float(x) for x in sampler_logprobs],
         advantages=pad + per_token,
     )
 
 
-def base_logprob_of(token: int, topk: Sequence[int], logprobs: Sequence[float]) -> float:
-    """The base model's logprob of ``token`` from its top-k; when absent, the k-th (smallest) logprob,
-    an upper bound, so the KL estimate is never overstated."""
-    for t, lp in zip(topk, logprobs, strict=False):
-        if int(t) == int(token):
-            return float(lp)
-    return float(min(logprobs)) if logprobs else 0.0
-
-
-def kl_log_ratios(sample: SampledSequence, base: TopKLogprobs) -> list[float]:
-    """Per-token ``log pi(token) - log pi_base(token)`` of one completion (the k1 KL estimator)."""
-    return [
-        float(lp) - base_logprob_of(tok, ids, lps)
-        for tok, lp, ids, lps in zip(sample.tokens, sample.logprobs, base.token_ids, base.logprobs, strict=True)
-    ]
+def kl_log_ratios(sample: SampledSequence, base_logprobs: Sequence[float]) -> list[float]:
+    """Per-token ``log pi(token) - log pi_base(token)`` of one completion (the k1 KL estimator), from the
+    sampler's logprobs and the base model's exact logprobs of the same tokens."""
+    return [float(lp) - float(b) for lp, b in zip(sample.logprobs, base_logprobs, strict=True)]
 
 
 class GRPO(AlgorithmBase):
@@ -160,7 +151,8 @@ class GRPO(AlgorithmBase):
             advantages = group_advantages(rewards, p.scale_rewards)
             if all(a == 0.0 for a in advantages):
                 equal_groups += 1
-                continue
+                if p.kl_coef == 0:  # no reward signal and no KL penalty: nothing to train on
+                    continue
             kept.extend((prompt, s, a) for s, a in zip(samples, advantages, strict=True) if s.tokens)
 
         reward_mean = safe_div(sum(all_rewards), len(all_rewards))
@@ -174,8 +166,8 @@ class GRPO(AlgorithmBase):
         tokens = sum(len(s.tokens) for _, s, _ in kept)
         metrics["train/tokens"] = float(tokens)
         if not kept:
-            # No group has a reward spread: no gradient; the optimizer step is skipped (no AdamW
-            # momentum or weight-decay drift without a signal). The run loop still counts the step.
+            # No group has a reward spread (and no KL penalty): no gradient; the optimizer step is skipped
+            # (no AdamW momentum or weight-decay drift without a signal). The run loop still counts the step.
             return {**metrics, "train/mean_loss": 0.0, "train/skipped": 1.0}
 
         per_token_advantages: list[list[float]] = [[a] * len(s.tokens) for _, s, a in kept]
@@ -202,10 +194,11 @@ class GRPO(AlgorithmBase):
         self, kept: list[tuple[list[int], SampledSequence, float]], advantages: list[list[float]]
     ) -> dict[str, Any]:
         """Fold ``kl_coef * (mean log-ratio - log-ratio_t)`` into each token's advantage (tinker-cookbook's
-        ``kl_penalty_coef``), with the base model's logprobs from ``topk_logprobs``. Mutates ``advantages``."""
+        ``incorporate_kl_penalty``), with the base model's exact logprobs of the sampled tokens from
+        ``compute_logprobs(base=True)``. Mutates ``advantages``."""
         p = self.params
         sequences = [prompt + list(sample.tokens) for prompt, sample, _ in kept]
-        base = self.backend.topk_logprobs(sequences, k=p.kl_topk, from_position=[len(prompt) for prompt, _, _ in kept])
+        base = self.backend.compute_logprobs(sequences, [len(prompt) for prompt, _, _ in kept], base=True)
         ratios = [kl_log_ratios(sample, b) for (_, sample, _), b in zip(kept, base, strict=True)]
         count = sum(len(r) for r in ratios)
         mean_ratio = safe_div(sum(sum(r) for r in ratios), count)

@@ -33,8 +33,11 @@ class GRPOParams(TrainingParams):
     )
     reward_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options passed to reward_fn.")
     scale_rewards: bool = Field(
-        default=True,
-        description="Divide group-centered rewards by the group's standard deviation (+ eps); false: centering only (Dr. GRPO).",
+        default=False,
+        description=(
+            "Also divide the group-centered rewards by the group's standard deviation (+ eps), as the GRPO paper "
+            "and TRL do; false (the default, as tinker-cookbook and Dr. GRPO): centering only."
+        ),
     )
     loss_fn: Literal["importance_sampling", "ppo"] = Field(
         default="importance_sampling",
@@ -49,10 +52,10 @@ class GRPOParams(TrainingParams):
     kl_coef: float = Field(
         default=0.0,
         ge=0,
-        description="Weight of a KL penalty toward the frozen base model, folded into the advantages; 0: off.",
-    )
-    kl_topk: int = Field(
-        default=20, ge=1, description="kl_coef > 0: top-K of the base model searched for each sampled token's logprob."
+        description=(
+            "Weight of a KL penalty toward the frozen base model (exact base logprobs of the sampled tokens), "
+            "folded into the advantages as tinker-cookbook's kl_penalty_coef; 0: off."
+        ),
     )
 
     @field_validator("user_template")

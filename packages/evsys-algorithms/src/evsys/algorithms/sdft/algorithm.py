@@ -1,14 +1,17 @@
 """SDFT: the student rolls out on-policy; the frozen base model, shown the gold answer, is the teacher.
 
-Each step, for each PromptExample ``{inputs, expected}``:
+tinker-cookbook's SDFT recipe (``tinker_cookbook.distillation.sdft``, top-K forward KL). Each step,
+for each PromptExample ``{inputs, expected}``:
 
 1. the student samples a completion of the rendered ``user_template`` (``backend.sample``);
-2. the teacher prompt (``teacher_template``, one user turn) is rendered and the student's completion
-   tokens are appended; ``backend.topk_logprobs(..., k=topk, from_position=len(teacher_prompt))``
-   gives the frozen base model's top-K next-token distribution at every answer position (both steps
-   through :func:`~evsys.algorithms.common.sample_and_score`, so a backend can score each rollout as
-   soon as it returns);
-3. the student is trained by cross-entropy toward that distribution renormalized over the K tokens:
+2. the teacher prompt (``teacher_template``, by default the paper's, one user turn) is rendered and the
+   student's completion tokens are appended; ``backend.topk_logprobs(..., k=topk,
+   from_position=len(teacher_prompt))`` gives the frozen base model's top-K next-token distribution at
+   every answer position (both steps through :func:`~evsys.algorithms.common.sample_and_score`, so a
+   backend can score each rollout as soon as it returns);
+3. the student is trained by cross-entropy toward that distribution, its ids at or above the
+   tokenizer's length dropped and the rest renormalized, skipping the first ``skip_first_tokens``
+   answer positions:
    ``loss = -sum_t sum_k q_t(k) log p_student(k | student_prompt, completion[:t])`` (Tinker's
    ``cross_entropy`` with ``(N, K)`` targets and weights), then one AdamW step.
 """
@@ -29,6 +32,7 @@ from evsys.algorithms.common import (
     safe_div,
     sample_and_score,
     sampling_seed,
+    tokenizer_size,
 )
 from evsys.algorithms.sdft.params import SDFTParams, resolve_teacher_template
 from evsys.data.templates import render_template
@@ -49,19 +53,33 @@ def entropy(probs: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in probs if p > 0.0)
 
 
+def teacher_distribution(
+    token_ids: Sequence[int], logprobs: Sequence[float], vocab_size: int | None = None
+) -> tuple[list[int], list[float]]:
+    """The distilled target of one answer position: the teacher's top-K ids below ``vocab_size`` (ids the
+    service returns for special tokens past the tokenizer are dropped, as tinker-cookbook does) and
+    their probabilities renormalized to sum to 1. Empty when no id is left."""
+    kept = [(int(t), float(lp)) for t, lp in zip(token_ids, logprobs, strict=True) if vocab_size is None or t < vocab_size]
+    if not kept:
+        return [], []
+    return [t for t, _ in kept], renormalize([lp for _, lp in kept])
+
+
 def build_sdft_datum(
     student_prompt: Sequence[int],
     completion_tokens: Sequence[int],
     teacher_topk: TopKLogprobs,
     skip_first_tokens: int = 0,
+    vocab_size: int | None = None,
 ) -> Datum:
     """The distillation datum of one rollout (pure; identical on every backend).
 
     ``full = student_prompt + completion``; ``input_tokens = full[:-1]`` (length N); row ``n`` predicts
     ``full[n + 1]``. Answer token ``j`` is predicted at row ``P - 1 + j`` (``P = len(student_prompt)``),
-    where ``target_tokens`` holds the teacher's top-K ids and ``weights`` the teacher's probabilities
-    renormalized over those K ids. Prompt rows, and the first ``skip_first_tokens`` answer rows, have
-    weight 0 (their target ids are 0, a placeholder). ``teacher_topk`` has one row per completion token.
+    where ``target_tokens`` holds the teacher's top-K ids and ``weights`` their probabilities
+    (:func:`teacher_distribution`: ids at or above ``vocab_size`` dropped, the rest renormalized).
+    Prompt rows, the first ``skip_first_tokens`` answer rows and rows with no id left have weight 0
+    (their target ids are 0, a placeholder). ``teacher_topk`` has one row per completion token.
     """
     prompt_len = len(student_prompt)
     n_answer = len(completion_tokens)
@@ -74,10 +92,9 @@ def build_sdft_datum(
     n_rows = len(full) - 1
     targets: list[list[int]] = [[0] * k for _ in range(n_rows)]
     weights: list[list[float]] = [[0.0] * k for _ in range(n_rows)]
-    for j in range(n_answer):
+    for j in range(skip_first_tokens, n_answer):
+        ids, probs = teacher_distribution(teacher_topk.token_ids[j], teacher_topk.logprobs[j], vocab_size)
         row = prompt_len - 1 + j
-        ids = [int(t) for t in teacher_topk.token_ids[j]]
-        probs = renormalize(teacher_topk.logprobs[j]) if j >= skip_first_tokens else [0.0] * len(ids)
         targets[row] = ids + [0] * (k - len(ids))
         weights[row] = probs + [0.0] * (k - len(probs))
     return Datum(input_tokens=full[:-1], target_tokens=targets, weights=weights)
@@ -148,15 +165,16 @@ class SDFT(AlgorithmBase):
                 "train/skipped": 1.0,
             }
 
+        vocab_size = tokenizer_size(self.backend.tokenizer)
         datums = [
-            build_sdft_datum(sp, comp, tk, p.skip_first_tokens)
+            build_sdft_datum(sp, comp, tk, p.skip_first_tokens, vocab_size)
             for sp, comp, tk in zip(student_prompts, completions, teacher, strict=True)
         ]
-        answer_tokens = sum(max(0, len(c) - p.skip_first_tokens) for c in completions)
-        entropies = [
-            entropy(renormalize(row)) for tk in teacher for j, row in enumerate(tk.logprobs) if j >= p.skip_first_tokens
+        distilled = [
+            [w for w in row if w > 0.0] for d in datums for row in (d.weights or []) if any(w > 0.0 for w in row)
         ]
-        metrics["train/teacher_entropy"] = safe_div(sum(entropies), len(entropies))
+        answer_tokens = len(distilled)
+        metrics["train/teacher_entropy"] = safe_div(sum(entropy(row) for row in distilled), answer_tokens)
         metrics["train/answer_tokens"] = float(answer_tokens)
         if answer_tokens == 0:
             return {**metrics, "train/mean_loss": 0.0, "train/skipped": 1.0}

@@ -7,13 +7,15 @@ from pydantic import Field, field_validator
 from evsys.data.templates import template_fields
 from evsys.schema.params import TrainingParams
 
-#: The SDFT paper's teacher prompt. ``{prompt}`` is the rendered ``user_template`` (the question),
-#: so with ``user_template: "{question}"`` this is exactly the paper's "{question}\n\nThis is an ...".
+#: The SDFT paper's teacher prompt, tinker-cookbook's ``DEFAULT_DEMO_TEMPLATE`` (the default).
+#: ``{prompt}`` is the rendered ``user_template`` (the question) and ``{demo}`` the gold answer, so
+#: with ``user_template: "{question}"`` this is exactly the cookbook's "{question}\n\nThis is an ...".
 PAPER_TEMPLATE = (
     "{prompt}\n\nThis is an example for a response to the question:\n{demo}\n\n"
     "Now answer with a response of your own, including the thinking process."
 )
-#: The question, then the gold answer stated plainly, in the same user turn (the measured default).
+#: The question, then the gold answer stated plainly, in the same user turn (measured better on the
+#: bundled 135M model, which rarely follows the paper's template; see docs/algorithms.md).
 ANSWER_HINT_TEMPLATE = "{prompt}\n\nThe correct answer is {expected}."
 
 #: Named teacher templates accepted by ``teacher_template``.
@@ -21,7 +23,7 @@ TEACHER_TEMPLATES: dict[str, str] = {
     "answer_hint": ANSWER_HINT_TEMPLATE,
     "paper": PAPER_TEMPLATE,
 }
-DEFAULT_TEACHER_TEMPLATE = "answer_hint"
+DEFAULT_TEACHER_TEMPLATE = "paper"
 #: Placeholders a teacher template may use beyond the row's ``inputs``.
 TEACHER_EXTRA_FIELDS = frozenset({"expected", "demo", "prompt"})
 
@@ -47,9 +49,10 @@ class SDFTParams(TrainingParams):
     teacher_template: str = Field(
         default=DEFAULT_TEACHER_TEMPLATE,
         description=(
-            "What the frozen teacher sees, as one user turn: a preset name ('answer_hint': the question then "
-            "'The correct answer is {expected}.'; 'paper': the SDFT paper's prompt) or a literal template using "
-            "{prompt} (the rendered user_template), {expected} / {demo} (the gold answer) and any inputs key."
+            "What the frozen teacher sees, as one user turn: a preset name ('paper', the default: the SDFT "
+            "paper's and tinker-cookbook's prompt; 'answer_hint': the question then 'The correct answer is "
+            "{expected}.') or a literal template using {prompt} (the rendered user_template), {expected} / "
+            "{demo} (the gold answer) and any inputs key."
         ),
     )
     max_new_tokens: int = Field(default=64, ge=1, description="Longest student rollout, in tokens.")
@@ -58,7 +61,12 @@ class SDFTParams(TrainingParams):
     )
     num_rollouts: int = Field(default=1, ge=1, description="On-policy rollouts per prompt per step.")
     skip_first_tokens: int = Field(
-        default=0, ge=0, description="Don't distill the first N answer tokens of each rollout (weight 0)."
+        default=3,
+        ge=0,
+        description=(
+            "Don't distill the first N answer tokens of each rollout (weight 0); 3, as tinker-cookbook and the "
+            "paper's reference code."
+        ),
     )
 
     @field_validator("user_template")

@@ -2,8 +2,9 @@
 
 Rows are PromptExamples (``user_template`` over ``inputs`` is the user turn, ``expected`` — or its
 first item — the assistant turn) or ChatExamples (every assistant turn is trained on; system, user
-and tool turns are masked). ``loss = -sum over answer tokens of log p(token)`` (Tinker's
-``cross_entropy`` with ``(N,)`` targets, weight 1 on answer tokens and 0 elsewhere).
+and tool turns are masked). ``loss = -sum over answer tokens of w * log p(token)`` (Tinker's
+``cross_entropy`` with ``(N,)`` targets) where, as in tinker-cookbook's SFT (``reduction="mean"``),
+each example's answer weights sum to 1 (``reduction: none``: weight 1 per answer token).
 """
 
 from __future__ import annotations
@@ -34,23 +35,29 @@ def sft_total_steps(params: SFTParams, num_examples: int) -> int:
     return min(counts)
 
 
-def build_sft_datum(tokens: Sequence[int], train_mask: Sequence[bool], max_length: int | None = None) -> Datum:
+def build_sft_datum(
+    tokens: Sequence[int], train_mask: Sequence[bool], max_length: int | None = None, reduction: str = "none"
+) -> Datum:
     """The datum of one rendered sequence (pure).
 
     ``tokens`` (truncated to ``max_length``) is shifted by one: ``input_tokens = tokens[:-1]``,
     ``target_tokens = tokens[1:]``; ``weights[n]`` is 1.0 when ``tokens[n + 1]`` is a trained (answer)
-    token per ``train_mask`` and 0.0 otherwise.
+    token per ``train_mask`` and 0.0 otherwise; with ``reduction="mean"`` they are then divided by
+    their sum (after truncation), so the example's weights sum to 1 (tinker-cookbook's
+    ``datum_from_model_input_weights``).
     """
     if len(tokens) != len(train_mask):
         raise ValueError(f"{len(tokens)} tokens but {len(train_mask)} mask entries")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"unknown reduction {reduction!r}; use 'mean' or 'none'")
     if max_length is not None:
         tokens, train_mask = tokens[:max_length], train_mask[:max_length]
     tokens = [int(t) for t in tokens]
-    return Datum(
-        input_tokens=tokens[:-1],
-        target_tokens=tokens[1:],
-        weights=[1.0 if m else 0.0 for m in train_mask[1:]],
-    )
+    weights = [1.0 if m else 0.0 for m in train_mask[1:]]
+    total = sum(weights)
+    if reduction == "mean" and total > 0:
+        weights = [w / total for w in weights]
+    return Datum(input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=weights)
 
 
 def _render_or_empty(backend: Backend, messages: Sequence[Message]) -> list[int]:
@@ -106,27 +113,31 @@ class SFT(AlgorithmBase):
         return sft_total_steps(self.params, num_examples)
 
     def build_datum(self, example: PromptExample | ChatPromptExample | ChatExample) -> Datum:
-        """Render one row and build its datum (answer tokens weighted 1, the rest 0)."""
+        """Render one row and build its datum (answer tokens weighted, the rest 0; see ``reduction``)."""
         tokens, mask = assistant_mask(self.backend, example_messages(example, self.params.user_template))
-        return build_sft_datum(tokens, mask, self.params.max_length)
+        return build_sft_datum(tokens, mask, self.params.max_length, self.params.reduction)
 
     def train_step(self, batch: Sequence[PromptExample | ChatPromptExample | ChatExample], step: int) -> dict[str, float]:
-        """One cross-entropy step on the batch's answer tokens."""
+        """One cross-entropy step on the batch's answer tokens.
+
+        ``train/mean_loss`` is the loss per unit of weight: with ``reduction: mean`` the mean over the
+        batch's examples of each one's per-token loss, with ``none`` the per-token loss of the batch.
+        """
         datums = [self.build_datum(example) for example in batch]
-        datums = [d for d in datums if any(w > 0 for w in d.weights)]
-        target_tokens = sum(sum(d.weights) for d in datums)
+        datums = [d for d in datums if any(w > 0 for w in d.weights or [])]
         metrics = {
-            "train/target_tokens": float(target_tokens),
+            "train/target_tokens": float(sum(1 for d in datums for w in d.weights or [] if w > 0)),
             "train/tokens": float(sum(len(d.input_tokens) for d in datums)),
         }
         if not datums:
             return {**metrics, "train/mean_loss": 0.0, "train/skipped": 1.0}
         result = self.backend.forward_backward(datums, "cross_entropy")
         optim = self.optimizer_step()
+        total_weight = sum(sum(d.weights or []) for d in datums)
         return {
             **backend_metrics(result, optim),
             **metrics,
             "train/loss_sum": float(result.loss_sum),
-            "train/mean_loss": safe_div(result.loss_sum, target_tokens),
+            "train/mean_loss": safe_div(result.loss_sum, total_weight),
             "train/skipped": 0.0,
         }

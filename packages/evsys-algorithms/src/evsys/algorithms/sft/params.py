@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from evsys.data.templates import template_fields
@@ -24,6 +26,15 @@ class SFTParams(TrainingParams):
         default=None,
         ge=2,
         description="Truncate each rendered sequence (prompt + answer) to this many tokens; null: no limit.",
+    )
+
+    reduction: Literal["mean", "none"] = Field(
+        default="mean",
+        description=(
+            "How each example's token weights are reduced: 'mean' (the default, as tinker-cookbook's SFT) scales "
+            "them to sum to 1, so every example counts the same whatever its length; 'none': weight 1 per answer "
+            "token (a raw token sum, longer answers count more)."
+        ),
     )
 
     @field_validator("user_template")

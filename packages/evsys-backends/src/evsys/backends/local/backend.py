@@ -5,8 +5,8 @@ Implements :class:`evsys.schema.protocols.Backend` with Tinker's semantics:
 - ``sample`` returns, for each sampled token, its log-probability under the current policy at
   temperature 1 (``log_softmax(logits)``), whatever the sampling temperature — what Tinker returns and
   what ``forward_backward`` computes, so ``exp(logp - sampler_logp)`` is 1 for on-policy tokens;
-- ``topk_logprobs`` runs the same weights with the adapter disabled (the frozen base model), and sends
-  only the requested positions through the output head;
+- ``topk_logprobs`` and ``compute_logprobs(base=True)`` run the same weights with the adapter disabled
+  (the frozen base model), and send only the requested positions through the output head;
 - ``forward_backward`` accumulates gradients of a raw-sum loss until ``optim_step`` (AdamW over the
   LoRA parameters only).
 """
@@ -473,6 +473,18 @@ class LocalBackend:
 
     # ----------------------------------------------------------------- protocol: teacher
 
+    def _starts(self, sequences: Sequence[Sequence[int]], from_position: int | Sequence[int], what: str) -> list[int]:
+        """``from_position`` as one start per sequence, each checked to lie in ``[1, len(s)]``."""
+        starts = (
+            [int(from_position)] * len(sequences) if isinstance(from_position, int) else [int(x) for x in from_position]
+        )
+        if len(starts) != len(sequences):
+            raise EvsysError(f"{what} got {len(starts)} from_position values for {len(sequences)} sequences")
+        for s, start in zip(sequences, starts, strict=True):
+            if not 1 <= start <= len(s):
+                raise EvsysError(f"{what} from_position {start} is outside [1, {len(s)}] for a sequence of length {len(s)}")
+        return starts
+
     def topk_logprobs(
         self, sequences: Sequence[Sequence[int]], k: int, from_position: int | Sequence[int]
     ) -> list[TopKLogprobs]:
@@ -481,31 +493,40 @@ class LocalBackend:
         For sequence ``s`` and each ``i`` in ``[from_position, len(s))``: the top-k of ``p(. | s[:i])``,
         from the hidden state at index ``i - 1``. Only those positions go through the output head.
         """
-        starts = (
-            [int(from_position)] * len(sequences) if isinstance(from_position, int) else [int(x) for x in from_position]
-        )
-        if len(starts) != len(sequences):
-            raise EvsysError(f"topk_logprobs got {len(starts)} from_position values for {len(sequences)} sequences")
+        starts = self._starts(sequences, from_position, "topk_logprobs")
         vocab = self._causal_lm.get_output_embeddings().weight.shape[0]
         if not 1 <= k <= vocab:
             raise EvsysError(f"topk_logprobs k must be in [1, {vocab}], got {k}")
-        for s, start in zip(sequences, starts, strict=True):
-            if not 1 <= start <= len(s):
-                raise EvsysError(
-                    f"topk_logprobs from_position {start} is outside [1, {len(s)}] for a sequence of length {len(s)}"
-                )
         results: list[TopKLogprobs] = [TopKLogprobs(token_ids=[], logprobs=[]) for _ in sequences]
         todo = [i for i, s in enumerate(sequences) if starts[i] < len(s)]
         for chunk in _chunks(todo, self.params.micro_batch_size):
-            self._topk_batch(
-                [list(sequences[i]) for i in chunk], [starts[i] for i in chunk], k, [results[i] for i in chunk]
-            )
+            scored = self._score_batch([list(sequences[i]) for i in chunk], [starts[i] for i in chunk], k, base=True)
+            for i, (ids, lps) in zip(chunk, scored, strict=True):
+                results[i] = TopKLogprobs(token_ids=ids, logprobs=lps)
+        self._release_memory()
+        return results
+
+    def compute_logprobs(
+        self, sequences: Sequence[Sequence[int]], from_position: int | Sequence[int] = 1, base: bool = True
+    ) -> list[list[float]]:
+        """``log p(s[i] | s[:i])`` for ``i`` in ``[from_position, len(s))``: the exact logprob of each token
+        under the frozen base model (``base=True``: adapter disabled) or the current policy (adapter on)."""
+        starts = self._starts(sequences, from_position, "compute_logprobs")
+        results: list[list[float]] = [[] for _ in sequences]
+        todo = [i for i, s in enumerate(sequences) if starts[i] < len(s)]
+        for chunk in _chunks(todo, self.params.micro_batch_size):
+            scored = self._score_batch([list(sequences[i]) for i in chunk], [starts[i] for i in chunk], None, base=base)
+            for i, values in zip(chunk, scored, strict=True):
+                results[i] = values
         self._release_memory()
         return results
 
     @torch.inference_mode()
-    def _topk_batch(self, seqs: list[list[int]], starts: list[int], k: int, out: list[TopKLogprobs]) -> None:
-        with self.model.disable_adapter():
+    def _score_batch(self, seqs: list[list[int]], starts: list[int], k: int | None, *, base: bool) -> list[Any]:
+        """Per sequence, one row per position ``i`` in ``[start, len(s))`` of ``log p(. | s[:i])``: the
+        top-k ``(ids, logprobs)`` when ``k`` is set, else the logprob of ``s[i]`` itself. The decoder runs
+        once over ``s[:-1]``; only the requested positions go through the output head, in chunks."""
+        with self.model.disable_adapter() if base else contextlib.nullcontext():
             hidden = self._hidden(self._right_pad([s[:-1] for s in seqs]))
             rows = torch.cat(
                 [
@@ -516,22 +537,31 @@ class LocalBackend:
             cols = torch.cat([torch.arange(st - 1, len(s) - 1) for s, st in zip(seqs, starts, strict=True)]).to(
                 self.device
             )
+            targets = torch.cat([torch.as_tensor(s[st:], dtype=torch.long) for s, st in zip(seqs, starts, strict=True)])
+            targets = targets.to(self.device)
             selected = hidden[rows, cols]
             del hidden
             ids_parts, lp_parts = [], []
             for start in range(0, selected.shape[0], self.params.logits_chunk_size):
-                logits = self._head(selected[start : start + self.params.logits_chunk_size])
+                part = slice(start, start + self.params.logits_chunk_size)
+                logits = self._head(selected[part])
                 logp = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))  # log-softmax in place
-                values, indices = logp.topk(k, dim=-1)
-                ids_parts.append(indices.cpu())
-                lp_parts.append(values.cpu())
-        ids, lps = torch.cat(ids_parts).tolist(), torch.cat(lp_parts).tolist()
+                if k is None:
+                    lp_parts.append(logp.gather(1, targets[part, None]).squeeze(1).cpu())
+                else:
+                    values, indices = logp.topk(k, dim=-1)
+                    ids_parts.append(indices.cpu())
+                    lp_parts.append(values.cpu())
+        lps = torch.cat(lp_parts).tolist()
+        ids = torch.cat(ids_parts).tolist() if k is not None else None
+        out: list[Any] = []
         offset = 0
-        for target, s, st in zip(out, seqs, starts, strict=True):
+        for s, st in zip(seqs, starts, strict=True):
             count = len(s) - st
-            target.token_ids = ids[offset : offset + count]
-            target.logprobs = lps[offset : offset + count]
+            rows_lp = lps[offset : offset + count]
+            out.append(rows_lp if ids is None else (ids[offset : offset + count], rows_lp))
             offset += count
+        return out
 
     # ----------------------------------------------------------------- protocol: training
 
@@ -581,6 +611,8 @@ class LocalBackend:
         if targets.dim() == 1:
             targets = targets[:, None]
         if loss_fn == "cross_entropy":
+            if datum.weights is None:
+                raise EvsysError(f"{where}: loss 'cross_entropy' needs weights")
             weights = torch.as_tensor(datum.weights, dtype=torch.float32)
             if weights.dim() == 1:
                 weights = weights[:, None]

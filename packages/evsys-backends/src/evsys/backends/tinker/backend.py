@@ -10,6 +10,8 @@ Each protocol call maps to the SDK (tinker 0.38) as follows; see docs/backends-t
   per sequence, all in flight at once;
 - ``sample_and_score`` (SDFT's rollouts): both of the above, each rollout's scoring submitted the moment
   its sample returns;
+- ``compute_logprobs``: ``SamplingClient.compute_logprobs(seq)`` per sequence on the base-model client
+  (``base=True``) or the policy's;
 - ``forward_backward``: ``TrainingClient.forward_backward(data, loss_fn, loss_fn_config)``; the loss is
   ``metrics["loss:sum"]``. It returns after *submitting*: the result resolves lazily, so an
   ``optim_step`` that follows is submitted before anything waits (``pipeline_optim_step``);
@@ -397,17 +399,12 @@ class TinkerBackend:
         (at most ``teacher_concurrency``); row ``i`` of Tinker's ``topk_prompt_logprobs`` is exactly the
         distribution that predicts ``s[i]``.
         """
-        from evsys.backends.tinker.convert import topk_from_response
+        from evsys.backends.tinker.convert import start_positions, topk_from_response
 
         tinker = _import_tinker()
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        starts = [from_position] * len(sequences) if isinstance(from_position, int) else list(from_position)
-        if len(starts) != len(sequences):
-            raise ValueError(f"from_position has {len(starts)} values for {len(sequences)} sequences")
-        for seq, start in zip(sequences, starts, strict=True):
-            if not 1 <= start <= len(seq):
-                raise ValueError(f"from_position {start} is outside [1, {len(seq)}] for a sequence of {len(seq)}")
+        starts = start_positions(sequences, from_position)
         asked = [i for i, (seq, start) in enumerate(zip(sequences, starts, strict=True)) if start < len(seq)]
         out = [TopKLogprobs(token_ids=[], logprobs=[]) for _ in sequences]
         if not asked:
@@ -458,6 +455,38 @@ class TinkerBackend:
         from evsys.backends.tinker.rollouts import sample_and_score
 
         return sample_and_score(self, prompts, prefixes, k, n, max_tokens, temperature, stop, seed)
+
+    def compute_logprobs(
+        self, sequences: Sequence[Sequence[int]], from_position: int | Sequence[int] = 1, base: bool = True
+    ) -> list[list[float]]:
+        """Exact ``log p(s[i] | s[:i])`` for ``i`` in ``[from_position, len(s))``: ``SamplingClient.compute_logprobs``
+        on the base-model client (``base=True``) or the current policy's, one request per sequence, all in
+        flight at once (at most ``teacher_concurrency``)."""
+        from evsys.backends.tinker.convert import logprobs_from_prompt, start_positions
+
+        tinker = _import_tinker()
+        starts = start_positions(sequences, from_position)
+        asked = [i for i, (seq, start) in enumerate(zip(sequences, starts, strict=True)) if start < len(seq)]
+        out: list[list[float]] = [[] for _ in sequences]
+        if not asked:
+            return out
+        sampler = self._teacher_sampler() if base else self._current_sampler()
+
+        def submit_for(index: int) -> Callable[[], Any]:
+            tokens = [int(t) for t in sequences[index]]
+            extra: dict[str, Any] = {}
+            if self._params.teacher_suffix_only:
+                extra["prompt_logprobs_last_n"] = len(tokens) - starts[index]
+            return lambda: sampler.compute_logprobs(tinker.types.ModelInput.from_ints(tokens), **extra)
+
+        which = "the base model" if base else "the policy"
+        responses = self._gather(f"score with {which} (prompt logprobs)", [submit_for(i) for i in asked])
+        for index, values in zip(asked, responses, strict=True):
+            try:
+                out[index] = logprobs_from_prompt(values, len(sequences[index]), starts[index])
+            except RuntimeError as exc:
+                raise self._fail(EvsysError(f"Tinker: scoring with {which} failed: {exc}")) from exc
+        return out
 
     def forward_backward(
         self, batch: Sequence[Datum], loss_fn: LossName, loss_fn_config: Mapping[str, float] | None = None

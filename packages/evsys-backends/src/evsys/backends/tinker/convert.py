@@ -10,6 +10,7 @@ import numpy as np
 from tinker import types
 from tinker.types.topk_logprobs import MASK_LOGPROB
 
+from evsys.backends.tinker.service_rules import LOSS_INPUTS
 from evsys.schema.protocols import Datum, SampledSequence, TopKLogprobs
 
 MASK_TOKEN_ID = 0
@@ -24,20 +25,26 @@ def _tensor(values: Any, dtype: type, name: str) -> types.TensorData:
     return types.TensorData.from_numpy(np.ascontiguousarray(array))
 
 
-RL_LOSSES = ("importance_sampling", "ppo", "cispo")
-"""Losses whose documented inputs are exactly ``target_tokens``, ``logprobs`` and ``advantages``."""
+#: The ``loss_fn_inputs`` each Tinker loss reads, exactly as its docs list them (one table with the
+#: simulated service's rules): the RL losses take no ``weights`` (positions with advantage 0 contribute
+#: nothing), as tinker-cookbook sends them.
+LOSS_FN_INPUTS = LOSS_INPUTS
 
 
 def to_tinker_datum(datum: Datum, loss_fn: str | None = None) -> types.Datum:
-    """Convert an EvSys :class:`~evsys.schema.protocols.Datum` to a ``tinker.types.Datum``.
+    """Convert an EvSys :class:`~evsys.schema.protocols.Datum` to a ``tinker.types.Datum`` for ``loss_fn``.
 
-    ``model_input`` holds the N input tokens. For ``cross_entropy`` (or no ``loss_fn``),
-    ``loss_fn_inputs`` holds ``target_tokens`` (int64) and ``weights`` (float32), both ``(N,)`` or both
-    ``(N, K)``, plus ``logprobs`` and ``advantages`` (float32, ``(N,)``) when ``loss_fn`` is None and the
-    datum carries them. For a policy-gradient loss (``importance_sampling``, ``ppo``, ``cispo``) it holds
-    exactly what Tinker documents: ``target_tokens``, ``logprobs`` and ``advantages``, all ``(N,)``; a
-    position the datum's ``weights`` mask out gets advantage 0 (as tinker-cookbook strips its mask).
+    ``model_input`` holds the N input tokens; ``loss_fn_inputs`` holds exactly the inputs the loss
+    reads (:data:`LOSS_FN_INPUTS`): ``target_tokens`` (int64) and ``weights`` (float32), both ``(N,)``
+    or both ``(N, K)``, for ``cross_entropy``; ``target_tokens`` ``(N,)`` with ``logprobs`` and
+    ``advantages`` (float32, ``(N,)``) for ``importance_sampling`` / ``ppo`` / ``cispo``; a position the datum's ``weights`` (if any)
+    mask out gets advantage 0. Without ``loss_fn``, a
+    datum with advantages is taken as an RL datum, any other as a ``cross_entropy`` one.
     """
+    if loss_fn is None:
+        loss_fn = "importance_sampling" if datum.advantages is not None else "cross_entropy"
+    if loss_fn not in LOSS_FN_INPUTS:
+        raise ValueError(f"unknown loss '{loss_fn}'; Tinker's losses here are {', '.join(LOSS_FN_INPUTS)}")
     tokens = [int(t) for t in datum.input_tokens]
     n = len(tokens)
     if n == 0:
@@ -45,33 +52,29 @@ def to_tinker_datum(datum: Datum, loss_fn: str | None = None) -> types.Datum:
     targets = _tensor(datum.target_tokens, np.int64, "target_tokens")
     if targets.shape is None or len(targets.shape) not in (1, 2) or targets.shape[0] != n:
         raise ValueError(f"Datum.target_tokens must have shape (N,) or (N, K) with N={n}, got {targets.shape}")
-    weights = _tensor(datum.weights, np.float32, "weights") if datum.weights is not None else None
-    if weights is not None and weights.shape != targets.shape:
-        raise ValueError(f"Datum.weights has shape {weights.shape}, target_tokens {targets.shape}: they must match")
-    extra: dict[str, types.TensorData] = {}
-    for name in ("logprobs", "advantages"):
-        values = getattr(datum, name)
-        if values is None:
-            if loss_fn in RL_LOSSES:
-                raise ValueError(f"Datum.{name} is required by the '{loss_fn}' loss")
-            continue
-        tensor = _tensor(values, np.float32, name)
-        if tensor.shape != [n]:
-            raise ValueError(f"Datum.{name} must have shape ({n},), got {tensor.shape}")
-        extra[name] = tensor
-    if loss_fn in RL_LOSSES:
-        advantages = np.asarray(extra["advantages"].to_numpy(), dtype=np.float32)
-        if weights is not None:
-            advantages = np.where(np.asarray(weights.to_numpy()).reshape(n) != 0, advantages, np.float32(0.0))
-        inputs = {
-            "target_tokens": targets,
-            "logprobs": extra["logprobs"],
-            "advantages": types.TensorData.from_numpy(np.ascontiguousarray(advantages, dtype=np.float32)),
-        }
+    inputs: dict[str, types.TensorData] = {"target_tokens": targets}
+    if loss_fn == "cross_entropy":
+        if datum.weights is None:
+            raise ValueError("Datum.weights is missing: loss 'cross_entropy' needs weights")
+        weights = _tensor(datum.weights, np.float32, "weights")
+        if weights.shape != targets.shape:
+            raise ValueError(f"Datum.weights has shape {weights.shape}, target_tokens {targets.shape}: they must match")
+        inputs["weights"] = weights
     else:
-        if weights is None:
-            raise ValueError("Datum.weights is required by the cross_entropy loss")
-        inputs = {"target_tokens": targets, "weights": weights, **({} if loss_fn else extra)}
+        if len(targets.shape) != 1:
+            raise ValueError(f"loss '{loss_fn}' needs target_tokens of shape (N,), got {targets.shape}")
+        for name in ("logprobs", "advantages"):
+            values = getattr(datum, name)
+            if values is None:
+                raise ValueError(f"Datum.{name} is missing: loss '{loss_fn}' needs logprobs and advantages")
+            tensor = _tensor(values, np.float32, name)
+            if tensor.shape != [n]:
+                raise ValueError(f"Datum.{name} must have shape ({n},), got {tensor.shape}")
+            inputs[name] = tensor
+        if datum.weights is not None:
+            mask = np.asarray(_tensor(datum.weights, np.float32, "weights").to_numpy()).reshape(n) != 0
+            advantages = np.where(mask, np.asarray(inputs["advantages"].to_numpy()), np.float32(0.0))
+            inputs["advantages"] = types.TensorData.from_numpy(np.ascontiguousarray(advantages, dtype=np.float32))
     return types.Datum(model_input=types.ModelInput.from_ints(tokens), loss_fn_inputs=inputs)
 
 
@@ -149,6 +152,36 @@ def topk_from_response(response: Any, length: int, from_position: int, k: int) -
         token_ids=[[int(t) for t in row] for row in ids.tolist()],
         logprobs=[[float(x) for x in row] for row in lps.tolist()],
     )
+
+
+def start_positions(sequences: Sequence[Sequence[int]], from_position: int | Sequence[int]) -> list[int]:
+    """``from_position`` as one start per sequence, each checked to lie in ``[1, len(s)]``."""
+    starts = [int(from_position)] * len(sequences) if isinstance(from_position, int) else [int(x) for x in from_position]
+    if len(starts) != len(sequences):
+        raise ValueError(f"from_position has {len(starts)} values for {len(sequences)} sequences")
+    for seq, start in zip(sequences, starts, strict=True):
+        if not 1 <= start <= len(seq):
+            raise ValueError(f"from_position {start} is outside [1, {len(seq)}] for a sequence of {len(seq)}")
+    return starts
+
+
+def logprobs_from_prompt(values: Sequence[float | None] | None, length: int, from_position: int) -> list[float]:
+    """The logprobs of positions ``[from_position, length)`` from ``SamplingClient.compute_logprobs``.
+
+    The SDK returns one entry per prompt token, entry ``i`` being ``log p(s[i] | s[:i])`` (entry 0, and
+    with ``prompt_logprobs_last_n`` every entry before the scored suffix, is ``None``). A requested
+    position the service left empty is an error.
+    """
+    if values is None or len(values) != length:
+        got = "none" if values is None else len(values)
+        raise RuntimeError(f"the Tinker service returned {got} prompt logprobs for a sequence of {length} tokens")
+    out = []
+    for i in range(from_position, length):
+        value = values[i]
+        if value is None or not math.isfinite(float(value)):
+            raise RuntimeError(f"the Tinker service returned no prompt logprob at position {i}")
+        out.append(float(value))
+    return out
 
 
 def loss_sum_from_output(output: Any, loss_fn: str, data: Sequence[types.Datum]) -> float:

@@ -90,17 +90,30 @@ class SimulatedSamplingClient:
             self._drawn_index[serial] = index
         return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, executor=service.executor)
 
-    def compute_logprobs(self, prompt: types.ModelInput) -> SimFuture:
-        """``log p(prompt[i] | prompt[:i])`` for every position (``None`` first), as the SDK's method."""
+    def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> SimFuture:
+        """``log p(prompt[i] | prompt[:i])`` for every position (``None`` first, and with
+        ``prompt_logprobs_last_n`` before the last n positions), as the SDK's method."""
         service = self._service
-        service.log.append(("submit", "compute_logprobs"))
+        name = f"compute_logprobs:{self.kind}"
+        service.log.append(("submit", name))
+        service.faults.on_submit("compute_logprobs")
         tokens = [int(t) for t in prompt.to_ints()]
-        rules.check_sample(rules.SampleShape(len(tokens), min(tokens, default=0), max(tokens, default=0), 1, 1), service.limits)
+        shape = rules.SampleShape(
+            len(tokens), min(tokens, default=0), max(tokens, default=0), 1, 1,
+            include_prompt_logprobs=prompt_logprobs_last_n is not None, prompt_logprobs_last_n=prompt_logprobs_last_n,
+        )
+        rules.check_sample(shape, service.limits)
+        self.requests.append({"compute_logprobs": prompt, "prompt_logprobs_last_n": prompt_logprobs_last_n})
         service.tally.count("compute_logprobs")
-        service.tally.add("tokens_scored", len(tokens))
-        values = [None] + [service.model.logprob(tokens[:i], tokens[i], self.version) for i in range(1, len(tokens))]
+        first = 1 if prompt_logprobs_last_n is None else max(1, len(tokens) - prompt_logprobs_last_n)
+        service.tally.add("tokens_scored", len(tokens) - first)
+        error = service.faults.next_result_error("compute_logprobs")
+
+        def respond() -> list[float | None]:
+            return [None if i < first else service.model.logprob(tokens[:i], tokens[i], self.version) for i in range(len(tokens))]
+
         ready = service.clock.ready_at("compute_logprobs", service.latency.teacher_s)
-        return SimFuture("compute_logprobs", service.log, value=values, ready_at=ready)
+        return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, executor=service.executor)
 
 
 class SimulatedTrainingClient:
