@@ -113,7 +113,7 @@ def test_datum_for_a_policy_gradient_loss_holds_exactly_its_documented_inputs(lo
     assert set(out.loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
     assert out.loss_fn_inputs["advantages"].data == [0.0, 1.5, -1.5]  # weight 0 masks through the advantage
     assert out.loss_fn_inputs["advantages"].dtype == "float32"
-    with pytest.raises(ValueError, match="Datum.logprobs is missing"):
+    with pytest.raises(ValueError, match="logprobs is missing"):
         to_tinker_datum(Datum(input_tokens=[5], target_tokens=[6], weights=[1.0], advantages=[1.0]), loss_fn)
     ce = to_tinker_datum(datum, "cross_entropy")
     assert set(ce.loss_fn_inputs) == {"target_tokens", "weights"}
