@@ -78,7 +78,7 @@ def test_sdft_builds_identical_datums_on_both_backends(tiny_model: Path, tmp_pat
     SDFT(params, local, None).train_step(batch, step=1)
 
     service = FakeServiceClient(tokenizer=local.tokenizer)
-    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(), service_client=service)
+    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(renderer="huggingface"), service_client=service)
     SDFT(params, remote, None).train_step(batch, step=1)
     remote.close()
 
