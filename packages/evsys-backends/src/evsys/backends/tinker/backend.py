@@ -118,6 +118,17 @@ def _import_tinker() -> Any:
     return tinker
 
 
+CAPABILITIES_TIMEOUT_S = 30.0
+"""Longest wait for the service's model list at start; past it the cached or static list is used."""
+
+
+def _is_sdk_service(service_client: Any) -> bool:
+    """Whether ``service_client`` is the SDK's own ``ServiceClient`` (then its RestClient can list models)."""
+    from tinker.lib.public_interfaces.service_client import ServiceClient
+
+    return isinstance(service_client, ServiceClient)
+
+
 class TinkerBackend:
     """The Backend protocol on the Tinker service: a LoRA training client plus sampling clients.
 
@@ -133,6 +144,7 @@ class TinkerBackend:
         *,
         service_client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
+        fetch_capabilities: Callable[[], Any] | None = None,
     ) -> None:
         self._setup = setup
         self._params = params if params is not None else TinkerBackendParams()
@@ -161,6 +173,11 @@ class TinkerBackend:
                 setup.model_revision,
             )
         self._service = service_client
+        if fetch_capabilities is None and _is_sdk_service(service_client):
+            rest = _import_tinker().RestClient(base_url=self._params.base_url)
+            fetch_capabilities = lambda: rest.get_server_capabilities().result(CAPABILITIES_TIMEOUT_S)  # noqa: E731
+        if fetch_capabilities is not None:
+            self._check_model_offered(fetch_capabilities)
         self._renderer_choice = choose_renderer(setup.model_name, self._params.renderer)
         self._renderer: RendererChat | None = None
         self._failed = False
@@ -177,6 +194,19 @@ class TinkerBackend:
                 base_model=setup.model_name, rank=setup.lora_rank, seed=setup.seed
             ),
         )
+
+    def _check_model_offered(self, fetch: Callable[[], Any]) -> None:
+        """Check the model against the service's catalog (cached on disk for a day; see :mod:`.catalog`)."""
+        from evsys.backends.tinker.catalog import load_catalog, model_problem
+
+        catalog = load_catalog(fetch, base_url=self._params.base_url)
+        found = model_problem(self._setup.model_name, catalog)
+        if found is None:
+            return
+        severity, message = found
+        if severity == "error":
+            raise EvsysError(message)
+        logger.warning("%s", message)
 
     def __repr__(self) -> str:
         return f"TinkerBackend(model={self._setup.model_name!r}, lora_rank={self._setup.lora_rank})"

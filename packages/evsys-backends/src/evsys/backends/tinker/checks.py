@@ -5,29 +5,24 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from evsys.backends.tinker.catalog import load_catalog, model_problem
 from evsys.backends.tinker.credentials import MISSING_KEY_MESSAGE, credential_source
-from evsys.backends.tinker.models import SUPPORTED_MODELS
 from evsys.schema.errors import Problem
-from evsys.schema.suggest import did_you_mean
 
 
 def check_model_name(model_name: str, params: Any = None) -> list[Problem]:
     """Check a run on Tinker offline: the model is one Tinker trains, the SDK is installed, a key is set.
 
-    An unknown model name and a missing credential are warnings (the service's list grows; the key
-    may be exported later); a missing SDK is an error.
+    The model is looked up in the service's list cached by an earlier run (never fetched here), else
+    in the static list: a retired model is an error naming its replacement, an unknown one a warning
+    (the service's list grows); a missing SDK is an error, a missing credential a warning.
     """
     problems: list[Problem] = []
-    if model_name not in SUPPORTED_MODELS:
-        hint = did_you_mean(model_name, SUPPORTED_MODELS)
-        problems.append(
-            Problem(
-                f"'{model_name}' is not in the list of models Tinker is known to train{hint}; "
-                "the run fails at start if the service does not offer it",
-                field="model.name",
-                severity="warning",
-            )
-        )
+    base_url = getattr(params, "base_url", None)
+    found = model_problem(model_name, load_catalog(base_url=base_url))
+    if found is not None:
+        severity, message = found
+        problems.append(Problem(message, field="model.name", severity=severity))
     if importlib.util.find_spec("tinker") is None:
         problems.append(
             Problem(
