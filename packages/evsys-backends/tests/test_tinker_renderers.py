@@ -154,3 +154,56 @@ def test_uncovered_model_without_its_tokenizer_says_so_in_one_line() -> None:
 def test_unknown_renderer_param_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown renderer 'qwen35'"):
         TinkerBackendParams(renderer="qwen35")
+
+
+# -- validate --deep: the run's prompts tokenized offline ------------------------------------------
+
+
+def _config(tmp_path: Path, model: str = QWEN35, max_new_tokens: int = 64) -> Path:
+    text = (WALKTHROUGH / "config.yaml").read_text(encoding="utf-8")
+    text = text.replace("examples/sdft_walkthrough/", f"{WALKTHROUGH.as_posix()}/")
+    text = text.replace("name: Qwen/Qwen3.5-4B", f"name: {model}")
+    text = text.replace("    topk: 20 ", f"    max_new_tokens: {max_new_tokens}\n    topk: 20 ")
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("# yaml-language-server", "#"), encoding="utf-8")
+    return path
+
+
+def test_prompt_lengths_are_the_renderer_token_counts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from evsys.backends.tinker.checks import check_prompt_lengths
+
+    monkeypatch.setenv("EVSYS_CACHE_DIR", str(tmp_path))
+    reference = tml.renderers.Qwen35.disable_thinking()
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "What is the capital of France?"}]]
+    longest = max(len(_tml_prompt(reference, chat)) for chat in chats)
+    problems, summary = check_prompt_lengths(QWEN35, TinkerBackendParams(), {"student": chats}, [], 64)
+    assert problems == []
+    assert summary == f"student prompts up to {longest} tokens + 64 new of 262144 (qwen3_5_disable_thinking)"
+    [error], _ = check_prompt_lengths(QWEN35, TinkerBackendParams(), {"student": chats}, [], 262144 - longest + 1)
+    assert error.field == "algorithm.params.max_new_tokens" and error.severity == "error"
+    assert f"the longest student prompt (example 2) is {longest} tokens" in error.message
+
+
+def test_validate_deep_rejects_prompts_past_the_context_window(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from evsys.cli.validate_cmd import validate_config
+
+    monkeypatch.setenv("TINKER_API_KEY", "tml-x")
+    monkeypatch.setenv("EVSYS_CACHE_DIR", str(tmp_path))
+    result = validate_config(_config(tmp_path, max_new_tokens=262140), deep=True)
+    student, teacher = result.errors
+    for error in (student, teacher):
+        assert error.field == "algorithm.params.max_new_tokens" and error.location is not None
+        assert "with max_new_tokens 262140" in error.message
+        assert "past 'Qwen/Qwen3.5-4B''s context window of 262144 tokens" in error.message
+    assert "longest student prompt" in student.message and "longest teacher prompt" in teacher.message
+
+
+def test_validate_deep_names_a_retired_models_replacement_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from evsys.cli.validate_cmd import validate_config
+
+    monkeypatch.setenv("TINKER_API_KEY", "tml-x")
+    monkeypatch.setenv("EVSYS_CACHE_DIR", str(tmp_path))
+    result = validate_config(_config(tmp_path, model="Qwen/Qwen3.5-35B-A3B"), deep=True)
+    assert [(p.field, p.message) for p in result.problems] == [
+        ("model.name", "Tinker retired 'Qwen/Qwen3.5-35B-A3B' on 2026-06-12; its recommended replacement: Qwen/Qwen3.6-35B-A3B")
+    ]
