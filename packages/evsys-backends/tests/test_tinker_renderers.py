@@ -194,7 +194,7 @@ def test_validate_deep_rejects_prompts_past_the_context_window(monkeypatch: pyte
     for error in (student, teacher):
         assert error.field == "algorithm.params.max_new_tokens" and error.location is not None
         assert "with max_new_tokens 262140" in error.message
-        assert "past 'Qwen/Qwen3.5-4B''s context window of 262144 tokens" in error.message
+        assert "past the context window of 'Qwen/Qwen3.5-4B' (262144 tokens, per " in error.message
     assert "longest student prompt" in student.message and "longest teacher prompt" in teacher.message
 
 

@@ -85,7 +85,12 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """What an algorithm may ask of a model. Implemented by ``local`` and ``tinker``."""
+    """What an algorithm may ask of a model. Implemented by ``local`` and ``tinker``.
+
+    Optional hook (not part of the structural check; read it with ``getattr(backend, name, None)``):
+    ``render_chat_for_sft(messages) -> list[(tokens, weights)] | None``, the training examples a
+    backend's own chat renderer lays out for a conversation (Tinker's ``render_for_sft``); SFT uses
+    them when given, and otherwise finds the assistant turns by rendering prefixes."""
 
     @property
     def tokenizer(self) -> Tokenizer:

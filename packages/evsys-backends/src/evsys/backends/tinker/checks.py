@@ -77,8 +77,8 @@ def check_prompt_lengths(
             if window is not None and found.tokens > window:
                 problems.append(
                     Problem(
-                        f"example {found.index + 1} renders to {found.tokens} tokens, past '{model_name}''s "
-                        f"context window of {window} tokens ({catalog.source})",
+                        f"example {found.index + 1} renders to {found.tokens} tokens, past the context window "
+                        f"of '{model_name}' ({window} tokens, per {catalog.source})",
                         field="data.path",
                     )
                 )
@@ -89,8 +89,8 @@ def check_prompt_lengths(
             problems.append(
                 Problem(
                     f"the longest {kind} prompt (example {found.index + 1}) is {found.tokens} tokens; with "
-                    f"max_new_tokens {max_new_tokens} a sequence needs {total}, past '{model_name}''s context "
-                    f"window of {window} tokens ({catalog.source})",
+                    f"max_new_tokens {max_new_tokens} a sequence needs {total}, past the context window of "
+                    f"'{model_name}' ({window} tokens, per {catalog.source})",
                     field="algorithm.params.max_new_tokens",
                 )
             )
