@@ -1,7 +1,9 @@
 """The ``tinker`` backend: the Backend protocol on the remote Tinker training service.
 
 Importing this package imports no SDK. :mod:`.params`, :mod:`.checks`, :mod:`.credentials`,
-:mod:`.models` and :mod:`.chat` are light (``evsys validate`` reads them); :mod:`.backend`,
+:mod:`.models`, :mod:`.catalog` (the model catalog and its cache), :mod:`.renderers` (which
+``tml-renderers`` renderer a model gets; rendering itself imports it) and :mod:`.chat` are light
+(``evsys validate`` reads them; :mod:`.measure` tokenizes in a child process); :mod:`.backend`,
 :mod:`.convert` (``to_tinker_datum``) and :mod:`.fakes` (fake clients for tests) import ``tinker``
 (``pip install 'evsys-backends[tinker]'``). See docs/backends-tinker.md.
 """

@@ -124,8 +124,10 @@ CAPABILITIES_TIMEOUT_S = 30.0
 
 def _is_sdk_service(service_client: Any) -> bool:
     """Whether ``service_client`` is the SDK's own ``ServiceClient`` (then its RestClient can list models)."""
-    from tinker.lib.public_interfaces.service_client import ServiceClient
-
+    try:
+        from tinker.lib.public_interfaces.service_client import ServiceClient
+    except ImportError:  # another SDK layout: judge by where the class comes from
+        return type(service_client).__module__.split(".")[0] == "tinker"
     return isinstance(service_client, ServiceClient)
 
 
