@@ -43,6 +43,7 @@ def make(
     service = simulated(faults)
     setup = BackendSetup(model_name=MODEL, lora_rank=1, seed=3, run_dir=tmp_path)
     sleeps: list[float] = []
+    params.setdefault("renderer", "huggingface")  # the fake's byte tokenizer and chat template
     backend = TinkerBackend(
         setup, TinkerBackendParams(retry_backoff_s=0.5, **params), service_client=service, sleep=sleeps.append
     )

@@ -26,7 +26,8 @@ from tinker import types
 from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
 
 from evsys.backends.tinker import service_rules as rules
-from evsys.backends.tinker.models import ModelLimits, model_limits
+from evsys.backends.tinker.catalog import model_limits
+from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.pseudo_model import PseudoModel, seeded_rng
 from evsys.backends.tinker.shapes import adam_args, datum_shape, sample_shape
 from evsys.backends.tinker.sim_clock import Faults, Latency, Log, SimClock, SimFuture, Tally
@@ -128,7 +129,7 @@ class SimulatedTrainingClient:
         )
 
     def get_tokenizer(self) -> Any:
-        """The model's tokenizer (offline: see :mod:`.offline_tokenizer`)."""
+        """The tokenizer the service was given (a dry run: the run's ``tml-renderers`` tokenizer; tests: any)."""
         return self._service.tokenizer
 
     def forward_backward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: dict[str, float] | None = None) -> SimFuture:
