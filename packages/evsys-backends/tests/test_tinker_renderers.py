@@ -99,6 +99,20 @@ def test_the_simulated_service_receives_the_disable_thinking_tokens() -> None:
     backend.close()
 
 
+def test_the_pseudo_model_samples_only_ids_the_tokenizer_decodes() -> None:
+    backend = _backend()
+    tokenizer = backend.tokenizer
+    assert tokenizer.token_count == 248077  # Qwen3.5's tokens; its embedding (the service's vocabulary) has 248320 rows
+    tokenizer.decode([248076])
+    with pytest.raises(ValueError):
+        tokenizer.decode([248077])
+    service = backend._simulated
+    assert (service.limits.vocab_size, service.model.decodable) == (248320, 248077)
+    for context in ([1], [5, 9], [248000, 3]):
+        assert int(service.model.distribution(context)[0].max()) < 248077
+    backend.close()
+
+
 def test_the_issue_measurements_hold() -> None:
     question = [{"role": "user", "content": "What is the capital of France?"}]
     off = _backend().render_chat(question)

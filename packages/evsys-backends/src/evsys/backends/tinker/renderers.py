@@ -12,6 +12,7 @@ The tables and :func:`choose_renderer` import nothing heavy (``evsys validate`` 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,6 +153,21 @@ class RendererTokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of plain ``text`` (special-token text is encoded as ordinary text)."""
         return [int(t) for t in self._tokenizer.encode_ordinary(text)]
+
+    @functools.cached_property
+    def token_count(self) -> int:
+        """How many ids the tokenizer decodes (ids ``0 .. token_count - 1``); the model's vocabulary
+        (its embedding rows, which the service checks ids against) may be larger."""
+        low, high = 0, 1 << 24
+        while low < high:
+            mid = (low + high) // 2
+            try:
+                self._tokenizer.decode([mid])
+            except ValueError:
+                high = mid
+            else:
+                low = mid + 1
+        return low
 
     def _dropped(self, token: int) -> bool:
         return bool(self._tokenizer.is_special_token(token)) and self._tokenizer.decode([token]) not in THINK_MARKERS

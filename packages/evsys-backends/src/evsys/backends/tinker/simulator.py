@@ -196,7 +196,7 @@ class SimulatedService:
             self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evsys-sim")
         self.tally = Tally()
         self.clock = SimClock(self.latency, self.tally)
-        self.model = PseudoModel(seed, self.limits.vocab_size, getattr(tokenizer, "eos_token_id", None))
+        self.model = PseudoModel(seed, self.limits.vocab_size, getattr(tokenizer, "eos_token_id", None), self._decodable())
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.training_clients: list[SimulatedTrainingClient] = []
         self.sampling_clients: list[SimulatedSamplingClient] = []
@@ -224,7 +224,13 @@ class SimulatedService:
     def _use_model(self, model: str) -> None:
         if not self._fixed_limits:
             self.limits = rules.check_model(model, model_limits(model))
-            self.model = PseudoModel(self.seed, self.limits.vocab_size, self.model.stop_token)
+            self.model = PseudoModel(self.seed, self.limits.vocab_size, self.model.stop_token, self._decodable())
+
+    def _decodable(self) -> int | None:
+        """How many ids the tokenizer decodes, where it says (a model's embedding may have rows no token
+        uses; a real model never samples them, so the pseudo-model does not either)."""
+        count = getattr(self.tokenizer, "token_count", None)
+        return count if isinstance(count, int) else None
 
     def _new_training(self) -> SimulatedTrainingClient:
         client = SimulatedTrainingClient(self, f"sim-run-{len(self.training_clients) + 1}")
