@@ -90,7 +90,12 @@ def test_sdft_builds_identical_datums_on_both_backends(tiny_model: Path, tmp_pat
     local.service = SimulatedService(tokenizer=local.tokenizer, limits=limits, seed=0)
     SDFT(params, local, None).train_step(batch, step=1)
 
-    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(), service_client=service)
+    # The same tokens on both sides: the Tinker backend renders with the local model's chat template here.
+    remote = TinkerBackend(
+        BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"),
+        TinkerBackendParams(renderer="huggingface"),
+        service_client=service,
+    )
     SDFT(params, remote, None).train_step(batch, step=1)
     remote.close()
 
@@ -132,7 +137,7 @@ def test_grpo_sends_the_same_rl_inputs_on_both_backends(tiny_model: Path, tmp_pa
     local_metrics = FirstCompletionWins(params, local, None).train_step(batch, step=1)
 
     service = SimulatedService(tokenizer=local.tokenizer, limits=limits, seed=0)
-    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(), service_client=service)
+    remote = TinkerBackend(BackendSetup(model_name="Qwen/Qwen3.5-4B", lora_rank=1, run_dir=tmp_path / "tinker"), TinkerBackendParams(renderer="huggingface"), service_client=service)
     remote_metrics = FirstCompletionWins(params, remote, None).train_step(batch, step=1)
     remote.close()
 

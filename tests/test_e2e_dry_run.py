@@ -93,6 +93,18 @@ def test_dry_run_of_a_local_config_is_refused_in_one_line(repo_root: Path, tmp_p
     assert not (tmp_path / "outputs").exists()
 
 
+def test_dry_run_with_the_hugging_face_template_is_refused_in_one_line(
+    repo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, config = copy_config(repo_root, "sdft_walkthrough", tmp_path)
+    config["backend"]["params"] = {"renderer": "huggingface"}  # its tokenizer only comes from the hub
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "--dry-run renders offline with tml-renderers, and 'Qwen/Qwen3.5-4B' uses its Hugging Face chat template" in err
+
+
 def test_one_step_off_policy_run_records_its_staleness(repo_root: Path, tmp_path: Path) -> None:
     path, config = copy_config(repo_root, "sdft_walkthrough", tmp_path)
     config["algorithm"]["params"]["max_steps"] = 3

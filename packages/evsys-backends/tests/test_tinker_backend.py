@@ -43,6 +43,9 @@ def make(
     service = simulated(faults)
     setup = BackendSetup(model_name=MODEL, lora_rank=1, seed=3, run_dir=tmp_path)
     sleeps: list[float] = []
+    # The SDK mapping with small, readable ids: the byte tokenizer through the HF-template path
+    # (test_tinker_renderers.py and the dry-run test below cover the model's own renderer).
+    params.setdefault("renderer", "huggingface")
     backend = TinkerBackend(
         setup, TinkerBackendParams(retry_backoff_s=0.5, **params), service_client=service, sleep=sleeps.append
     )
@@ -508,6 +511,24 @@ def test_sample_and_score_equals_sample_then_topk_logprobs() -> None:
     topk = other.topk_logprobs(sequences, k=3, from_position=starts)
     assert [t for row in scores for t in row] == topk
     assert service.sampling_clients[0].requests[0]["topk_prompt_logprobs"] == 3
+
+
+@pytest.mark.parametrize("renderer", ["qwen3_5_disable_thinking", "qwen3_5"])
+def test_sample_and_score_renders_as_sample_does_with_the_models_renderer(renderer: str) -> None:
+    pytest.importorskip("tml_renderers")
+
+    def dry_run() -> TinkerBackend:  # the model's renderer on the simulated service, with the catalog's limits
+        return TinkerBackend(BackendSetup(model_name=MODEL, lora_rank=1, seed=3, dry_run=True), TinkerBackendParams(renderer=renderer))
+
+    backend = dry_run()
+    prompt = backend.render_chat([{"role": "user", "content": "Capital of France?"}])
+    [group], _ = backend.sample_and_score([prompt], [prompt], 2, n=2, max_tokens=5, temperature=1.0, seed=4)
+    [expected] = dry_run().sample([prompt], n=2, max_tokens=5, temperature=1.0, seed=4)
+    assert [(s.tokens, s.text) for s in group] == [(s.tokens, s.text) for s in expected]
+    assert all(s.text.startswith("<think>\n") == (renderer == "qwen3_5") for s in group)  # an opened block stays visible
+    [rollout] = backend._current_sampler().requests
+    assert list(rollout["sampling_params"].stop) == [248046]  # the renderer's stop token
+    backend.close()
 
 
 def test_each_rollout_is_scored_as_soon_as_its_sample_returns() -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from tinker import types
 
-from evsys.backends.tinker.models import ModelLimits, model_limits
+from evsys.backends.tinker.catalog import model_limits
+from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.service_rules import ServiceRuleError
 from evsys.backends.tinker.simulator import SimulatedService
 from evsys.backends.tinker.testing import BYTE_LIMITS, ByteTokenizer
@@ -126,14 +127,37 @@ def test_cross_entropy_loss_is_the_weighted_sum_of_the_pseudo_models_logprobs() 
 
 def test_lora_rank_and_model_rules() -> None:
     svc = SimulatedService(tokenizer=ByteTokenizer())
-    line = rejected(lambda: svc.create_lora_training_client(base_model="Qwen/Qwen3.5-35B-A3B", rank=64))
-    assert line.endswith("'Qwen/Qwen3.5-35B-A3B' takes LoRA ranks 1..32 (algorithm.params.lora_rank)")
+    line = rejected(lambda: svc.create_lora_training_client(base_model="Qwen/Qwen3.6-35B-A3B", rank=64))
+    assert line.endswith("'Qwen/Qwen3.6-35B-A3B' takes LoRA ranks 1..32 (algorithm.params.lora_rank)")
+    assert rejected(lambda: svc.create_lora_training_client(base_model="Qwen/Qwen3.5-35B-A3B", rank=8)).endswith(
+        ": Tinker retired 'Qwen/Qwen3.5-35B-A3B' on 2026-06-12; its recommended replacement: Qwen/Qwen3.6-35B-A3B"
+    )
     assert "takes LoRA ranks 1..128" in rejected(lambda: svc.create_lora_training_client(base_model="Qwen/Qwen3.5-4B", rank=0))
     assert "not in the catalog of models Tinker serves" in rejected(
         lambda: svc.create_lora_training_client(base_model="acme/NotAModel-1B", rank=8)
     )
     svc.create_lora_training_client(base_model="Qwen/Qwen3.5-4B", rank=128).result()
     assert svc.limits == model_limits("Qwen/Qwen3.5-4B")
+
+
+def test_limits_are_the_model_catalogs(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from evsys.backends.tinker.catalog import write_cache
+    from evsys.backends.tinker.models import TinkerModel
+
+    monkeypatch.setenv("EVSYS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    assert model_limits("Qwen/Qwen3.5-4B") == ModelLimits(vocab_size=248_320, context_length=262_144, max_lora_rank=128)
+    assert model_limits("nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16") == ModelLimits(131_072, None, 32)
+    write_cache([TinkerModel("Qwen/Qwen3.5-4B", 32768)])  # the service's own list, as a run with a key caches it
+    assert model_limits("Qwen/Qwen3.5-4B") == ModelLimits(vocab_size=248_320, context_length=32768, max_lora_rank=128)
+    assert model_limits("Qwen/Qwen3-8B") is None  # not in the service's list
+    svc = SimulatedService(tokenizer=ByteTokenizer())
+    client = svc.create_lora_training_client(base_model="Qwen/Qwen3.5-4B", rank=8).result()
+    sampler = client.save_weights_and_get_sampling_client().result()
+    params = types.SamplingParams(max_tokens=32768)
+    assert "exceeds the context window of 32768" in rejected(
+        lambda: sampler.sample(prompt=types.ModelInput.from_ints([11]), num_samples=1, sampling_params=params)
+    )
 
 
 @pytest.mark.parametrize(

@@ -150,6 +150,20 @@ def test_score_tasks_predictions_and_metrics(registry: Any) -> None:
     assert result.scores[1] == [1.0, 0.0, 1.0]
 
 
+def test_thinking_outputs_are_scored_on_their_final_answer(registry: Any) -> None:
+    task = _task("t", fn_name="contains", expected="Paris")
+    assert verify("<think>\nFrance... Paris? no, Lyon.\n</think>\n\nLyon", task, registry).score == 0.0
+    assert verify("<think>\nLyon or Paris\n</think>\n\nParis.", task, registry).score == 1.0
+    assert verify("<think>\nParis, surely, but let me", task, registry).score == 0.0  # never finished thinking
+    result = score_tasks([task], [["<think>\nhmm Lyon\n</think>\n\nParis.", "Paris"]], ["pass@1", "maj@2"], registry=registry)
+    thinking, plain = result.predictions
+    assert thinking["answer"] == "Paris." and thinking["output"] == "<think>\nhmm Lyon\n</think>\n\nParis."
+    assert "output" not in plain and plain["answer"] == "Paris"
+    assert result.metrics == {"pass@1": 1.0, "maj@2": 1.0}
+    for row in result.predictions:
+        PredictionRow.model_validate(row)
+
+
 def test_score_tasks_nan_is_none_and_bad_input(registry: Any) -> None:
     tasks = [_task("a", fn_name="contains", expected="x")]
     assert score_tasks(tasks, [["x"]], ["pass@2"], registry=registry).metrics == {"pass@2": None}

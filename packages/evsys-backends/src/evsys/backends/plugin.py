@@ -27,5 +27,6 @@ def evsys_register_backends(registry: BackendRegistrar) -> None:
         requires=("tinker",),
         install_hint="pip install 'evsys-backends[tinker]'",
         checker="evsys.backends.tinker.checks:check_model_name",
+        prompt_checker="evsys.backends.tinker.checks:check_prompt_lengths",
         description="The remote Tinker training service (needs TINKER_API_KEY).",
     )

@@ -38,6 +38,7 @@ class DeepReport:
     benchmarks: int = 0
     tasks: int = 0
     sandbox: str | None = None  # where verifier programs will run, when a benchmark's tasks run programs
+    prompts: str | None = None  # the longest rendered prompts against the context window (backend prompt_checker)
 
     @property
     def errors(self) -> list[Problem]:
@@ -191,6 +192,26 @@ class _Checker:
         self.report.examples = valid
         self.report.problems.extend(problems)
 
+    def prompts(self) -> None:
+        """The backend's prompt check on the run's chats (rendered and measured against the context window)."""
+        registration = self.registry.get("backend", self.config.backend.kind)
+        target = registration.meta.get("prompt_checker")
+        if not target or self.report.examples is None or self.report.errors:
+            return
+        try:
+            checker = load_object(target)
+            prompts, trained = _run_chats(self.validated, self.registry)
+            max_new_tokens = int(getattr(self.validated.algorithm_params, "max_new_tokens", 0) or 0)
+            problems, summary = checker(self.config.model.name, self.validated.backend_params, prompts, trained, max_new_tokens)
+        except EvsysError as exc:
+            self.add(exc.problems, ("data", "path"))
+            return
+        except Exception as exc:  # a plugin's failing check is reported, never a traceback
+            self.at(("backend", "kind"), f"the prompt check of backend '{registration.name}' failed: {type(exc).__name__}: {exc}")
+            return
+        self.add(list(problems or []), ("model", "name"))
+        self.report.prompts = summary
+
     def benchmarks(self) -> None:
         """Each benchmark directory holds a valid tasks.jsonl and its metrics fit its num_samples."""
         for index, bench in enumerate(self.config.metadata.benchmark):
@@ -298,6 +319,33 @@ def _call_checker(checker: Callable[..., Any], model_name: str, params: BaseMode
     return checker(model_name, params)
 
 
+def _run_chats(validated: ValidatedConfig, registry: PluginRegistry) -> tuple[dict[str, list[Any]], list[Any]]:
+    """The chats a run renders, from its training examples: ``({kind: generation prompts}, trained chats)``.
+
+    ``student``: each prompt row's user turn; ``teacher``: the algorithm's ``teacher_messages`` (SDFT);
+    trained chats: each row's whole conversation for an algorithm that trains on chats (SFT's ``build_datums``).
+    """
+    from evsys.algorithms.common import user_messages
+    from evsys.cli.loop import load_training_examples
+
+    params = validated.algorithm_params
+    examples = load_training_examples(validated, registry)
+    algorithm = registry.get("algorithm", validated.config.algorithm.kind).load()(params, None, None)
+    template = getattr(params, "user_template", "{question}")
+    prompts: dict[str, list[Any]] = {}
+    trained: list[Any] = []
+    if hasattr(algorithm, "build_datums"):
+        from evsys.algorithms.sft.algorithm import example_messages
+
+        trained = [example_messages(example, template) for example in examples]
+        return prompts, trained
+    rows = [example for example in examples if hasattr(example, "inputs")]
+    prompts["student"] = [user_messages(template, example.inputs) for example in rows]
+    if hasattr(algorithm, "teacher_messages"):
+        prompts["teacher"] = [algorithm.teacher_messages(example) for example in rows]
+    return prompts, trained
+
+
 def _count_rows(path: Path) -> int:
     count = 0
     with path.open("rb") as handle:
@@ -310,7 +358,7 @@ def _count_rows(path: Path) -> int:
 def run_deep_checks(validated: ValidatedConfig, registry: PluginRegistry) -> DeepReport:
     """Run every deep check; problems come in config order (model, backend, callbacks, algorithm, data, benchmarks)."""
     checker = _Checker(validated, registry)
-    for step in (checker.backend, checker.callbacks, checker.data, checker.benchmarks):
+    for step in (checker.backend, checker.callbacks, checker.data, checker.prompts, checker.benchmarks):
         try:
             step()
         except EvsysError as exc:

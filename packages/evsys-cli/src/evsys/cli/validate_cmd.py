@@ -28,6 +28,7 @@ class ValidationResult:
     validated: ValidatedConfig | None = None
     deep: bool = False
     deep_ran: bool = False
+    prompts: str | None = None
     examples: int | None = None
     benchmarks: int = 0
     tasks: int = 0
@@ -74,6 +75,8 @@ class ValidationResult:
                 deep.append(f"{_plural(self.benchmarks, 'benchmark')} with {_plural(self.tasks, 'task')}")
             else:
                 deep.append("no benchmarks")
+            if self.prompts:
+                deep.append(self.prompts)
             text += "; deep: " + ", ".join(deep)
             if self.sandbox is not None:
                 text += f"; verifier programs: {self.sandbox}"
@@ -123,6 +126,7 @@ def validate_config(
         result.benchmarks = report.benchmarks
         result.tasks = report.tasks
         result.sandbox = report.sandbox
+        result.prompts = report.prompts
     return result
 
 

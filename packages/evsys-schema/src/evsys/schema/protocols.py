@@ -93,10 +93,15 @@ class Tokenizer(Protocol):
 class Backend(Protocol):
     """What an algorithm may ask of a model. Implemented by ``local`` and ``tinker``.
 
-    Optional, outside the protocol: ``sample_and_score(prompts, prefixes, k, n=..., max_tokens=...,
-    temperature=..., seed=...)``, :meth:`sample` and :meth:`topk_logprobs` of each ``prefix + completion``
-    in one call, so a remote backend can score each rollout as soon as it returns (tinker). Algorithms
-    call it through ``evsys.algorithms.common.sample_and_score``, which falls back to the two methods."""
+    Optional hooks, outside the structural check (read them with ``getattr(backend, name, None)``):
+
+    - ``sample_and_score(prompts, prefixes, k, n=..., max_tokens=..., temperature=..., seed=...)``:
+      :meth:`sample` and :meth:`topk_logprobs` of each ``prefix + completion`` in one call, so a remote
+      backend can score each rollout as soon as it returns (tinker). Algorithms call it through
+      ``evsys.algorithms.common.sample_and_score``, which falls back to the two methods.
+    - ``render_chat_for_sft(messages) -> list[(tokens, weights)] | None``: the training examples a
+      backend's own chat renderer lays out for a conversation (Tinker's ``render_for_sft``); SFT uses
+      them when given, and otherwise finds the assistant turns by rendering prefixes."""
 
     @property
     def tokenizer(self) -> Tokenizer:

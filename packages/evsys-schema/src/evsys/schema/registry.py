@@ -224,6 +224,7 @@ class BackendRegistrar(Registrar):
         requires: tuple[str, ...] = (),
         install_hint: str = "",
         checker: str | None = None,
+        prompt_checker: str | None = None,
         description: str = "",
     ) -> None:
         """Register backend ``name``.
@@ -232,8 +233,21 @@ class BackendRegistrar(Registrar):
         that must be importable (checked by ``validate --deep`` without importing them), ``install_hint``
         says how to get them, and ``checker`` is a light ``"module:function"`` taking
         ``(model_name, params)`` and returning a list of :class:`~evsys.schema.errors.Problem`.
+        ``prompt_checker`` (optional, light, no torch in the calling process) takes ``(model_name, params,
+        prompts, trained, max_new_tokens)`` — the run's generation prompts by kind and its trained chats —
+        and returns ``(problems, summary or None)``; ``validate --deep`` runs it on valid data.
         """
-        self._add(self.kind, name, target, params, description, requires=requires, install_hint=install_hint, checker=checker)
+        self._add(
+            self.kind,
+            name,
+            target,
+            params,
+            description,
+            requires=requires,
+            install_hint=install_hint,
+            checker=checker,
+            prompt_checker=prompt_checker,
+        )
 
 
 class VerifierRegistrar(Registrar):

@@ -159,7 +159,12 @@ class PredictionRow(StrictModel):
 
     task_id: str = Field(description="The task's identifier.")
     prompt: str = Field(description="The prompt as shown to the model (chat-rendered text).")
-    answer: str = Field(description="The model's answer.")
+    answer: str = Field(description="The model's answer: what the verifier scored (the text after a thinking block).")
+    output: str | None = Field(
+        default=None,
+        description="The whole generated text, present when it differs from answer (a thinking model's "
+        "reasoning and answer).",
+    )
     score: float = Field(ge=0.0, le=1.0, description="Verifier score in [0, 1].")
     passed: bool = Field(description="Whether the score counts as a pass.")
     step: int | None = Field(default=None, ge=0, description="Training step at which it was scored.")

@@ -24,10 +24,12 @@ from evsys.schema.protocols import (
 )
 from evsys.schema.registry import load_object
 
-#: the attributes an algorithm may use on a backend: the Backend protocol, nothing else
+#: the attributes an algorithm may use on a backend: the Backend protocol (with its optional
+#: ``render_chat_for_sft``, read with ``getattr(backend, name, None)``), nothing else
 BACKEND_API = (
     "tokenizer",
     "render_chat",
+    "render_chat_for_sft",
     "sample",
     "topk_logprobs",
     "compute_logprobs",

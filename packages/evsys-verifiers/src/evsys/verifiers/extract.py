@@ -15,6 +15,7 @@ __all__ = [
     "EXTRACTORS",
     "canonical_answer",
     "extract",
+    "final_answer",
     "find_numbers",
     "parse_number",
     "prepare",
@@ -94,6 +95,18 @@ def _extract_answer_line(text: str) -> str | None:
         if answer:
             return answer
     return None
+
+
+def final_answer(text: str) -> str:
+    """The answer of a model output: the text after its thinking block.
+
+    Text after the last ``</think>`` (stripped); an output that opened ``<think>`` and never closed
+    it has no answer (``""``); an output without thinking is its own answer.
+    """
+    marker = text.rfind("</think>")
+    if marker >= 0:
+        return text[marker + len("</think>") :].strip()
+    return "" if "<think>" in text else text
 
 
 def _extract_after_think(text: str) -> str | None:

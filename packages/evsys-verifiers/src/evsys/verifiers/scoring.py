@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evsys.schema.rows import TaskRow, VerifierSpec
-from evsys.verifiers.extract import canonical_answer, extract, find_numbers, prepare
+from evsys.verifiers.extract import canonical_answer, extract, final_answer, find_numbers, prepare
 from evsys.verifiers.kinds import DEFAULT_FUNCTION
 from evsys.verifiers.metrics import PASS_THRESHOLD, accuracy_stderr, compute_metric
 from evsys.verifiers.sandbox import SandboxUnavailable, sandbox_setting
@@ -115,9 +115,12 @@ def _as_score(raw: Any) -> float:
 def verify(output: str, task: TaskRow, registry: Any = None) -> Verification:
     """Score one ``output`` for ``task`` with the task's verifier.
 
+    The verifier sees the output's final answer (:func:`~evsys.verifiers.extract.final_answer`: the
+    text after a thinking block), so a thinking model is scored on its answer, not its reasoning.
     ``registry`` defaults to the installed plugins (see :func:`builtin_registry`). A verifier that
     raises gives score 0 and ``error`` set, never an exception.
     """
+    output = final_answer(output)
     spec = task.verifier or _DEFAULT_SPEC
     options = spec.options
     threshold = options.get("threshold", PASS_THRESHOLD) if options else PASS_THRESHOLD
@@ -160,7 +163,7 @@ def vote_answer(output: str, task: TaskRow, verification: Verification) -> str:
         return canonical_answer(verification.extracted)
     spec = task.verifier or _DEFAULT_SPEC
     fn_name = spec.fn_name or DEFAULT_FUNCTION
-    text = prepare(output)
+    text = prepare(final_answer(output))
     if spec.kind == "in_process" and fn_name == "numeric_match":
         numbers = find_numbers(text.replace("$", " "))
         from evsys.verifiers.extract import parse_number
@@ -240,19 +243,20 @@ def score_tasks(
         task_id = task.resolved_id
         expected = task.resolved_expected
         for j, verification in enumerate(verifications[i]):
-            predictions.append(
-                {
-                    "task_id": task_id,
-                    "prompt": prompt,
-                    "answer": str(answers[i][j]),
-                    "score": verification.score,
-                    "passed": verification.passed,
-                    "step": step,
-                    "sample_index": j,
-                    "expected": expected,
-                    "error": verification.error,
-                }
+            output = str(answers[i][j])
+            answer = final_answer(output)
+            row: dict[str, Any] = {"task_id": task_id, "prompt": prompt, "answer": answer}
+            if answer != output:  # a thinking model: keep the reasoning beside the scored answer
+                row["output"] = output
+            row.update(
+                score=verification.score,
+                passed=verification.passed,
+                step=step,
+                sample_index=j,
+                expected=expected,
+                error=verification.error,
             )
+            predictions.append(row)
 
     per_task_scores = [[v.score for v in row] for row in verifications]
     per_task_passed = [[v.passed for v in row] for row in verifications]

@@ -112,18 +112,33 @@ class SFT(AlgorithmBase):
         """``max_steps``, or the steps ``epochs`` passes over ``num_examples`` take (the smaller if both)."""
         return sft_total_steps(self.params, num_examples)
 
+    def build_datums(self, example: PromptExample | ChatPromptExample | ChatExample) -> list[Datum]:
+        """Render one row into its datums (answer tokens weighted, the rest 0; see ``reduction``).
+
+        A backend with ``render_chat_for_sft`` (Tinker's renderers) gives the examples and weights its
+        renderer trains on — several for a chat whose history renders differently from where each
+        assistant turn is trained; otherwise one datum, its assistant turns found by :func:`assistant_mask`.
+        """
+        p = self.params
+        messages = example_messages(example, p.user_template)
+        render_for_sft = getattr(self.backend, "render_chat_for_sft", None)
+        examples = render_for_sft(messages) if render_for_sft is not None else None
+        if examples is None:
+            tokens, mask = assistant_mask(self.backend, messages)
+            return [build_sft_datum(tokens, mask, p.max_length, p.reduction)]
+        return [build_sft_datum(tokens, [w > 0 for w in weights], p.max_length, p.reduction) for tokens, weights in examples]
+
     def build_datum(self, example: PromptExample | ChatPromptExample | ChatExample) -> Datum:
-        """Render one row and build its datum (answer tokens weighted, the rest 0; see ``reduction``)."""
-        tokens, mask = assistant_mask(self.backend, example_messages(example, self.params.user_template))
-        return build_sft_datum(tokens, mask, self.params.max_length, self.params.reduction)
+        """Render one row and build its datum: the last of :meth:`build_datums` (the whole conversation)."""
+        return self.build_datums(example)[-1]
 
     def train_step(self, batch: Sequence[PromptExample | ChatPromptExample | ChatExample], step: int) -> dict[str, float]:
         """One cross-entropy step on the batch's answer tokens.
 
         ``train/mean_loss`` is the loss per unit of weight: with ``reduction: mean`` the mean over the
-        batch's examples of each one's per-token loss, with ``none`` the per-token loss of the batch.
+        batch's datums of each one's per-token loss, with ``none`` the per-token loss of the batch.
         """
-        datums = [self.build_datum(example) for example in batch]
+        datums = [datum for example in batch for datum in self.build_datums(example)]
         datums = [d for d in datums if any(w > 0 for w in d.weights or [])]
         metrics = {
             "train/target_tokens": float(sum(1 for d in datums for w in d.weights or [] if w > 0)),

@@ -2,7 +2,10 @@
 
 Each protocol call maps to the SDK (tinker 0.38) as follows; see docs/backends-tinker.md.
 
-- ``tokenizer`` / ``render_chat``: ``TrainingClient.get_tokenizer()`` and its chat template;
+- ``tokenizer`` / ``render_chat`` / ``render_chat_for_sft``: the model's ``tml-renderers`` renderer, as
+  tinker-cookbook picks it (:mod:`.renderers`; built-in tokenizer, offline); models it does not cover use
+  ``TrainingClient.get_tokenizer()`` and its Hugging Face chat template. Sampling stops at the
+  renderer's stop tokens;
 - ``sample``: ``TrainingClient.save_weights_and_get_sampling_client()`` (again only after the weights
   changed) then ``SamplingClient.sample(...)``, one request per prompt, all in flight at once;
 - ``topk_logprobs``: a base-model ``SamplingClient`` and ``sample(prompt=seq, num_samples=1,
@@ -35,6 +38,7 @@ from typing import Any, TypeVar
 from evsys.backends.tinker.chat import render_chat_ids
 from evsys.backends.tinker.credentials import MISSING_KEY_MESSAGE, credential_source
 from evsys.backends.tinker.params import TinkerBackendParams
+from evsys.backends.tinker.renderers import RendererChat, choose_renderer, opens_thinking
 from evsys.backends.tinker.retry import RetryPolicy, call_with_retries, describe, is_service_error
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import (
@@ -122,6 +126,19 @@ def _import_tinker() -> Any:
     return tinker
 
 
+CAPABILITIES_TIMEOUT_S = 30.0
+"""Longest wait for the service's model list at start; past it the cached or static list is used."""
+
+
+def _is_sdk_service(service_client: Any) -> bool:
+    """Whether ``service_client`` is the SDK's own ``ServiceClient`` (then its RestClient can list models)."""
+    try:
+        from tinker.lib.public_interfaces.service_client import ServiceClient
+    except ImportError:  # another SDK layout: judge by where the class comes from
+        return type(service_client).__module__.split(".")[0] == "tinker"
+    return isinstance(service_client, ServiceClient)
+
+
 class TinkerBackend:
     """The Backend protocol on the Tinker service: a LoRA training client plus sampling clients.
 
@@ -141,6 +158,7 @@ class TinkerBackend:
         *,
         service_client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
+        fetch_capabilities: Callable[[], Any] | None = None,
     ) -> None:
         self._setup = setup
         self._params = params if params is not None else TinkerBackendParams()
@@ -153,10 +171,12 @@ class TinkerBackend:
         self._sleep = sleep
         self._owns_service = service_client is None
         self._simulated: Any = None
+        self._renderer_choice = choose_renderer(setup.model_name, self._params.renderer)
+        self._renderer: RendererChat | None = None
         if service_client is None and setup.dry_run:
             from evsys.backends.tinker.dry_run import simulated_service
 
-            service_client = self._simulated = simulated_service(setup)
+            service_client = self._simulated = simulated_service(setup, self.renderer)
         elif service_client is None:
             if credential_source() is None:
                 raise EvsysError(MISSING_KEY_MESSAGE)
@@ -181,6 +201,11 @@ class TinkerBackend:
                 setup.model_revision,
             )
         self._service = service_client
+        if fetch_capabilities is None and _is_sdk_service(service_client):
+            rest = _import_tinker().RestClient(base_url=self._params.base_url)
+            fetch_capabilities = lambda: rest.get_server_capabilities().result(CAPABILITIES_TIMEOUT_S)  # noqa: E731
+        if fetch_capabilities is not None:
+            self._check_model_offered(fetch_capabilities)
         self._failed = False
         self._closed = False
         self._tokenizer: Any = None
@@ -202,6 +227,19 @@ class TinkerBackend:
                 base_model=setup.model_name, rank=setup.lora_rank, seed=setup.seed
             ),
         )
+
+    def _check_model_offered(self, fetch: Callable[[], Any]) -> None:
+        """Check the model against the service's catalog (cached on disk for a day; see :mod:`.catalog`)."""
+        from evsys.backends.tinker.catalog import load_catalog, model_problem
+
+        catalog = load_catalog(fetch, base_url=self._params.base_url)
+        found = model_problem(self._setup.model_name, catalog)
+        if found is None:
+            return
+        severity, message = found
+        if severity == "error":
+            raise EvsysError(message)
+        logger.warning("%s", message)
 
     def __repr__(self) -> str:
         return f"TinkerBackend(model={self._setup.model_name!r}, lora_rank={self._setup.lora_rank})"
@@ -345,23 +383,53 @@ class TinkerBackend:
     # -- the Backend protocol ---------------------------------------------------------------------
 
     @property
+    def renderer(self) -> RendererChat | None:
+        """The ``tml-renderers`` renderer of this run, or None where the Hugging Face chat template is used."""
+        if self._renderer is None and not self._renderer_choice.uses_hf_template:
+            self._renderer = RendererChat(self._renderer_choice.name)
+        return self._renderer
+
+    @property
     def tokenizer(self) -> Tokenizer:
-        """The model's Hugging Face tokenizer, from ``TrainingClient.get_tokenizer()``."""
+        """The renderer's built-in tokenizer, or (models it does not cover) ``TrainingClient.get_tokenizer()``."""
         if self._tokenizer is None:
+            renderer = self.renderer
+            if renderer is not None:
+                self._tokenizer = renderer.tokenizer
+                return self._tokenizer  # type: ignore[no-any-return]
             try:
                 self._tokenizer = self._training.get_tokenizer()
             except Exception as exc:
                 raise self._fail(
                     EvsysError(
-                        f"cannot load the tokenizer of '{self._setup.model_name}' "
-                        f"(the Tinker SDK fetches it from the Hugging Face hub): {describe(exc)}"
+                        f"cannot load the tokenizer of '{self._setup.model_name}': tml-renderers does not cover "
+                        "this model, so its Hugging Face tokenizer is needed and the Tinker SDK fetches it from "
+                        f"the Hugging Face hub ({describe(exc)})"
                     )
                 ) from exc
         return self._tokenizer  # type: ignore[no-any-return]
 
     def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
-        """Render chat ``messages`` with the tokenizer's chat template into token ids."""
+        """Render chat ``messages`` into token ids with the run's renderer (or the HF chat template)."""
+        renderer = self.renderer
+        if renderer is not None:
+            return renderer.render_chat(messages, add_generation_prompt)
         return render_chat_ids(self.tokenizer, messages, add_generation_prompt)
+
+    def render_chat_for_sft(self, messages: Sequence[Message]) -> list[tuple[list[int], list[float]]] | None:
+        """The renderer's SFT examples of a chat, ``(tokens, weights)`` each (``render_for_sft``), or None
+        where the Hugging Face template is used (SFT then finds the assistant turns by rendering prefixes)."""
+        renderer = self.renderer
+        return renderer.render_sft(messages) if renderer is not None else None
+
+    def _stop_for(self, stop: Sequence[str] | None) -> list[str] | list[int] | None:
+        """The request's stop: the renderer's stop tokens, as text beside any stop strings."""
+        renderer = self.renderer
+        if renderer is None or not renderer.stop_tokens:
+            return list(stop) if stop else None
+        if not stop:
+            return list(renderer.stop_tokens)
+        return [*stop, *(renderer.tokenizer.decode([t]) for t in renderer.stop_tokens)]
 
     def sample(
         self,
@@ -373,13 +441,13 @@ class TinkerBackend:
         seed: int | None = None,
     ) -> list[list[SampledSequence]]:
         """Sample ``n`` completions per prompt from the current weights, all prompts in flight at once."""
-        from evsys.backends.tinker.convert import sampling_params, to_sampled_sequence
+        from evsys.backends.tinker.convert import sampling_params
 
         tinker = _import_tinker()
         if not prompts:
             return []
         sampler = self._current_sampler()
-        params = sampling_params(max_tokens, temperature, stop, seed)
+        params = sampling_params(max_tokens, temperature, self._stop_for(stop), seed)
 
         def submit_for(prompt: Sequence[int]) -> Callable[[], Any]:
             model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
@@ -387,8 +455,19 @@ class TinkerBackend:
 
         submits = [submit_for(prompt) for prompt in prompts]
         responses = self._gather("sample from the policy", submits)
+        return [self._samples_of(prompt, response, stop) for prompt, response in zip(prompts, responses, strict=True)]
+
+    def _samples_of(self, prompt: Sequence[int], response: Any, stop: Sequence[str] | None) -> list[SampledSequence]:
+        """The protocol's samples of one ``SampleResponse``; where the prompt opened the thinking block,
+        each text starts with it, so whoever scores the text sees the thinking (and its end)."""
+        from evsys.backends.tinker.convert import to_sampled_sequence
+
         tokenizer = self.tokenizer
-        return [[to_sampled_sequence(seq, tokenizer, stop) for seq in response.sequences] for response in responses]
+        samples = [to_sampled_sequence(seq, tokenizer, stop) for seq in response.sequences]
+        if self._renderer_choice.thinking and opens_thinking(tokenizer.decode(list(prompt))):
+            for seq in samples:
+                seq.text = "<think>\n" + seq.text
+        return samples
 
     def topk_logprobs(
         self, sequences: Sequence[Sequence[int]], k: int, from_position: int | Sequence[int]

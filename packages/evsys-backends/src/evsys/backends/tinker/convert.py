@@ -79,9 +79,9 @@ def to_tinker_datum(datum: Datum, loss_fn: str | None = None) -> types.Datum:
 
 
 def sampling_params(
-    max_tokens: int, temperature: float, stop: Sequence[str] | None, seed: int | None
+    max_tokens: int, temperature: float, stop: Sequence[str] | Sequence[int] | None, seed: int | None
 ) -> types.SamplingParams:
-    """``SamplingParams`` for the protocol's ``sample`` (no stop strings: stop at the model's EOS)."""
+    """``SamplingParams`` for the protocol's ``sample``: ``stop`` is stop strings or stop token ids."""
     return types.SamplingParams(
         max_tokens=max_tokens, temperature=temperature, stop=list(stop) if stop else None, seed=seed
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from evsys.backends.tinker.models import model_limits
-from evsys.backends.tinker.offline_tokenizer import offline_tokenizer
+from evsys.backends.tinker.catalog import model_limits
 from evsys.backends.tinker.service_rules import check_model
 from evsys.backends.tinker.simulator import SimulatedService
 from evsys.schema.errors import EvsysError
@@ -16,16 +16,18 @@ logger = logging.getLogger("evsys.backends.tinker")
 DRY_RUN_FILE = "dry_run.md"
 
 
-def simulated_service(setup: BackendSetup) -> SimulatedService:
-    """The simulated service for ``setup``'s model, with its offline tokenizer; one line when there is none."""
+def simulated_service(setup: BackendSetup, renderer: Any) -> SimulatedService:
+    """The simulated service for ``setup``'s model (limits from the model catalog), whose tokenizer and
+    stop token are those of the run's ``tml-renderers`` renderer (a
+    :class:`~evsys.backends.tinker.renderers.RendererChat`); one line when the run renders with the
+    Hugging Face template (``renderer`` None), whose tokenizer only the hub has."""
     check_model(setup.model_name, model_limits(setup.model_name))
-    tokenizer = offline_tokenizer(setup.model_name)
-    if tokenizer is None:
+    if renderer is None:
         raise EvsysError(
-            f"--dry-run: no offline tokenizer for '{setup.model_name}' (tml-renderers renders the Qwen3 and "
-            "Qwen3.5 families here; pip install 'evsys-backends[tinker]' installs it)"
+            f"--dry-run renders offline with tml-renderers, and '{setup.model_name}' uses its Hugging Face chat "
+            "template (backend.params.renderer, or a model tml-renderers does not cover), which needs the hub"
         )
-    return SimulatedService(tokenizer=tokenizer, seed=setup.seed)
+    return SimulatedService(tokenizer=renderer.tokenizer, seed=setup.seed)
 
 
 def summary_text(service: SimulatedService, setup: BackendSetup, *, failed: bool = False) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from evsys.backends.tinker.renderers import HF_TEMPLATE, TML_RENDERERS, unknown_renderer_message
 from evsys.schema.config import StrictModel
 
 
@@ -69,6 +70,21 @@ class TinkerBackendParams(StrictModel):
         "JSONL file (relative paths: from the working directory); scripts/record_tinker_session.py uses it and "
         "evsys.backends.tinker.recording.replay checks a record against the service's rules. null: no record.",
     )
+    renderer: str | None = Field(
+        default=None,
+        description="How chats become tokens: a tinker-cookbook renderer name that tml-renderers provides "
+        "(qwen3_5_disable_thinking, qwen3_5, qwen3, qwen3_disable_thinking, qwen3_instruct, ...; naming one that "
+        f"thinks turns thinking on) or '{HF_TEMPLATE}' (the model's Hugging Face chat template); null: the "
+        "model's cookbook renderer with thinking off, or the Hugging Face template for models tml-renderers "
+        "does not cover.",
+    )
     display_name: str | None = Field(
         default=None, description="Name shown for the session in the Tinker console; null: the run's model name."
     )
+
+    @field_validator("renderer")
+    @classmethod
+    def _known_renderer(cls, value: str | None) -> str | None:
+        if value is not None and value != HF_TEMPLATE and value not in TML_RENDERERS:
+            raise ValueError(unknown_renderer_message(value))
+        return value

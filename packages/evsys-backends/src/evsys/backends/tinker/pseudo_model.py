@@ -23,13 +23,16 @@ class PseudoModel:
 
     At each context, ``CANDIDATES`` ids share ``1 - RESIDUAL_MASS`` of the probability: tokens copied
     from the context (favoured) and ids drawn from the vocabulary, plus the stop token; every other id
-    shares the residual mass evenly. ``version`` changes the weights (0 is the base model).
+    shares the residual mass evenly. ``version`` changes the weights (0 is the base model). Ids the
+    tokenizer cannot decode (``decodable`` and above) are never candidates.
     """
 
-    def __init__(self, seed: int, vocab_size: int, stop_token: int | None) -> None:
+    def __init__(self, seed: int, vocab_size: int, stop_token: int | None, decodable: int | None = None) -> None:
         self.seed = seed
         self.vocab_size = vocab_size
         self.stop_token = stop_token
+        self.decodable = decodable
+        """Ids at or above this (embedding rows no token uses) are never candidates: a draw there wraps below it."""
         self._cache: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
     def distribution(self, context: Sequence[int], version: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +51,8 @@ class PseudoModel:
         pool = np.asarray([t for t in context if 0 <= t < self.vocab_size], dtype=np.int64)
         copied = rng.choice(pool, size=min(len(pool), CANDIDATES // 2), replace=False) if len(pool) else pool
         drawn = rng.integers(0, self.vocab_size, size=CANDIDATES)
+        if self.decodable is not None and self.decodable < self.vocab_size:
+            drawn = drawn % self.decodable
         ids = list(dict.fromkeys([*copied.tolist(), *drawn.tolist()]))[: CANDIDATES - 1]
         logits = np.concatenate([rng.normal(1.0, 1.0, len(copied)), rng.normal(-1.0, 1.0, len(ids) - len(copied))])
         if self.stop_token is not None and self.stop_token not in ids:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from evsys.backends.tinker import service_rules as rules
-from evsys.backends.tinker.models import ModelLimits, model_limits
+from evsys.backends.tinker.catalog import model_limits
+from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.shapes import adam_args, datum_shape, sample_shape
 from evsys.schema.errors import EvsysError
 

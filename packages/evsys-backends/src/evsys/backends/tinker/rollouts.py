@@ -30,7 +30,7 @@ def sample_and_score(
 ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
     """Sample ``n`` completions per prompt on ``backend``; score each ``prefixes[i] + completion`` as it returns."""
     from evsys.backends.tinker.backend import _import_tinker
-    from evsys.backends.tinker.convert import sampling_params, to_sampled_sequence, topk_from_response
+    from evsys.backends.tinker.convert import sampling_params, topk_from_response
 
     tinker = _import_tinker()
     if len(prefixes) != len(prompts):
@@ -39,8 +39,7 @@ def sample_and_score(
         return [], []
     sampler = backend._current_sampler()
     teacher = backend._teacher_sampler()
-    params = sampling_params(max_tokens, temperature, stop, seed)
-    tokenizer = backend.tokenizer
+    params = sampling_params(max_tokens, temperature, backend._stop_for(stop), seed)
     score_params = tinker.types.SamplingParams(max_tokens=1)
 
     def score(prefix: list[int], tokens: list[int]) -> Callable[[], Any]:
@@ -62,7 +61,7 @@ def sample_and_score(
             return backend._wait(item if item is not None else sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
 
         response = backend._retrying("sample from the policy", attempt)
-        samples = [to_sampled_sequence(seq, tokenizer, stop) for seq in response.sequences]
+        samples = backend._samples_of(prompts[index], response, stop)
         prefix = [int(t) for t in prefixes[index]]
         asked = [j for j, sample in enumerate(samples) if sample.tokens]
         answers = backend._gather("score with the teacher (top-k prompt logprobs)", [score(prefix, samples[j].tokens) for j in asked])

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evsys.backends.tinker.models import ModelLimits
+from evsys.backends.tinker.models import ModelLimits, retirement_message
 from evsys.schema.errors import EvsysError
 
 LOSS_INPUTS: dict[str, tuple[str, ...]] = {
@@ -90,9 +90,16 @@ def _reject(what: str, reason: str) -> ServiceRuleError:
 
 
 def check_model(model: str, limits: ModelLimits | None) -> ModelLimits:
-    """The model must be one the service serves (the catalog knows its limits)."""
+    """The model must be one the service serves (the catalog knows its limits); a retired one names its replacement."""
     if limits is None:
-        raise _reject(f"the model '{model}'", "it is not in the catalog of models Tinker serves (evsys.backends.tinker.models)")
+        retired = retirement_message(model)
+        if retired is not None:
+            raise _reject(f"the model '{model}'", retired)
+        raise _reject(
+            f"the model '{model}'",
+            "it is not in the catalog of models Tinker serves (evsys.backends.tinker.catalog), "
+            "or the simulator does not know its vocabulary size",
+        )
     return limits
 
 
@@ -125,7 +132,7 @@ def check_datum(index: int, datum: DatumShape, loss_fn: str, limits: ModelLimits
     n = datum.length
     if n < 1:
         raise _reject(what, "model_input is empty")
-    if n > limits.context_length:
+    if limits.context_length is not None and n > limits.context_length:
         raise _reject(what, f"model_input has {n} tokens, more than the context window of {limits.context_length}")
     _check_ids(what, "model_input", datum.min_id, datum.max_id, limits)
     targets = datum.inputs["target_tokens"]
@@ -201,7 +208,7 @@ def check_sample(request: SampleShape, limits: ModelLimits) -> None:
         raise _reject(what, f"num_samples is {request.num_samples}; it must be at least 1")
     if request.max_tokens is None or request.max_tokens < 1:
         raise _reject(what, f"sampling_params.max_tokens is {request.max_tokens}; it must be at least 1")
-    if n + request.max_tokens > limits.context_length:
+    if limits.context_length is not None and n + request.max_tokens > limits.context_length:
         raise _reject(
             what,
             f"the prompt ({n} tokens) plus max_tokens ({request.max_tokens}) exceeds the context window of {limits.context_length}",

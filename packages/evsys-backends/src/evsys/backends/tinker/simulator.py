@@ -26,7 +26,8 @@ from tinker import types
 from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
 
 from evsys.backends.tinker import service_rules as rules
-from evsys.backends.tinker.models import ModelLimits, model_limits
+from evsys.backends.tinker.catalog import model_limits
+from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.pseudo_model import PseudoModel, seeded_rng
 from evsys.backends.tinker.shapes import adam_args, datum_shape, sample_shape
 from evsys.backends.tinker.sim_clock import Faults, Latency, Log, SimClock, SimFuture, Tally
@@ -141,7 +142,7 @@ class SimulatedTrainingClient:
         )
 
     def get_tokenizer(self) -> Any:
-        """The model's tokenizer (offline: see :mod:`.offline_tokenizer`)."""
+        """The tokenizer the service was given (a dry run: the run's ``tml-renderers`` tokenizer; tests: any)."""
         return self._service.tokenizer
 
     def forward_backward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: dict[str, float] | None = None) -> SimFuture:
@@ -208,7 +209,7 @@ class SimulatedService:
             self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evsys-sim")
         self.tally = Tally()
         self.clock = SimClock(self.latency, self.tally)
-        self.model = PseudoModel(seed, self.limits.vocab_size, getattr(tokenizer, "eos_token_id", None))
+        self.model = PseudoModel(seed, self.limits.vocab_size, getattr(tokenizer, "eos_token_id", None), self._decodable())
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.training_clients: list[SimulatedTrainingClient] = []
         self.sampling_clients: list[SimulatedSamplingClient] = []
@@ -236,7 +237,13 @@ class SimulatedService:
     def _use_model(self, model: str) -> None:
         if not self._fixed_limits:
             self.limits = rules.check_model(model, model_limits(model))
-            self.model = PseudoModel(self.seed, self.limits.vocab_size, self.model.stop_token)
+            self.model = PseudoModel(self.seed, self.limits.vocab_size, self.model.stop_token, self._decodable())
+
+    def _decodable(self) -> int | None:
+        """How many ids the tokenizer decodes, where it says (a model's embedding may have rows no token
+        uses; a real model never samples them, so the pseudo-model does not either)."""
+        count = getattr(self.tokenizer, "token_count", None)
+        return count if isinstance(count, int) else None
 
     def _new_training(self) -> SimulatedTrainingClient:
         client = SimulatedTrainingClient(self, f"sim-run-{len(self.training_clients) + 1}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from evsys.backends.tinker.models import ModelLimits
+from evsys.backends.tinker.renderers import HF_TEMPLATE
 from evsys.backends.tinker.simulator import Faults, Latency, SimulatedService
 
 BYTE_LIMITS = ModelLimits(vocab_size=300, context_length=512, max_lora_rank=32)
@@ -66,7 +67,13 @@ def simulated_backend(
     tokenizer: Any = None,
     **params: Any,
 ) -> tuple[Any, SimulatedService]:
-    """A ``TinkerBackend`` on a :class:`SimulatedService` (byte tokenizer and limits by default), and the service."""
+    """A ``TinkerBackend`` on a :class:`SimulatedService` (byte tokenizer and limits by default), and the service.
+
+    The byte tokenizer stands for the Hugging Face tokenizer of ``get_tokenizer()``, so the backend renders
+    through its chat template (``renderer='huggingface'`` unless ``params`` name one): small, readable ids
+    for tests of the SDK mapping. The model's own ``tml-renderers`` renderer, as a run renders, is what
+    ``TinkerBackend(BackendSetup(..., dry_run=True))`` uses, with the catalog's limits.
+    """
     from evsys.backends.tinker.backend import TinkerBackend
     from evsys.backends.tinker.params import TinkerBackendParams
     from evsys.schema.protocols import BackendSetup
@@ -75,6 +82,7 @@ def simulated_backend(
         tokenizer=tokenizer if tokenizer is not None else ByteTokenizer(), faults=faults, limits=limits, seed=seed,
         latency=latency,
     )
+    params.setdefault("renderer", HF_TEMPLATE)
     setup = BackendSetup(model_name=model, lora_rank=lora_rank, seed=seed, run_dir=run_dir)
     sleeps: list[float] = []
     backend = TinkerBackend(setup, TinkerBackendParams(**params), service_client=service, sleep=sleeps.append)
