@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from evsys.cli.evaluation import evaluate_config
-from evsys.logging.console import ConsoleProgress
+from evsys.cli.overrides import Override, override_options
+from evsys.logging.console import ConsoleProgress, process_started
 
 
 @click.command("eval")
@@ -27,7 +28,10 @@ from evsys.logging.console import ConsoleProgress
 @click.option("--step", type=click.IntRange(min=0), default=None, help="Record the rows at this step (default: 0 for the base model, N for step_N, max_steps for final).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in the same directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; print only the final result.")
-def eval_command(config: str, checkpoint: str | None, output: str | None, step: int | None, overwrite: bool, quiet: bool) -> None:
+@override_options
+def eval_command(
+    config: str, checkpoint: str | None, output: str | None, step: int | None, overwrite: bool, quiet: bool, overrides: list[Override]
+) -> None:
     """Score CONFIG's benchmarks (metadata.benchmark) without training.
 
     Uses the same scoring as in-loop evaluation and writes the same files: metrics.jsonl rows
@@ -41,6 +45,13 @@ def eval_command(config: str, checkpoint: str | None, output: str | None, step: 
           --checkpoint examples/sdft_walkthrough/outputs/sdft_capitals         # after training
       evsys eval my_run.yaml -c outputs/my_run/checkpoints/step_000100 -o evals/step100
     """
-    extra = [] if quiet else [ConsoleProgress()]
-    result = evaluate_config(config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite)
+    progress = None if quiet else ConsoleProgress(started=process_started())
+    extra = [progress] if progress is not None else []
+    try:
+        result = evaluate_config(
+            config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite, overrides=overrides
+        )
+    finally:
+        if progress is not None:
+            progress.detach()
     click.echo(str(result))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from evsys.cli.api import run
-from evsys.logging.console import ConsoleProgress
+from evsys.cli.overrides import Override, override_options
+from evsys.logging.console import ConsoleProgress, process_started
 
 
 @click.command("run")
@@ -13,11 +14,14 @@ from evsys.logging.console import ConsoleProgress
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its last complete checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier run of the same name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines; print only the final result.")
+@override_options
 @click.pass_context
-def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, quiet: bool) -> None:
+def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, quiet: bool, overrides: list[Override]) -> None:
     """Train with CONFIG and score its benchmarks.
 
-    An existing run directory is an error unless --resume (continue it) or --overwrite (replace it).
+    An existing run directory is an error unless --resume (continue it) or --overwrite (replace it);
+    one a live evsys process holds is refused. --set KEY=VALUE changes a config key for this run
+    (checked like the file; recorded in resolved_config.json).
     Ctrl-C or SIGTERM stops after the current step with a checkpoint (exit 130 / 143); a second
     Ctrl-C exits at once. See docs/reliability.md.
 
@@ -26,9 +30,15 @@ def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, 
       evsys run examples/sdft_walkthrough/config.local.yaml
       evsys run my_run.yaml --resume
       evsys run my_run.yaml --overwrite
+      evsys run my_run.yaml --set algorithm.params.max_steps=10 --name my_run_10
     """
-    extra = [] if quiet else [ConsoleProgress()]
-    result = run(config, callbacks=extra, overwrite=overwrite, resume=resume)
+    progress = None if quiet else ConsoleProgress(started=process_started())
+    extra = [progress] if progress is not None else []
+    try:
+        result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, overrides=overrides)
+    finally:
+        if progress is not None:
+            progress.detach()
     click.echo(str(result))
     if result.exit_code:
         ctx.exit(result.exit_code)
