@@ -271,7 +271,7 @@ def test_progress_bar_redraws_one_line() -> None:
     stream = io.StringIO()
     progress = ConsoleProgress(stream=stream, mode="bar")
     progress.on_run_start(context())
-    progress.on_step_end(1, {"train/mean_loss": 0.5, "train/answer_tokens": 100.0, "train/step_seconds": 0.5})
+    progress.on_step_end(1, {"train/mean_loss": 0.5, "train/sampled_tokens_per_s": 200.0, "train/step_seconds": 0.5})
     progress.on_eval_end(EvalResult("val", "val", 1, {"val/val/pass@1": 0.25}, []))
     progress.on_step_end(2, {"train/mean_loss": 0.25})
     progress.on_run_end("completed", {})
