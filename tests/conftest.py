@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,37 @@ def check_walkthrough_configs(repo_root: Path, walkthrough: str, row_model: type
 def walkthrough_configs() -> object:
     """:func:`check_walkthrough_configs`."""
     return check_walkthrough_configs
+
+
+# --------------------------------------------------------------------------- documented output
+
+
+def documented_output(page: str, command: str) -> list[str]:
+    """The output lines a page shows for ``$ command`` in its console blocks (up to the next ``$`` line or the block's end)."""
+    text = (REPO_ROOT / "docs" / page).read_text(encoding="utf-8")
+    for block in re.findall(r"^```console\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        lines = block.splitlines()
+        for index, line in enumerate(lines):
+            if line == f"$ {command}":
+                rest = lines[index + 1 :]
+                end = next((i for i, item in enumerate(rest) if item.startswith("$ ")), len(rest))
+                return rest[:end]
+    raise AssertionError(f"{page} shows no `$ {command}`")
+
+
+NUMBER = re.compile(r"-?\d+\.\d+(?:e-?\d+)?")
+
+
+def same_text_and_numbers(documented: str, produced: str, *, rel: float = 1e-3) -> None:
+    """The texts agree word for word, and their numbers to ``rel`` (a CPU's last digits may differ)."""
+    assert NUMBER.sub("#", documented) == NUMBER.sub("#", produced)
+    for shown, got in zip(NUMBER.findall(documented), NUMBER.findall(produced), strict=True):
+        assert float(got) == pytest.approx(float(shown), rel=rel, abs=1e-6), (shown, got)
+
+
+@pytest.fixture(scope="session")
+def documented() -> object:
+    """``documented.output(page, command)`` and ``documented.same(documented_text, produced_text)`` for docs-vs-run tests."""
+    import types
+
+    return types.SimpleNamespace(output=documented_output, same=same_text_and_numbers)
