@@ -95,7 +95,9 @@ def test_eval_base_model_writes_the_in_loop_outputs(in_workdir: Path, capsys: py
         f"Metrics:   {{'val/val/pass@1': {json.loads((directory / 'metrics.jsonl').read_text())['metrics']['val/val/pass@1']!r}}}",
         f"Logs:      {directory} (metrics.jsonl, predictions/, summary.md)",
     ]
-    assert err.splitlines()[0] == "eval step 0 | scoring val (3 tasks) ..."
+    phases = [line.split("] ", 1)[1] for line in err.splitlines() if line.startswith("[")]
+    assert phases[:2] == ["benchmarks: val (3 tasks, every 1 step)", "model: loading tiny on the local backend ..."]
+    assert next(line for line in err.splitlines() if not line.startswith("[")) == "eval step 0 | scoring val (3 tasks) ..."
     rows = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["split"], list(r["metrics"])) for r in rows] == [(0, "val", ["val/val/pass@1"])]
     for row in rows:

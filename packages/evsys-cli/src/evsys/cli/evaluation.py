@@ -124,7 +124,8 @@ def evaluate_config(
     checkpoint_path, label = resolve_eval_checkpoint(checkpoint)
     directory = Path(output) if output is not None else default_eval_dir(validated, label)
     at_step = default_step(validated, checkpoint_path, label) if step is None else step
-    with DirectoryLock(lock_dir(validated, directory)):
+    locked = lock_dir(validated, directory)
+    with DirectoryLock(locked, "run directory" if locked != directory else "eval directory"):
         prepare_eval_dir(directory, overwrite=overwrite)
         return _score(validated, registry, benchmarks, directory, checkpoint_path, label, at_step, callbacks)
 

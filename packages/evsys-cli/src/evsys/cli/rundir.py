@@ -76,8 +76,9 @@ class DirectoryLock:
     no lock is taken.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, what: str = "run directory") -> None:
         self.directory = directory
+        self.what = what
         self.path = directory / LOCK_FILE
         self._fd: int | None = None
 
@@ -89,9 +90,12 @@ class DirectoryLock:
 
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(_os_problem(f"cannot create the {self.what}", exc, self.directory)) from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ConfigError(_os_problem("cannot create the run directory's lock file", exc, self.path)) from None
+            raise ConfigError(_os_problem(f"the {self.what} is not writable", exc, self.directory)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
