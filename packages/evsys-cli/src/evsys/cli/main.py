@@ -65,7 +65,7 @@ def cli(log_level: str) -> None:
       evsys run examples/sdft_walkthrough/config.local.yaml
       evsys eval examples/sdft_walkthrough/config.local.yaml --checkpoint examples/sdft_walkthrough/outputs/sdft_capitals
       evsys report examples/sdft_walkthrough/outputs/sdft_capitals
-      evsys export examples/sdft_walkthrough/outputs/sdft_capitals --merge -o merged-model
+      evsys export examples/sdft_walkthrough/outputs/sdft_capitals --merge -o outputs/merged-model
       evsys plugins
 
     \b
