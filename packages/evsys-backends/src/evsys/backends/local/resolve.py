@@ -181,7 +181,7 @@ def download_model(hub_id: str, revision: str | None = None) -> Path:
     """Download ``hub_id`` into the Hugging Face cache (huggingface_hub's progress bars on stderr); one-line error on failure."""
     from huggingface_hub import snapshot_download
 
-    progress.info("model: downloading %s from the Hugging Face hub into %s ...", hub_id, hf_hub_cache_dir())
+    progress.info("model: downloading %s from the Hugging Face hub into %s ...", hub_id, shown_path(hf_hub_cache_dir()))
     try:
         path = snapshot_download(hub_id, revision=revision, cache_dir=hf_hub_cache_dir(), allow_patterns=DOWNLOAD_PATTERNS)
     except Exception as exc:  # every failure is reported as one line naming the cause
@@ -195,6 +195,14 @@ def download_model(hub_id: str, revision: str | None = None) -> Path:
 def weights_size(model_dir: Path) -> int:
     """Bytes of weight files (``*.safetensors``, ``*.bin``) in ``model_dir``."""
     return sum(path.stat().st_size for pattern in ("*.safetensors", "*.bin") for path in model_dir.glob(pattern) if path.is_file())
+
+
+def shown_path(path: Path) -> str:
+    """``path`` for a progress line: under the home directory as ``~/...``."""
+    try:
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _megabytes(size: int) -> str:
@@ -260,7 +268,7 @@ def resolve_model_dir(model_name: str, revision: str | None = None) -> Path:
         found = Path(name).expanduser().resolve()
     else:
         found = find_in_hub_cache(name, revision) or download_model(name, revision)
-    progress.info("model: %s from %s (%s of weights)", name, found, _megabytes(weights_size(found)))
+    progress.info("model: %s from %s (%s of weights)", name, shown_path(found), _megabytes(weights_size(found)))
     return found
 
 
@@ -290,7 +298,7 @@ def ensure_converted(gguf: Path, target: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     progress.info(
-        "model: converting the bundled %s (%s) into %s, once (about 20 s) ...", gguf.name, _megabytes(gguf.stat().st_size), target
+        "model: converting the bundled %s (%s) into %s, once (about 20 s) ...", gguf.name, _megabytes(gguf.stat().st_size), shown_path(target)
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
