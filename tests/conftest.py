@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,69 @@ def check_walkthrough_configs(repo_root: Path, walkthrough: str, row_model: type
 def walkthrough_configs() -> object:
     """:func:`check_walkthrough_configs`."""
     return check_walkthrough_configs
+
+
+# --------------------------------------------------------------------------- documented output
+
+
+def documented_output(page: str, command: str) -> list[str]:
+    """The output lines a page shows for ``$ command`` in its console blocks (up to the next ``$`` line or the block's end)."""
+    text = (REPO_ROOT / "docs" / page).read_text(encoding="utf-8")
+    for block in re.findall(r"^```console\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        lines = block.splitlines()
+        for index, line in enumerate(lines):
+            if line == f"$ {command}":
+                rest = lines[index + 1 :]
+                end = next((i for i, item in enumerate(rest) if item.startswith("$ ")), len(rest))
+                return rest[:end]
+    raise AssertionError(f"{page} shows no `$ {command}`")
+
+
+NUMBER = re.compile(r"-?\d+\.\d+(?:e-?\d+)?")
+
+
+def same_text_and_numbers(documented: str, produced: str, *, rel: float = 1e-3) -> None:
+    """The texts agree word for word, and their numbers to ``rel`` (a CPU's last digits may differ)."""
+    assert NUMBER.sub("#", documented) == NUMBER.sub("#", produced)
+    for shown, got in zip(NUMBER.findall(documented), NUMBER.findall(produced), strict=True):
+        assert float(got) == pytest.approx(float(shown), rel=rel, abs=1e-6), (shown, got)
+
+
+def check_walkthrough_page(page: str, walkthrough: str, result: dict) -> None:
+    """A walkthrough page's output blocks are a fresh run's (:func:`run_walkthrough_locally`): the
+    ``Metrics:`` line, the metrics.jsonl rows it shows (wall-clock figures excepted) and summary.md."""
+    import json
+
+    outputs = f"examples/{walkthrough}/outputs/{result['config']['name']}"
+    shown = documented_output(page, f"python examples/{walkthrough}/run.py examples/{walkthrough}/config.local.yaml")
+    last = result["rows"][-1]["step"]
+    final = {"train/mean_loss": next(r for r in reversed(result["rows"]) if r["split"] == "train")["metrics"]["train/mean_loss"]}
+    final.update(next(r for r in reversed(result["rows"]) if r["split"] == "val" and r["step"] == last)["metrics"])
+    same_text_and_numbers(shown[1], f"Metrics:   {final}")
+
+    def comparable(row: dict) -> dict:  # wall-clock figures differ from machine to machine
+        return {**row, "metrics": {k: v for k, v in row["metrics"].items() if not k.endswith(("_seconds", "_per_s"))}}
+
+    command = next(c for c in (f"cat {outputs}/metrics.jsonl", f"head -3 {outputs}/metrics.jsonl") if _shows(page, c))
+    documented_rows = [comparable(json.loads(line)) for line in documented_output(page, command)]
+    fresh_rows = [comparable(row) for row in result["rows"]][: len(documented_rows)]
+    same_text_and_numbers(json.dumps(documented_rows), json.dumps(fresh_rows))
+    summary = documented_output(page, f"cat {outputs}/summary.md")
+    same_text_and_numbers("\n".join(summary), (result["run_dir"] / "summary.md").read_text().rstrip("\n"))
+
+
+def _shows(page: str, command: str) -> bool:
+    try:
+        documented_output(page, command)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def documented() -> object:
+    """``output(page, command)``, ``same(documented_text, produced_text)`` and
+    ``check_walkthrough(page, walkthrough, result)`` for tests that compare docs with fresh runs."""
+    import types
+
+    return types.SimpleNamespace(output=documented_output, same=same_text_and_numbers, check_walkthrough=check_walkthrough_page)

@@ -16,8 +16,9 @@ def test_configs_differ_only_in_model_and_backend(repo_root: Path, walkthrough_c
     walkthrough_configs(repo_root, "grpo_walkthrough", PromptExample)
 
 
-def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run) -> None:
+def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run, documented) -> None:
     result = walkthrough_run(repo_root, "grpo_walkthrough", tmp_path)
+    documented.check_walkthrough("walkthrough-grpo.md", "grpo_walkthrough", result)
     assert result["config"]["algorithm"]["kind"] == "grpo"
     run_dir, rows = result["run_dir"], result["rows"]
     assert run_dir == tmp_path / "outputs" / "grpo_capitals"
@@ -45,3 +46,4 @@ def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo
                 assert metrics["train/tokens"] > 0
                 assert metrics["train/mean_loss"] == pytest.approx(metrics["train/loss_sum"] / metrics["train/tokens"])
     assert (run_dir / "checkpoints" / "final" / "adapter_model.safetensors").is_file()
+

@@ -15,8 +15,9 @@ def test_configs_differ_only_in_model_and_backend(repo_root: Path, walkthrough_c
     walkthrough_configs(repo_root, "sdft_walkthrough", PromptExample)
 
 
-def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run) -> None:
+def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run, documented) -> None:
     result = walkthrough_run(repo_root, "sdft_walkthrough", tmp_path)
+    documented.check_walkthrough("walkthrough-sdft.md", "sdft_walkthrough", result)
     assert result["config"]["algorithm"]["kind"] == "sdft"
     assert result["run_dir"] == tmp_path / "outputs" / "sdft_capitals"
     for row in result["rows"]:

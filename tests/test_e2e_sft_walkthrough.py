@@ -16,8 +16,9 @@ def test_configs_differ_only_in_model_and_backend(repo_root: Path, walkthrough_c
     walkthrough_configs(repo_root, "sft_walkthrough", ChatExample)
 
 
-def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run) -> None:
+def test_walkthrough_runs_two_steps_and_writes_every_output(tmp_path: Path, repo_root: Path, walkthrough_run, documented) -> None:
     result = walkthrough_run(repo_root, "sft_walkthrough", tmp_path)
+    documented.check_walkthrough("walkthrough-sft.md", "sft_walkthrough", result)
     assert result["config"]["algorithm"]["kind"] == "sft"
     run_dir, rows = result["run_dir"], result["rows"]
     assert run_dir == tmp_path / "outputs" / "sft_capitals"

@@ -29,7 +29,7 @@ from evsys.schema.errors import ConfigError, EvsysError
 
 REL_TOL = 1e-6
 ABS_TOL = 1e-6
-TIMING_KEYS = ("train/step_seconds", "train/rollout_tokens_per_s")
+TIMING_KEYS = ("train/step_seconds", "train/rollout_tokens_per_s", "train/sampled_tokens_per_s")
 
 
 def rows_of(path: Path) -> list[dict[str, Any]]:

@@ -95,7 +95,9 @@ def test_eval_base_model_writes_the_in_loop_outputs(in_workdir: Path, capsys: py
         f"Metrics:   {{'val/val/pass@1': {json.loads((directory / 'metrics.jsonl').read_text())['metrics']['val/val/pass@1']!r}}}",
         f"Logs:      {directory} (metrics.jsonl, predictions/, summary.md)",
     ]
-    assert err.splitlines()[0] == "eval step 0 | scoring val (3 tasks) ..."
+    phases = [line.split("] ", 1)[1] for line in err.splitlines() if line.startswith("[")]
+    assert phases[:2] == ["benchmarks: val (3 tasks, every 1 step)", "model: loading tiny on the local backend ..."]
+    assert next(line for line in err.splitlines() if not line.startswith("[")) == "eval step 0 | scoring val (3 tasks) ..."
     rows = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["split"], list(r["metrics"])) for r in rows] == [(0, "val", ["val/val/pass@1"])]
     for row in rows:
@@ -318,7 +320,7 @@ def test_progress_bar_redraws_one_line() -> None:
     stream = io.StringIO()
     progress = ConsoleProgress(stream=stream, mode="bar")
     progress.on_run_start(context())
-    progress.on_step_end(1, {"train/mean_loss": 0.5, "train/answer_tokens": 100.0, "train/step_seconds": 0.5})
+    progress.on_step_end(1, {"train/mean_loss": 0.5, "train/sampled_tokens_per_s": 200.0, "train/step_seconds": 0.5})
     progress.on_eval_end(EvalResult("val", "val", 1, {"val/val/pass@1": 0.25}, []))
     progress.on_step_end(2, {"train/mean_loss": 0.25})
     progress.on_run_end("completed", {})

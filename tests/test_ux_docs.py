@@ -16,6 +16,17 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
 
 
+def test_cli_exit_codes_match_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/cli.md's exit-code table says what the commands do with a missing path and a bad config."""
+    from evsys.cli.main import main
+
+    table = (DOCS / "cli.md").read_text(encoding="utf-8").split("## Exit codes", 1)[1]
+    row = {line.split("|")[1].strip(): line.split("|")[2] for line in table.splitlines() if line.startswith("| ") and "|" in line[2:]}
+    assert main(["report", str(tmp_path / "missing")]) == 2 and "a path argument that does not exist" in row["2"]
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 1 and "a missing config" in row["1"]
+    capsys.readouterr()
+
+
 def test_config_reference_is_fresh() -> None:
     from evsys.cli.reference import REGENERATE_COMMAND, render
     from evsys.cli.schema_cmd import builtin_registry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,16 +75,38 @@ def test_local_directory(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_hub_id_must_be_in_the_local_cache(hub_cache: Path) -> None:
+def test_hub_id_offline_must_be_in_the_local_cache(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     text = one_line(check_model_name("Qwen/Qwen3-0.6B", None))
-    assert "'Qwen/Qwen3-0.6B'" in text and "huggingface-cli download Qwen/Qwen3-0.6B" in text
+    assert "'Qwen/Qwen3-0.6B'" in text and "HF_HUB_OFFLINE is set" in text and "hf download Qwen/Qwen3-0.6B" in text
     assert str(hub_cache) in text
+    with pytest.raises(EvsysError, match="HF_HUB_OFFLINE is set, so it cannot be downloaded"):
+        resolve_model_dir("Qwen/Qwen3-0.6B")
     snapshot = fake_snapshot(hub_cache, "Qwen/Qwen3-0.6B")
     assert check_model_name("Qwen/Qwen3-0.6B", None) == []
     assert resolve_model_dir("Qwen/Qwen3-0.6B") == snapshot
     assert resolve_model_dir("Qwen/Qwen3-0.6B", revision="abc123") == snapshot
     with pytest.raises(EvsysError, match="at revision 'v2'"):
         resolve_model_dir("Qwen/Qwen3-0.6B", revision="v2")
+
+
+def test_hub_id_online_is_a_warning_and_a_failed_download_says_why(hub_cache: Path) -> None:
+    """No network here: the hub endpoint is a closed local port, so the download fails as an unreachable hub does."""
+    [warning] = check_model_name("org/not-cached", None)
+    assert warning.severity == "warning" and "the run will download it from the hub" in warning.message
+    code = (
+        "from evsys.backends.local.resolve import resolve_model_dir\n"
+        "from evsys.schema.errors import EvsysError\n"
+        "try:\n    resolve_model_dir('org/not-cached')\n"
+        "except EvsysError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    [line] = done.stdout.splitlines()
+    assert line.startswith(f"model.name: model 'org/not-cached' is not in the Hugging Face cache ({hub_cache}) and downloading it failed: ")
+    assert "the hub could not be reached (" in line and "Connection refused)" in line
+    assert line.endswith("or point model.name at a local directory holding config.json")
 
 
 def test_hf_home_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

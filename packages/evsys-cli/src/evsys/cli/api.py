@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evsys.cli.loop import Runner
+from evsys.cli.overrides import Override, load_config_with_overrides
 from evsys.schema.errors import ConfigError, Problem
 from evsys.schema.plugins import default_registry
 from evsys.schema.protocols import Callback
 from evsys.schema.registry import PluginRegistry
-from evsys.schema.validation import ValidatedConfig, load_config
+from evsys.schema.validation import ValidatedConfig
 
 LOG_FILES = "metrics.jsonl, predictions/, summary.md"
 
@@ -51,11 +52,14 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     dry_run: bool = False,
+    overrides: Sequence[str | Override] = (),
 ) -> RunResult:
     """Validate ``config`` (a path or an already validated config) and run it.
 
     ``resume=True`` continues the run directory's last complete checkpoint (see docs/reliability.md);
     ``overwrite=True`` replaces an earlier run; without either, an existing run directory is an error.
+    ``overrides`` (``"algorithm.params.max_steps=10"`` strings, as ``--set`` takes them) change keys of
+    a config path before validation (:mod:`evsys.cli.overrides`).
     User mistakes raise :class:`evsys.schema.errors.EvsysError` before training starts; a failure
     during training is re-raised after ``summary.md`` records it. SIGINT / SIGTERM stop the run after
     the current step with a checkpoint: the result's status is ``interrupted`` and ``exit_code`` 130 / 143.
@@ -63,11 +67,12 @@ def run(
     """
     registry = registry or default_registry()
     if isinstance(config, (str, Path)):
-        validated = load_config(config, registry)
-    elif isinstance(config, ValidatedConfig):
+        validated = load_config_with_overrides(config, registry, overrides)
+    elif isinstance(config, ValidatedConfig) and not overrides:
         validated = config
     else:
-        raise ConfigError(Problem(f"run() takes a config path, got {type(config).__name__}"))
+        got = "a validated config with overrides" if isinstance(config, ValidatedConfig) else type(config).__name__
+        raise ConfigError(Problem(f"run() takes a config path (or a validated config without overrides), got {got}"))
     runner = Runner(validated, registry, extra_callbacks=callbacks, overwrite=overwrite, resume=resume, dry_run=dry_run)
     status, metrics, error = runner.run()
     return RunResult(status, metrics, runner.output_dir, runner.run_dir, error, runner.exit_code, runner.resumed_from_step)

@@ -6,7 +6,8 @@ import click
 
 from evsys.cli.evaluation import evaluate_config
 from evsys.cli.loop import DRY_RUN_REPORT
-from evsys.logging.console import ConsoleProgress
+from evsys.cli.overrides import Override, override_options
+from evsys.logging.console import ConsoleProgress, process_started
 
 
 @click.command("eval")
@@ -33,8 +34,10 @@ from evsys.logging.console import ConsoleProgress
     is_flag=True,
     help="Score against a strict simulation of the Tinker service: offline, no key, nothing billed. Refused for the local backend.",
 )
+@override_options
 def eval_command(
-    config: str, checkpoint: str | None, output: str | None, step: int | None, overwrite: bool, quiet: bool, dry_run: bool
+    config: str, checkpoint: str | None, output: str | None, step: int | None, overwrite: bool, quiet: bool, dry_run: bool,
+    overrides: list[Override],
 ) -> None:
     """Score CONFIG's benchmarks (metadata.benchmark) without training.
 
@@ -49,10 +52,16 @@ def eval_command(
           --checkpoint examples/sdft_walkthrough/outputs/sdft_capitals         # after training
       evsys eval my_run.yaml -c outputs/my_run/checkpoints/step_000100 -o evals/step100
     """
-    extra = [] if quiet else [ConsoleProgress()]
-    result = evaluate_config(
-        config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite, dry_run=dry_run
-    )
+    progress = None if quiet else ConsoleProgress(started=process_started())
+    extra = [progress] if progress is not None else []
+    try:
+        result = evaluate_config(
+            config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite, overrides=overrides,
+            dry_run=dry_run,
+        )
+    finally:
+        if progress is not None:
+            progress.detach()
     click.echo(str(result))
     report = result.logs / DRY_RUN_REPORT
     if dry_run and report.is_file():

@@ -10,17 +10,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evsys.cli.api import LOG_FILES
 from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
-from evsys.cli.loop import DRY_RUN_SUFFIX, build_backend, check_dry_run, evaluate_and_notify, load_benchmarks
+from evsys.cli.loop import (
+    DRY_RUN_SUFFIX,
+    announce,
+    build_backend,
+    check_dry_run,
+    describe_benchmarks,
+    evaluate_and_notify,
+    load_benchmarks,
+)
+from evsys.cli.overrides import Override, load_config_with_overrides
+from evsys.cli.rundir import DirectoryLock
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
 from evsys.logging.params import LocalLoggerParams
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
 from evsys.schema.plugins import default_registry
 from evsys.schema.protocols import Callback, RunContext
 from evsys.schema.registry import PluginRegistry
-from evsys.schema.validation import ValidatedConfig, load_config
+from evsys.schema.validation import ValidatedConfig
 
 EVAL_DIR = "eval"
 BASE_LABEL = "base"
@@ -101,15 +112,22 @@ def evaluate_config(
     callbacks: Sequence[Callback] = (),
     overwrite: bool = False,
     dry_run: bool = False,
+    overrides: Sequence[str | Override] = (),
 ) -> EvalRunResult:
     """Score every benchmark of ``config`` on the base model, or on ``checkpoint`` (a run or checkpoint directory).
 
     Nothing is trained. User mistakes raise :class:`EvsysError` before the model loads; a failure while
     scoring is recorded in ``summary.md`` and re-raised. ``dry_run=True`` scores against the backend's
-    simulated service (replacing an earlier dry run's files).
+    simulated service (replacing an earlier dry run's files). An evaluation inside a run directory holds
+    that run directory's lock (one elsewhere, its own directory's), so it never writes beside a live run.
     """
     registry = registry or default_registry()
-    validated = config if isinstance(config, ValidatedConfig) else load_config(config, registry)
+    if isinstance(config, ValidatedConfig):
+        if overrides:
+            raise ConfigError(Problem("evaluate_config() takes overrides only with a config path"))
+        validated = config
+    else:
+        validated = load_config_with_overrides(config, registry, overrides)
     benchmarks = load_benchmarks(validated)
     if not benchmarks:
         raise ConfigError(Problem("metadata.benchmark: the config has no benchmarks to score", Location(validated.path)))
@@ -118,18 +136,49 @@ def evaluate_config(
     checkpoint_path, label = resolve_eval_checkpoint(checkpoint)
     directory = Path(output) if output is not None else default_eval_dir(validated, label, dry_run=dry_run)
     at_step = default_step(validated, checkpoint_path, label) if step is None else step
-    prepare_eval_dir(directory, overwrite=overwrite or dry_run)
+    locked = lock_dir(validated, directory)
+    with DirectoryLock(locked, "run directory" if locked != directory else "eval directory"):
+        prepare_eval_dir(directory, overwrite=overwrite or dry_run)
+        return _score(validated, registry, benchmarks, directory, checkpoint_path, label, at_step, callbacks, dry_run)
+
+
+def lock_dir(validated: ValidatedConfig, directory: Path) -> Path:
+    """The directory whose lock an evaluation into ``directory`` takes: the config's run directory when
+    ``directory`` lies inside it, else ``directory`` itself."""
+    config = validated.config
+    run_dir = Path(config.output_dir) / config.name
+    try:
+        directory.resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        return directory
+    return run_dir
+
+
+def _score(
+    validated: ValidatedConfig,
+    registry: PluginRegistry,
+    benchmarks: list[Any],
+    directory: Path,
+    checkpoint_path: str | None,
+    label: str,
+    at_step: int,
+    callbacks: Sequence[Callback],
+    dry_run: bool,
+) -> EvalRunResult:
     observers: list[Callback] = [LocalLogger(LocalLoggerParams(dir=str(directory))), *callbacks]
     config_model = validated.config
     context = RunContext(
         f"{config_model.name}/{EVAL_DIR}/{label}", directory, Path(config_model.output_dir), config_model, at_step, at_step
     )
     seed = int(getattr(validated.algorithm_params, "seed", 0))
+    announce(callbacks, describe_benchmarks(benchmarks))
+    announce(callbacks, f"model: loading {config_model.model.name} on the {config_model.backend.kind} backend ...")
     backend = build_backend(validated, registry, directory, dry_run=dry_run)
     metrics: dict[str, float | None] = {}
     status, error = "completed", None
     try:
         if checkpoint_path is not None:
+            announce(callbacks, f"model: loading checkpoint {checkpoint_path} ...")
             backend.load_checkpoint(checkpoint_path)
         for observer in observers:
             observer.on_run_start(context)

@@ -25,9 +25,9 @@ def export_command(run_dir: str, output: str, merge: bool, name: str | None, bas
 
     \b
     Examples:
-      evsys export examples/sdft_walkthrough/outputs/sdft_capitals -o sdft-adapter
-      evsys export examples/sdft_walkthrough/outputs/sdft_capitals --merge -o sdft-merged
-      evsys export outputs/my_run -c step_000100 --merge -o my-model-step100
+      evsys export examples/sdft_walkthrough/outputs/sdft_capitals -o outputs/sdft-adapter
+      evsys export examples/sdft_walkthrough/outputs/sdft_capitals --merge -o outputs/sdft-merged
+      evsys export outputs/my_run -c step_000100 --merge -o outputs/my-model-step100
     """
     checkpoint = find_checkpoint(run_dir, name)
     if merge:

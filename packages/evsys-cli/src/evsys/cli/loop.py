@@ -11,9 +11,11 @@ the end, each recorded in ``checkpoints/latest`` only once complete (:mod:`evsys
 from __future__ import annotations
 
 import errno
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evsys.cli.interrupts import InterruptGuard
+from evsys.cli.metering import MeteredBackend, sampling_metrics
 from evsys.cli.pipeline import StepPipeline, pipeline_depth
 from evsys.cli.resume import (
     FINAL_NAME,
@@ -33,6 +36,7 @@ from evsys.cli.resume import (
     write_latest,
 )
 from evsys.cli.rundir import (
+    DirectoryLock,
     check_run_dir,
     clear_outputs,
     config_snapshot,
@@ -64,6 +68,11 @@ __all__ = [
 ]
 
 EVAL_BATCH_SIZE = 16
+logger = logging.getLogger(__name__)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 @dataclass
@@ -132,6 +141,28 @@ def load_benchmarks(validated: ValidatedConfig) -> list[LoadedBenchmark]:
             )
         )
     return loaded
+
+
+def announce(callbacks: Sequence[Callback], text: str) -> None:
+    """Tell the callbacks that have ``on_phase`` (the console) what the run is doing now, one line.
+
+    ``on_phase(text)`` is optional, like ``eval_started``; it is not part of the Callback protocol.
+    """
+    for callback in callbacks:
+        say = getattr(callback, "on_phase", None)
+        if callable(say):
+            say(text)
+
+
+def describe_benchmarks(benchmarks: Sequence[LoadedBenchmark]) -> str:
+    """``benchmarks: val (12 tasks, every 1 step), test (30 tasks, after training)``, or ``benchmarks: none``."""
+    if not benchmarks:
+        return "benchmarks: none"
+    parts = []
+    for bench in benchmarks:
+        when = f"every {_plural(bench.run_every, 'step')}" if bench.run_every is not None else "after training"
+        parts.append(f"{bench.name} ({_plural(len(bench.tasks), 'task')}, {when})")
+    return "benchmarks: " + ", ".join(parts)
 
 
 def batches(examples: Sequence[Any], batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[Any]]:
@@ -318,6 +349,7 @@ class Runner:
         self.exit_code = 0
         self.resumed_from_step = 0
         self._data_state: dict[str, int] = {}
+        self._listeners: list[Callback] = list(self.extra_callbacks)
 
     # ------------------------------------------------------------------ before training
 
@@ -347,8 +379,9 @@ class Runner:
     def run(self) -> tuple[str, dict[str, float | None], str | None]:
         """Train and evaluate; returns ``(status, final metrics, error)``.
 
-        User errors (bad config, data, run directory) raise :class:`EvsysError` before the model
-        loads. A failure during training is recorded in ``summary.md`` and re-raised — as an
+        User errors raise :class:`EvsysError` before the model loads, config and data errors first,
+        then the run directory's (in use by a live process, already holding a run, not writable).
+        A failure during training is recorded in ``summary.md`` and re-raised — as an
         :class:`EvsysError` naming the file when the environment refused a write.
         """
         validated, registry = self.validated, self.registry
@@ -357,27 +390,50 @@ class Runner:
         seed = int(getattr(params, "seed", 0))
         if self.dry_run:
             check_dry_run(validated, registry)
-        refuse_existing(self.run_dir, overwrite=self.overwrite, resume=self.resume)
-        point = self._resume_point()
-        examples = load_training_examples(validated, registry)
-        self._check_data(point, len(examples), int(getattr(params, "batch_size", 1)), seed)
-        benchmarks = load_benchmarks(validated)
+        if self.overwrite and self.resume:
+            refuse_existing(self.run_dir, overwrite=True, resume=True)
+        with self._phase("data"):
+            examples = load_training_examples(validated, registry)
+            self._announce(f"data: {_plural(len(examples), 'training example')} from {config.data.path}")
+        with self._phase("benchmarks"):
+            benchmarks = load_benchmarks(validated)
+            self._announce(describe_benchmarks(benchmarks))
         algorithm_class = registry.get("algorithm", config.algorithm.kind).load()
-        callbacks = build_callbacks(validated, registry, self.extra_callbacks)
-        prepare_run_dir(self.run_dir)
-        # The backend is built (credentials checked, model resolved) before --overwrite clears anything,
-        # so a missing key or model never costs the previous run's outputs.
-        backend = build_backend(self.validated, self.registry, self.run_dir, dry_run=self.dry_run)
+        lock = DirectoryLock(self.run_dir).acquire()
         try:
-            if self.overwrite:
-                clear_outputs(self.run_dir)
-            remove_stale_temporaries(self.run_dir)
-            write_snapshot(self.run_dir, config_snapshot(validated))
-        except BaseException:
-            backend.close()
-            raise
-        with self.guard:
-            return self._run(backend, algorithm_class, examples, benchmarks, callbacks, point, seed)
+            refuse_existing(self.run_dir, overwrite=self.overwrite, resume=self.resume)
+            point = self._resume_point()
+            self._check_data(point, len(examples), int(getattr(params, "batch_size", 1)), seed)
+            callbacks = build_callbacks(validated, registry, self.extra_callbacks)
+            self._listeners = list(callbacks)
+            prepare_run_dir(self.run_dir)
+            # The backend is built (credentials checked, model resolved) before --overwrite clears anything,
+            # so a missing key or model never costs the previous run's outputs.
+            with self._phase("model"):
+                self._announce(f"model: loading {config.model.name} on the {config.backend.kind} backend ...")
+                backend = build_backend(self.validated, self.registry, self.run_dir, dry_run=self.dry_run)
+            try:
+                if self.overwrite:
+                    clear_outputs(self.run_dir)
+                remove_stale_temporaries(self.run_dir)
+                write_snapshot(self.run_dir, config_snapshot(validated))
+            except BaseException:
+                backend.close()
+                raise
+            with self.guard:
+                return self._run(backend, algorithm_class, examples, benchmarks, callbacks, point, seed)
+        finally:
+            lock.release()
+
+    def _announce(self, text: str) -> None:
+        announce(self._listeners, text)
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Time one phase before training; its duration goes to the ``evsys.cli.loop`` logger (INFO)."""
+        started = time.perf_counter()
+        yield
+        logger.info("%s took %.2f s", name, time.perf_counter() - started)
 
     def _run(
         self,
@@ -392,7 +448,8 @@ class Runner:
         config, params = self.validated.config, self.validated.algorithm_params
         status, error = "completed", None
         try:
-            algorithm = algorithm_class(params, backend, None)
+            meter = MeteredBackend(backend, self._first_rollout)
+            algorithm = algorithm_class(params, meter, None)
             max_steps = total_steps(algorithm, params, len(examples))
             if point is not None and point.completed and point.step >= max_steps:
                 raise ConfigError(
@@ -402,14 +459,15 @@ class Runner:
                         Location(str(self.run_dir)),
                     )
                 )
-            start = self._restore(point, backend, algorithm, callbacks)
+            start = self._restore(point, meter, algorithm, callbacks)
             context = RunContext(config.name, self.run_dir, self.output_dir, config, max_steps, start)
             if hasattr(algorithm, "context"):
                 algorithm.context = context
             for callback in callbacks:
                 callback.on_run_start(context)
             try:
-                status = self._train(algorithm, backend, examples, benchmarks, callbacks, max_steps, seed, start)
+                self._announce(f"training: steps {start + 1}-{max_steps} of {max_steps} ...")
+                status = self._train(algorithm, meter, examples, benchmarks, callbacks, max_steps, seed, start)
                 error = self.guard.reason if status == "interrupted" else None
             except KeyboardInterrupt:
                 status, error = "interrupted", "interrupted by the user"
@@ -436,6 +494,9 @@ class Runner:
             backend.close()
         self.exit_code = self.guard.exit_code if status == "interrupted" else 0
         return status, dict(self.state.final_metrics), error
+
+    def _first_rollout(self, what: str) -> None:
+        self._announce(f"step {self.state.step + 1}: first rollout, {what} ...")
 
     def _end_error(self, exc: BaseException) -> BaseException:
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
@@ -524,12 +585,17 @@ class Runner:
         save_every = getattr(params, "save_every", None)
         stream = batches(examples, batch_size, seed, start_step=start)
         steps = self._step_pipeline(algorithm, backend, stream, benchmarks, max_steps)
+        meter = backend if isinstance(backend, MeteredBackend) else None
         for step in range(start + 1, max_steps + 1):
             if self.guard.requested and not (steps and steps.in_flight(step)):
                 break
             started = time.perf_counter()
+            if meter is not None:
+                meter.take()
             metrics = steps.run(step) if steps else dict(algorithm.train_step(next(stream), step))
             metrics.setdefault("train/step_seconds", time.perf_counter() - started)
+            for key, value in (sampling_metrics(meter) if meter is not None else {}).items():
+                metrics.setdefault(key, value)
             self.state.step = step
             self._record({"train/mean_loss": metrics.get("train/mean_loss")} if "train/mean_loss" in metrics else {})
             for callback in callbacks:
@@ -546,7 +612,8 @@ class Runner:
             return "interrupted"
         if last is None or last.step != max_steps or last.name != FINAL_NAME:
             self._checkpoint(backend, algorithm, callbacks, FINAL_NAME)
-        final = [b for b in benchmarks if b.run_every is None]
+        # scored after training: benchmarks without run_every, and in-loop ones that did not just run
+        final = [b for b in benchmarks if b.run_every is None or max_steps % b.run_every != 0]
         for benchmark in final:
             if self.guard.requested:
                 return "interrupted"

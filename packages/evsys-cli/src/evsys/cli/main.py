@@ -16,6 +16,7 @@ import click
 from evsys.cli.errors import report_errors
 from evsys.cli.eval_cmd import eval_command
 from evsys.cli.export_cmd import export_command
+from evsys.cli.init_cmd import init_command
 from evsys.cli.plugins_cmd import plugins_command
 from evsys.cli.report_cmd import report_command
 from evsys.cli.run_cmd import run_command
@@ -59,11 +60,12 @@ def cli(log_level: str) -> None:
 
     \b
     Examples:
+      evsys init my_project && cd my_project && evsys run config.yaml
       evsys validate examples/sdft_walkthrough/config.yaml --deep
       evsys run examples/sdft_walkthrough/config.local.yaml
       evsys eval examples/sdft_walkthrough/config.local.yaml --checkpoint examples/sdft_walkthrough/outputs/sdft_capitals
       evsys report examples/sdft_walkthrough/outputs/sdft_capitals
-      evsys export examples/sdft_walkthrough/outputs/sdft_capitals --merge -o merged-model
+      evsys export examples/sdft_walkthrough/outputs/sdft_capitals --merge -o outputs/merged-model
       evsys plugins
 
     \b
@@ -74,6 +76,7 @@ def cli(log_level: str) -> None:
     configure_logging(log_level)
 
 
+cli.add_command(init_command)
 cli.add_command(validate_command)
 cli.add_command(run_command)
 cli.add_command(eval_command)

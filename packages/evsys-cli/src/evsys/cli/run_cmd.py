@@ -6,7 +6,8 @@ import click
 
 from evsys.cli.api import run
 from evsys.cli.loop import DRY_RUN_REPORT
-from evsys.logging.console import ConsoleProgress
+from evsys.cli.overrides import Override, override_options
+from evsys.logging.console import ConsoleProgress, process_started
 
 
 @click.command("run")
@@ -20,11 +21,16 @@ from evsys.logging.console import ConsoleProgress
     help="Run against a strict simulation of the Tinker service: offline, no key, nothing billed; "
     "outputs go to <output_dir>/<name>-dry-run (replaced each time). Refused for the local backend.",
 )
+@override_options
 @click.pass_context
-def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, quiet: bool, dry_run: bool) -> None:
+def run_command(
+    ctx: click.Context, config: str, resume: bool, overwrite: bool, quiet: bool, dry_run: bool, overrides: list[Override]
+) -> None:
     """Train with CONFIG and score its benchmarks.
 
-    An existing run directory is an error unless --resume (continue it) or --overwrite (replace it).
+    An existing run directory is an error unless --resume (continue it) or --overwrite (replace it);
+    one a live evsys process holds is refused. --set KEY=VALUE changes a config key for this run
+    (checked like the file; recorded in resolved_config.json).
     Ctrl-C or SIGTERM stops after the current step with a checkpoint (exit 130 / 143); a second
     Ctrl-C exits at once. See docs/reliability.md.
 
@@ -34,9 +40,15 @@ def run_command(ctx: click.Context, config: str, resume: bool, overwrite: bool, 
       evsys run my_run.yaml --resume
       evsys run my_run.yaml --overwrite
       evsys run examples/sdft_walkthrough/config.yaml --dry-run
+      evsys run my_run.yaml --set algorithm.params.max_steps=10 --name my_run_10
     """
-    extra = [] if quiet else [ConsoleProgress()]
-    result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, dry_run=dry_run)
+    progress = None if quiet else ConsoleProgress(started=process_started())
+    extra = [progress] if progress is not None else []
+    try:
+        result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, overrides=overrides, dry_run=dry_run)
+    finally:
+        if progress is not None:
+            progress.detach()
     click.echo(str(result))
     report = result.run_dir / DRY_RUN_REPORT
     if dry_run and report.is_file():

@@ -1,4 +1,4 @@
-"""The run directory: refuse to clobber one, clear it for ``--overwrite``, check it is writable, snapshot the config."""
+"""The run directory: lock it, refuse to clobber one, clear it for ``--overwrite``, check it is writable, snapshot the config."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,13 @@ from evsys.schema.validation import ValidatedConfig
 from evsys.schema.yaml_source import format_field_path
 
 SNAPSHOT_FILE = "resolved_config.json"
-OUTPUT_FILES = ("metrics.jsonl", "summary.md", SNAPSHOT_FILE)
-OUTPUT_DIRS = ("predictions", "checkpoints")
+LOCK_FILE = ".evsys.lock"
+#: what EvSys writes in a run directory (``--overwrite`` removes exactly these; other files stay)
+#: what EvSys writes in a run directory (the trackers' default stores included), which --overwrite clears
+OUTPUT_FILES = ("metrics.jsonl", "summary.md", SNAPSHOT_FILE, "report.md", "mlflow.db")
+OUTPUT_DIRS = ("predictions", "checkpoints", "plots", "eval", "tensorboard", "wandb", "mlartifacts")
+#: entries that do not make a run directory "already used": the lock, and evaluations of the base model
+NOT_A_RUN = frozenset({LOCK_FILE, "eval"})
 MIN_FREE_BYTES = 1 << 20
 #: algorithm params a resumed run may change
 RESUMABLE_CHANGES = frozenset({"max_steps", "save_every"})
@@ -31,7 +37,7 @@ def refuse_existing(run_dir: Path, *, overwrite: bool, resume: bool = False) -> 
         raise ConfigError(Problem("--resume continues the run and --overwrite replaces it; pass one of them"))
     if overwrite or resume:
         return
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(entry.name not in NOT_A_RUN for entry in run_dir.iterdir()):
         raise ConfigError(
             Problem(
                 "run directory already exists; pass --resume to continue it, --overwrite to replace it, or change 'name'",
@@ -43,7 +49,7 @@ def refuse_existing(run_dir: Path, *, overwrite: bool, resume: bool = False) -> 
 
 
 def clear_outputs(run_dir: Path) -> None:
-    """Remove what a run writes (files, set-aside rows, predictions, checkpoints); other files stay."""
+    """Remove what EvSys writes (files, set-aside rows, predictions, checkpoints, report, plots, evaluations); other files stay."""
     if not run_dir.is_dir():
         return
     for name in OUTPUT_FILES:
@@ -59,6 +65,67 @@ def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
     refuse_existing(run_dir, overwrite=overwrite)
     if overwrite:
         clear_outputs(run_dir)
+
+
+class DirectoryLock:
+    """An exclusive ``fcntl.flock`` on ``<directory>/.evsys.lock``, which holds the owner's pid.
+
+    The kernel drops the lock when its process exits, however it exits, so a crashed run never
+    blocks ``--resume``; while it lives, a second ``run`` / ``--resume`` / ``eval`` into the
+    directory is refused with one line naming the pid. The lock file itself stays (removing it
+    would let two processes lock two different files). Where ``fcntl`` does not exist (Windows)
+    no lock is taken.
+    """
+
+    def __init__(self, directory: Path, what: str = "run directory") -> None:
+        self.directory = directory
+        self.what = what
+        self.path = directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> DirectoryLock:
+        """Take the lock (creating the directory); a live holder is a :class:`ConfigError` naming its pid."""
+        if sys.platform == "win32":  # pragma: no cover - no fcntl
+            return self
+        import fcntl
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(_os_problem(f"cannot create the {self.what}", exc, self.directory)) from None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(_os_problem(f"the {self.what} is not writable", exc, self.directory)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                Problem(
+                    f"in use by another evsys process (pid {holder}); wait for it to end or stop it, or change 'name'",
+                    Location(str(self.directory)),
+                )
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (closing the file); safe to call twice."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _os_problem(action: str, exc: OSError, path: Path) -> Problem:
@@ -108,7 +175,14 @@ def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
     for spec, params in zip(config.get("callbacks", []), validated.callback_params, strict=False):
         spec["params"] = params.model_dump(mode="json")
     redactor = Redactor.from_environment(config)
-    return {"evsys_version": _version(), "config_file": redactor.text(validated.path), "config": redactor.config(config)}
+    from evsys.cli.overrides import override_texts
+
+    snapshot: dict[str, Any] = {"evsys_version": _version(), "config_file": redactor.text(validated.path)}
+    overrides = override_texts(validated)
+    if overrides:
+        snapshot["overrides"] = [redactor.text(text) for text in overrides]
+    snapshot["config"] = redactor.config(config)
+    return snapshot
 
 
 def write_snapshot(run_dir: Path, snapshot: dict[str, Any]) -> None:

@@ -7,16 +7,18 @@ prints one ``OK: ...`` line on stdout. Exit codes: 0 valid, 1 invalid, 2 usage e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from evsys.cli.errors import EXIT_INVALID, EXIT_OK, print_problems
+from evsys.cli.overrides import Override, load_config_with_overrides, override_options
 from evsys.schema.errors import ConfigError, Problem
 from evsys.schema.plugins import default_registry
 from evsys.schema.registry import PluginRegistry
-from evsys.schema.validation import ValidatedConfig, load_config
+from evsys.schema.validation import ValidatedConfig
 
 
 @dataclass
@@ -102,17 +104,22 @@ def broken_plugin_warnings(registry: PluginRegistry) -> list[Problem]:
 
 
 def validate_config(
-    path: str | Path, *, deep: bool = False, registry: PluginRegistry | None = None
+    path: str | Path,
+    *,
+    deep: bool = False,
+    registry: PluginRegistry | None = None,
+    overrides: Sequence[str | Override] = (),
 ) -> ValidationResult:
     """Validate the config at ``path`` (shallow, and with ``deep`` the offline deep checks); never raises for user errors.
 
     Relative paths inside the config are resolved against the current working directory.
+    ``overrides`` are ``--set`` texts or :class:`~evsys.cli.overrides.Override` objects, applied first.
     """
     registry = registry if registry is not None else default_registry()
     result = ValidationResult(path=str(path), deep=deep)
     result.problems.extend(broken_plugin_warnings(registry))
     try:
-        result.validated = load_config(path, registry)
+        result.validated = load_config_with_overrides(path, registry, overrides)
     except ConfigError as exc:
         result.problems.extend(exc.problems)
         return result
@@ -138,7 +145,8 @@ def validate_config(
     help="Also check the data file, templates, benchmarks, verifiers, metrics, backend dependencies "
     "and model name (offline: no network, no model download, no torch).",
 )
-def validate_command(config: str, deep: bool) -> None:
+@override_options
+def validate_command(config: str, deep: bool, overrides: list[Override]) -> None:
     """Check the run config CONFIG and report every problem at once.
 
     Problems are printed one per line as PATH:LINE:COL: FIELD: MESSAGE. Paths inside the config
@@ -148,8 +156,9 @@ def validate_command(config: str, deep: bool) -> None:
     Examples:
       evsys validate examples/sdft_walkthrough/config.yaml
       evsys validate examples/sdft_walkthrough/config.yaml --deep
+      evsys validate my_run.yaml --set algorithm.params.max_steps=100 --name longer
     """
-    result = validate_config(config, deep=deep)
+    result = validate_config(config, deep=deep, overrides=overrides)
     print_problems(result.problems)
     if result.ok:
         click.echo(result.summary())

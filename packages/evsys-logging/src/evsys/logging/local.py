@@ -133,6 +133,11 @@ class LocalLogger(BaseCallback):
         for key, value in result.metrics.items():
             self._evals.append((result.step, key, value))
 
+    def _at_step(self, key: str) -> str:
+        """`` (step N)``: the step a final metric was logged at, when this logger saw it."""
+        seen = self._latest.get(key)
+        return f" (step {seen[0]})" if seen is not None else ""
+
     def on_run_end(self, status: str, final_metrics: dict[str, float | None], error: str | None = None) -> None:
         """Write ``summary.md`` (atomically) and close the files."""
         if self.directory is None:
@@ -153,7 +158,7 @@ class LocalLogger(BaseCallback):
             lines.append(f"Error: {error}")
         lines += ["", "## Final metrics", ""]
         if final_metrics:
-            lines += [f"- {key}: {_format_value(value)}" for key, value in final_metrics.items()]
+            lines += [f"- {key}: {_format_value(value)}{self._at_step(key)}" for key, value in final_metrics.items()]
         else:
             lines.append("- none")
         lines += ["", "## Evaluations", ""]

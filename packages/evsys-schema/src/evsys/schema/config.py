@@ -22,8 +22,8 @@ class ModelSpec(StrictModel):
     name: str = Field(
         min_length=1,
         description=(
-            "Base model: a local directory, a Hugging Face hub id (already in the local cache for the "
-            "local backend), a Tinker base model name, or the alias 'smollm2-135m-instruct'."
+            "Base model: a local directory, a Hugging Face hub id (the local backend reads the hub cache and "
+            "downloads what is missing when allowed), a Tinker base model name, or the alias 'smollm2-135m-instruct'."
         ),
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")

