@@ -1,6 +1,6 @@
 """Score a config's benchmarks without training, on the base model or a checkpoint (``evsys eval``).
 
-The same scoring as in the run loop (:func:`evsys.cli.loop.evaluate`) and the same files as a run
+The same scoring as in the run loop (:func:`evsys.cli.benchmarks.evaluate`) and the same files as a run
 (``local_logger``: ``metrics.jsonl``, ``predictions/<benchmark>.jsonl``, ``summary.md``), written to
 ``<output_dir>/<name>/eval/<label>/`` where label is ``base`` or the checkpoint's directory name.
 """
@@ -13,17 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from evsys.cli.api import LOG_FILES
+from evsys.cli.benchmarks import describe_benchmarks, evaluate_and_notify, load_benchmarks
 from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
-from evsys.cli.loop import (
-    DRY_RUN_SUFFIX,
-    announce,
-    build_backend,
-    check_dry_run,
-    describe_benchmarks,
-    evaluate_and_notify,
-    load_benchmarks,
-)
 from evsys.cli.overrides import Override, load_config_with_overrides
+from evsys.cli.run_setup import DRY_RUN_SUFFIX, announce, build_backend, check_dry_run
 from evsys.cli.rundir import DirectoryLock
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
 from evsys.logging.params import LocalLoggerParams

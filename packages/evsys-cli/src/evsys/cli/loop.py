@@ -10,7 +10,6 @@ the end, each recorded in ``checkpoints/latest`` only once complete (:mod:`evsys
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
 import time
@@ -22,6 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from evsys.cli.benchmarks import LoadedBenchmark, describe_benchmarks, evaluate_and_notify, load_benchmarks
+from evsys.cli.errors import WRITE_ERRORS, describe_write_error
 from evsys.cli.interrupts import InterruptGuard
 from evsys.cli.metering import MeteredBackend, sampling_metrics
 from evsys.cli.pipeline import StepPipeline, pipeline_depth
@@ -35,6 +36,15 @@ from evsys.cli.resume import (
     step_name,
     write_latest,
 )
+from evsys.cli.run_setup import (
+    DRY_RUN_SUFFIX,
+    announce,
+    build_backend,
+    build_callbacks,
+    check_dry_run,
+    load_training_examples,
+    plural,
+)
 from evsys.cli.rundir import (
     DirectoryLock,
     check_run_dir,
@@ -46,47 +56,14 @@ from evsys.cli.rundir import (
     resume_conflicts,
     write_snapshot,
 )
-from evsys.data.benchmarks import load_dataset_tasks
-from evsys.data.examples import load_examples, source_options
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
-from evsys.schema.protocols import Backend, BackendSetup, Callback, EvalResult, RunContext
+from evsys.schema.protocols import Backend, Callback, RunContext
 from evsys.schema.registry import PluginRegistry
-from evsys.schema.rows import TaskRow
 from evsys.schema.validation import ValidatedConfig
 
-__all__ = [
-    "LoadedBenchmark",
-    "Runner",
-    "batches",
-    "build_backend",
-    "build_callbacks",
-    "check_run_dir",
-    "evaluate",
-    "load_benchmarks",
-    "load_training_examples",
-    "total_steps",
-]
+__all__ = ["Runner", "batches", "check_run_dir", "total_steps"]
 
-EVAL_BATCH_SIZE = 16
 logger = logging.getLogger(__name__)
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-@dataclass
-class LoadedBenchmark:
-    """A benchmark entry of the config with its tasks loaded."""
-
-    name: str
-    split: str
-    run_every: int | None
-    metrics: list[str]
-    num_samples: int
-    max_new_tokens: int
-    temperature: float
-    tasks: list[TaskRow]
 
 
 @dataclass
@@ -96,73 +73,6 @@ class RunState:
     step: int = 0
     final_metrics: dict[str, float | None] = field(default_factory=dict)
     last_checkpoint: ResumePoint | None = None
-
-
-def template_checks(validated: ValidatedConfig, registry: PluginRegistry) -> dict[str, frozenset[str]]:
-    """The algorithm's templates (params field -> extra names) as ``{template text: allowed extra names}``."""
-    registration = registry.get("algorithm", validated.config.algorithm.kind)
-    checks: dict[str, frozenset[str]] = {}
-    for field_name, extra in registration.meta.get("templates", {}).items():
-        text = getattr(validated.algorithm_params, field_name, None)
-        resolve = getattr(validated.algorithm_params, f"resolved_{field_name}", None)
-        if callable(resolve):
-            text = resolve()
-        if isinstance(text, str):
-            checks[text] = frozenset(extra)
-    return checks
-
-
-def load_training_examples(validated: ValidatedConfig, registry: PluginRegistry) -> list[BaseModel]:
-    """Every training example, validated for the chosen algorithm (all bad rows reported at once)."""
-    config = validated.config
-    registration = registry.get("algorithm", config.algorithm.kind)
-    return load_examples(
-        config.data.path,
-        tuple(registration.meta.get("row_models", ())),
-        options=source_options(config.data),
-        templates=template_checks(validated, registry),
-        registry=registry,
-        algorithm=config.algorithm.kind,
-    )
-
-
-def load_benchmarks(validated: ValidatedConfig) -> list[LoadedBenchmark]:
-    """Load every benchmark's tasks before training starts, so a bad file stops the run early."""
-    from evsys.verifiers.tasks import load_benchmark_dir
-
-    loaded = []
-    for spec in validated.config.metadata.benchmark:
-        tasks = load_benchmark_dir(spec.path) if spec.path is not None else load_dataset_tasks(spec)
-        if spec.limit is not None:
-            tasks = tasks[: spec.limit]
-        loaded.append(
-            LoadedBenchmark(
-                spec.name, spec.split, spec.run_every, list(spec.metrics), spec.num_samples, spec.max_new_tokens, spec.temperature, tasks
-            )
-        )
-    return loaded
-
-
-def announce(callbacks: Sequence[Callback], text: str) -> None:
-    """Tell the callbacks that have ``on_phase`` (the console) what the run is doing now, one line.
-
-    ``on_phase(text)`` is optional, like ``eval_started``; it is not part of the Callback protocol.
-    """
-    for callback in callbacks:
-        say = getattr(callback, "on_phase", None)
-        if callable(say):
-            say(text)
-
-
-def describe_benchmarks(benchmarks: Sequence[LoadedBenchmark]) -> str:
-    """``benchmarks: val (12 tasks, every 1 step), test (30 tasks, after training)``, or ``benchmarks: none``."""
-    if not benchmarks:
-        return "benchmarks: none"
-    parts = []
-    for bench in benchmarks:
-        when = f"every {_plural(bench.run_every, 'step')}" if bench.run_every is not None else "after training"
-        parts.append(f"{bench.name} ({_plural(len(bench.tasks), 'task')}, {when})")
-    return "benchmarks: " + ", ".join(parts)
 
 
 def batches(examples: Sequence[Any], batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[Any]]:
@@ -186,104 +96,6 @@ def batches(examples: Sequence[Any], batch_size: int, seed: int, start_step: int
             yield batch
 
 
-def evaluate(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int) -> EvalResult:
-    """Generate answers for every task (batched) and score them with their verifiers."""
-    from evsys.verifiers.scoring import score_tasks
-    from evsys.verifiers.tasks import task_messages, task_prompt
-
-    answers: list[list[str]] = []
-    tasks = benchmark.tasks
-    for start in range(0, len(tasks), EVAL_BATCH_SIZE):
-        chunk = tasks[start : start + EVAL_BATCH_SIZE]
-        prompts = [backend.render_chat(task_messages(task)) for task in chunk]
-        samples = backend.sample(
-            prompts,
-            n=benchmark.num_samples,
-            max_tokens=benchmark.max_new_tokens,
-            temperature=benchmark.temperature,
-            seed=seed + step,
-        )
-        answers.extend([sample.text for sample in group] for group in samples)
-    score = score_tasks(tasks, answers, benchmark.metrics, step=step, prompts=[task_prompt(t) for t in tasks])
-    metrics = {f"{benchmark.split}/{benchmark.name}/{name}": value for name, value in score.metrics.items()}
-    return EvalResult(benchmark.name, benchmark.split, step, metrics, score.predictions)
-
-
-def evaluate_and_notify(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: Sequence[Callback]) -> EvalResult:
-    """:func:`evaluate`, announced to callbacks that have ``eval_started`` and reported to all by ``on_eval_end``."""
-    for callback in callbacks:
-        announce = getattr(callback, "eval_started", None)
-        if callable(announce):
-            announce(benchmark.name, len(benchmark.tasks), step)
-    result = evaluate(backend, benchmark, step, seed)
-    for callback in callbacks:
-        callback.on_eval_end(result)
-    return result
-
-
-DRY_RUN_SUFFIX = "-dry-run"
-"""``--dry-run`` writes to ``<output_dir>/<name>-dry-run`` (replaced each time), never the real run's directory."""
-DRY_RUN_REPORT = "dry_run.md"
-"""The file a backend's dry run leaves in the run directory: its summary of requests and tokens."""
-
-
-def check_dry_run(validated: ValidatedConfig, registry: PluginRegistry) -> None:
-    """Refuse ``--dry-run`` with one line when the config's backend has no simulation (no ``supports_dry_run``)."""
-    config = validated.config
-    backend_class = registry.get("backend", config.backend.kind).load()
-    if not getattr(backend_class, "supports_dry_run", False):
-        raise ConfigError(
-            Problem(
-                f"--dry-run simulates a remote service, and backend '{config.backend.kind}' has none to simulate: "
-                "check the config with `evsys validate --deep`, or run it for real with max_steps: 1",
-                validated.document.locate(("backend", "kind")),
-                field="backend.kind",
-            )
-        )
-
-
-def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir: Path, *, dry_run: bool = False) -> Backend:
-    """Construct the configured backend (imports its implementation only now).
-
-    ``dry_run``: the backend runs against its simulation (:func:`check_dry_run` refuses one without).
-    """
-    config = validated.config
-    params = validated.algorithm_params
-    if dry_run:
-        check_dry_run(validated, registry)
-    backend_class = registry.get("backend", config.backend.kind).load()
-    setup = BackendSetup(
-        model_name=config.model.name,
-        lora_rank=int(getattr(params, "lora_rank", 8)),
-        seed=int(getattr(params, "seed", 0)),
-        model_revision=config.model.revision,
-        run_dir=run_dir,
-        dry_run=dry_run,
-    )
-    return backend_class(setup, validated.backend_params)
-
-
-def build_callbacks(validated: ValidatedConfig, registry: PluginRegistry, extra: Sequence[Callback] = ()) -> list[Callback]:
-    """Construct the configured callbacks, then ``extra`` ones (e.g. the CLI's console progress).
-
-    A callback whose optional dependency is missing (a tracker's library) is a :class:`ConfigError`
-    at its ``callbacks[i].kind``, before anything is imported.
-    """
-    registrations = [registry.get("callback", spec.kind) for spec in validated.config.callbacks]
-    missing = [
-        Problem(message, validated.document.locate(("callbacks", index, "kind")), f"callbacks[{index}].kind")
-        for index, registration in enumerate(registrations)
-        if (message := registration.missing_requirement())
-    ]
-    if missing:
-        raise ConfigError(missing)
-    built: list[Callback] = []
-    for registration, params in zip(registrations, validated.callback_params, strict=True):
-        built.append(registration.load()(params))
-    built.extend(extra)
-    return built
-
-
 def total_steps(algorithm: Any, params: BaseModel, num_examples: int) -> int:
     """The number of optimizer steps: the algorithm's own count if it has one (e.g. from epochs)."""
     counter = getattr(algorithm, "total_steps", None)
@@ -291,10 +103,6 @@ def total_steps(algorithm: Any, params: BaseModel, num_examples: int) -> int:
         return int(counter(num_examples))
     return int(params.max_steps)
 
-
-
-#: errno values that mean "the environment refused a write", reported as one line, not a traceback
-WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.ENOENT})
 
 
 def callback_key(index: int, callback: Callback) -> str:
@@ -308,12 +116,6 @@ def _call_quietly(errors: list[BaseException], method: Any, *args: Any) -> None:
         method(*args)
     except Exception as exc:
         errors.append(exc)
-
-
-def describe_write_error(exc: OSError) -> str:
-    """``cannot write <file>: No space left on device``."""
-    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-    return f"cannot write{where}: {exc.strerror or exc}"
 
 
 class Runner:
@@ -394,7 +196,7 @@ class Runner:
             refuse_existing(self.run_dir, overwrite=True, resume=True)
         with self._phase("data"):
             examples = load_training_examples(validated, registry)
-            self._announce(f"data: {_plural(len(examples), 'training example')} from {config.data.path}")
+            self._announce(f"data: {plural(len(examples), 'training example')} from {config.data.path}")
         with self._phase("benchmarks"):
             benchmarks = load_benchmarks(validated)
             self._announce(describe_benchmarks(benchmarks))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from evsys.cli.api import run
-from evsys.cli.loop import DRY_RUN_REPORT
 from evsys.cli.overrides import Override, override_options
+from evsys.cli.run_setup import DRY_RUN_REPORT
 from evsys.logging.console import ConsoleProgress, process_started
 
 

@@ -171,7 +171,7 @@ def vote_answer(output: str, task: TaskRow, verification: Verification) -> str:
         if parse_number(text) is None and numbers:
             return canonical_answer(numbers[-1])
     elif spec.kind == "in_process" and fn_name == "multiple_choice":
-        from evsys.verifiers.functions import _chosen_label
+        from evsys.verifiers.answer_match import _chosen_label
 
         choices = spec.options.get("choices")
         labels = spec.options.get("labels")

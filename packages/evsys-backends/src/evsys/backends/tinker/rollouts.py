@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from evsys.backends.tinker.sampling import samples_of, stop_for
+from evsys.backends.tinker.service import import_tinker
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import SampledSequence, TopKLogprobs
 
@@ -29,17 +31,16 @@ def sample_and_score(
     seed: int | None,
 ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
     """Sample ``n`` completions per prompt on ``backend``; score each ``prefixes[i] + completion`` as it returns."""
-    from evsys.backends.tinker.backend import _import_tinker
     from evsys.backends.tinker.convert import sampling_params, topk_from_response
 
-    tinker = _import_tinker()
+    tinker = import_tinker()
     if len(prefixes) != len(prompts):
         raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
     if not prompts:
         return [], []
     sampler = backend._current_sampler()
     teacher = backend._teacher_sampler()
-    params = sampling_params(max_tokens, temperature, backend._stop_for(stop), seed)
+    params = sampling_params(max_tokens, temperature, stop_for(backend, stop), seed)
     score_params = tinker.types.SamplingParams(max_tokens=1)
 
     def score(prefix: list[int], tokens: list[int]) -> Callable[[], Any]:
@@ -58,20 +59,20 @@ def sample_and_score(
             if isinstance(item, BaseException):
                 raise item
             model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompts[index]])
-            return backend._wait(item if item is not None else sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
+            return backend._calls.wait(item if item is not None else sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
 
-        response = backend._retrying("sample from the policy", attempt)
-        samples = backend._samples_of(prompts[index], response, stop)
+        response = backend._calls.retrying("sample from the policy", attempt)
+        samples = samples_of(backend, prompts[index], response, stop)
         prefix = [int(t) for t in prefixes[index]]
         asked = [j for j, sample in enumerate(samples) if sample.tokens]
-        answers = backend._gather("score with the teacher (top-k prompt logprobs)", [score(prefix, samples[j].tokens) for j in asked])
+        answers = backend._calls.gather("score with the teacher (top-k prompt logprobs)", [score(prefix, samples[j].tokens) for j in asked])
         scores: list[TopKLogprobs | None] = [None] * len(samples)
         for j, answer in zip(asked, answers, strict=True):
             length = len(prefix) + len(samples[j].tokens)
             try:
                 scores[j] = topk_from_response(answer, length, len(prefix), k)
             except RuntimeError as exc:
-                raise backend._fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
+                raise backend._calls.fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
         return samples, scores
 
     futures: list[Any] = []
