@@ -44,10 +44,13 @@ from evsys.schema.errors import EvsysError
 from evsys.verifiers.runner import DEFAULT_MAX_OUTPUT, Limits, LocalRunner, RunResult, minimal_env
 
 __all__ = [
+    "BWRAP_MODES",
+    "BWRAP_MODE_ENV",
     "SANDBOX_CHOICES",
     "SANDBOX_ENV",
     "BwrapRunner",
     "SandboxUnavailable",
+    "bwrap_mode",
     "bwrap_problem",
     "describe_sandbox",
     "program_counts",
@@ -60,6 +63,8 @@ __all__ = [
 
 SANDBOX_ENV = "EVSYS_VERIFIER_SANDBOX"
 SANDBOX_CHOICES = ("auto", "bwrap", "none")
+BWRAP_MODE_ENV = "EVSYS_VERIFIER_BWRAP"
+BWRAP_MODES = ("pool", "per-program")
 WORKDIR = "/tmp/work"
 DEFAULT_PROCESSES = 256  # processes (threads count too) inside one sandbox when Limits.processes is unset
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -126,6 +131,21 @@ def _binds(argv0: str) -> tuple[str, ...]:
         for alias in {p for p in _prefixes(executable) if os.path.realpath(p) == root and p != root}:
             args += ["--symlink", root, alias]  # a venv reached through a symlinked path
     return tuple(args)
+
+
+def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    """Two :func:`_binds` argument lists as one, each operation (``--perms M --dir P``, ``--ro-bind S D``,
+    ``--symlink T P``) once."""
+    ops: list[tuple[str, ...]] = []
+    for args in (first, second):
+        i = 0
+        while i < len(args):
+            width = 4 if args[i] == "--perms" else 3
+            op = tuple(args[i : i + width])
+            if op not in ops:
+                ops.append(op)
+            i += width
+    return tuple(arg for op in ops for arg in op)
 
 
 class BwrapRunner(LocalRunner):
@@ -306,6 +326,35 @@ def resolve_sandbox(*settings: str | None) -> str:
     return "none"
 
 
+def bwrap_mode() -> str:
+    """How bubblewrap runs programs: ``pool`` (one long-lived sandbox per worker, a fresh uid per program;
+    the default as root) or ``per-program`` (one ``bwrap`` each; always without root), by ``$EVSYS_VERIFIER_BWRAP``."""
+    value = os.environ.get(BWRAP_MODE_ENV, "").strip().lower() or "pool"
+    if value not in BWRAP_MODES:
+        raise EvsysError(f"{BWRAP_MODE_ENV}: unknown mode {value!r}; expected one of {', '.join(BWRAP_MODES)}")
+    return value if os.geteuid() == 0 else "per-program"
+
+
+def _bwrap_runner() -> BwrapRunner:
+    mode = bwrap_mode()
+    runner = _RUNNERS.get(f"bwrap {mode}")
+    if runner is None:
+        if mode == "pool":
+            from evsys.verifiers.sandbox_pool import PooledBwrapRunner, pool_problem
+
+            problem = pool_problem()
+            if problem is None:
+                runner = PooledBwrapRunner()
+            else:
+                logger.warning("the pooled bubblewrap sandbox cannot run (%s): one bwrap per program", problem)
+                runner = _RUNNERS.get("bwrap per-program") or BwrapRunner()
+        else:
+            runner = BwrapRunner()
+        _RUNNERS[f"bwrap {mode}"] = runner
+    assert isinstance(runner, BwrapRunner)
+    return runner
+
+
 def _count(name: str) -> None:
     with _COUNTS_LOCK:
         _COUNTS[name] = _COUNTS.get(name, 0) + 1
@@ -318,9 +367,10 @@ def select_runner(plugged: object | None) -> object:
         _count(f"runner {kind.__module__}.{kind.__qualname__} (plugged in)")
         return plugged
     choice = resolve_sandbox()
-    runner = _RUNNERS.get(choice)
-    if runner is None:
-        runner = _RUNNERS[choice] = BwrapRunner() if choice == "bwrap" else LocalRunner()
+    if choice == "bwrap":
+        runner: LocalRunner = _bwrap_runner()
+    else:
+        runner = _RUNNERS.get(choice) or _RUNNERS.setdefault(choice, LocalRunner())
     _count(choice)
     return runner
 

@@ -1,0 +1,398 @@
+"""The pooled bubblewrap runner: one long-lived sandbox per worker, a fresh uid per program (root only).
+
+:class:`PooledBwrapRunner` keeps the containment of :class:`~evsys.verifiers.sandbox.BwrapRunner`
+(the same namespaces, read-only binds, private ``/tmp`` and ``/dev``, no network) but pays the
+``bwrap`` start once per worker instead of once per program. Inside each sandbox a small supervisor
+(:data:`SUPERVISOR`, holding only ``CAP_SETUID`` and ``CAP_SETGID``; bubblewrap has set
+``no_new_privs``) runs one program at a time:
+
+1. forks; the child drops to a fresh random uid/gid (``setgroups([])``, ``setresgid``,
+   ``setresuid``: no capabilities left), makes ``/tmp/work`` with the run's files, applies the
+   resource limits (plus ``RLIMIT_MSGQUEUE=0``: no POSIX message queues), and execs the program;
+2. collects its output (bounded) until it exits or the timeout;
+3. forks a cleaner that takes the same uid and calls ``kill(-1, SIGKILL)`` until no process of that
+   uid is left (atomic against ``fork``), then deletes every file the uid owns in ``/tmp`` and
+   ``/dev/shm`` and its SysV IPC objects; then it answers.
+
+Each run has a uid of its own, so one run cannot read or signal another's leftovers, and nothing of
+it survives into the next. A sandbox is replaced when its supervisor dies or after
+:data:`RUNS_PER_SANDBOX` programs; it exits when the scorer does (its control pipe closes).
+
+Without root, bubblewrap maps a single uid into its user namespace, so there is no uid to switch
+to: there :func:`~evsys.verifiers.sandbox.select_runner` keeps one ``bwrap`` per program.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import selectors
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+
+from evsys.verifiers.runner import _LAUNCHER, DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, minimal_env
+from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, BwrapRunner, _binds, _merged_binds
+
+__all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
+
+RUNS_PER_SANDBOX = 500
+SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+_HEADER = struct.Struct("!I")
+
+SUPERVISOR = r"""
+import ctypes, json, os, resource, selectors, shutil, signal, struct, subprocess, sys, time
+H = struct.Struct("!I")
+WORK = "/tmp/work"
+libc = ctypes.CDLL(None, use_errno=True)
+
+def read_exact(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(0, n - len(data))
+        if not chunk:
+            sys.exit(0)
+        data += chunk
+    return data
+
+def answer(reply):
+    data = json.dumps(reply).encode()
+    data = H.pack(len(data)) + data
+    while data:
+        data = data[os.write(1, data):]
+
+def no_inheritable_caps():
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    data[2] = data[5] = 0
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+def alive():
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) not in (1, ME):
+            try:
+                with open("/proc/%s/stat" % pid, "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"Z", b"X"):
+                found.append(int(pid))
+    return found
+
+def kill_all(proc=None):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process but init and this one: the run's (atomic against fork)
+        except ProcessLookupError:
+            pass
+        if proc is not None:
+            proc.poll()  # its only child; orphans go to init, which reaps them
+        if not alive():
+            return
+        time.sleep(0.001)
+
+def wipe():
+    for entry in os.scandir("/tmp"):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+    for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("msg", lambda i: libc.msgctl(i, 0, None)),
+                         ("sem", lambda i: libc.semctl(i, 0, 0))):
+        rows = open("/proc/sysvipc/" + kind).read().splitlines()
+        head = rows[0].split()
+        for row in rows[1:]:
+            cells = dict(zip(head, row.split()))
+            os.setresuid(-1, int(cells["uid"]), -1)  # only an owner may remove it (no CAP_SYS_ADMIN here)
+            try:
+                remove(int(cells[head[1]]))
+            finally:
+                os.setresuid(-1, 0, -1)
+
+def run(req):
+    uid = req["uid"]
+    os.mkdir(WORK, 0o755)
+    os.chown(WORK, uid, uid)
+    for name, data in req["files"]:
+        path = os.path.join(WORK, name)
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+            while parent != WORK:
+                os.chown(parent, uid, uid)
+                parent = os.path.dirname(parent)
+        with open(path, "wb") as handle:
+            handle.write(bytes.fromhex(data))
+        os.chown(path, uid, uid)
+    start = time.monotonic()
+    proc = subprocess.Popen(req["argv"], cwd=WORK, env=req["env"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, user=uid, group=uid, extra_groups=[], start_new_session=True,
+                            umask=0o022)
+    deadline = start + req["timeout"]
+    out_r, err_r = proc.stdout.fileno(), proc.stderr.fileno()
+    chunks = {out_r: [], err_r: []}
+    total, timed_out, exceeded, exited_at = 0, False, False, None
+    sel = selectors.DefaultSelector()
+    sel.register(out_r, selectors.EVENT_READ)
+    sel.register(err_r, selectors.EVENT_READ)
+    sel.register(0, selectors.EVENT_READ)
+    while len(sel.get_map()) > 1:
+        now = time.monotonic()
+        if now >= deadline:
+            timed_out = True
+            break
+        if exited_at is not None and now - exited_at > 0.2:
+            break
+        for key, _ in sel.select(min(deadline - now, 0.05)):
+            if key.fd == 0:
+                if not os.read(0, 1):
+                    os._exit(0)
+                continue
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fd)
+                continue
+            chunks[key.fd].append(data)
+            total += len(data)
+            exceeded = exceeded or total > req["max_output"]
+        if exceeded:
+            break
+        if exited_at is None and proc.poll() is not None:
+            exited_at = time.monotonic()
+    sel.close()
+    if not timed_out and not exceeded:
+        while proc.poll() is None and time.monotonic() < min(deadline, time.monotonic() + 0.2):
+            time.sleep(0.0005)  # the pipes closed: the program is exiting
+    kill_all(proc)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    return {"returncode": proc.returncode, "timed_out": timed_out, "exceeded": exceeded,
+            "stdout": b"".join(chunks[out_r]).hex(), "stderr": b"".join(chunks[err_r]).hex()}
+
+ME = os.getpid()
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+no_inheritable_caps()
+answer({"ready": True})
+while True:
+    request = json.loads(read_exact(H.unpack(read_exact(H.size))[0]))
+    try:
+        reply = run(request)
+    except Exception as exc:
+        kill_all()
+        reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    answer(reply)
+    wipe()  # every process of the run is dead; its files and IPC objects go before the next request is read
+"""
+
+
+class _SupervisorDied(RuntimeError):
+    """The sandbox's supervisor stopped answering."""
+
+
+class _Sandbox:
+    """One long-lived ``bwrap`` running :data:`SUPERVISOR`, talking length-prefixed JSON over its stdin/stdout."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=minimal_env("/"),  # the supervisor never holds the scorer's environment (its secrets)
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise _SupervisorDied(f"bwrap cannot start: {exc}") from exc
+        self.runs = 0
+        ready = self._read(30.0)
+        if not ready.get("ready"):
+            raise _SupervisorDied(f"the sandbox did not start: {ready}")
+
+    def _read(self, timeout: float) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        need = _HEADER.size
+        header_done = False
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while len(buffer) < need:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    raise _SupervisorDied("the sandbox's supervisor did not answer in time")
+                chunk = os.read(fd, max(need - len(buffer), 65536) if header_done else need - len(buffer))
+                if not chunk:
+                    raise _SupervisorDied(f"the sandbox's supervisor exited: {self._stderr()}")
+                buffer += chunk
+                if not header_done and len(buffer) >= _HEADER.size:
+                    need = _HEADER.size + _HEADER.unpack(buffer[: _HEADER.size])[0]
+                    header_done = True
+        return json.loads(buffer[_HEADER.size :])
+
+    def _stderr(self) -> str:
+        self.close()
+        assert self.proc.stderr is not None
+        lines = [line for line in self.proc.stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def call(self, request: dict[str, object], timeout: float) -> dict[str, object]:
+        """Send one run and wait (at most ``timeout``) for its answer."""
+        data = json.dumps(request).encode()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(_HEADER.pack(len(data)) + data)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise _SupervisorDied(f"the sandbox's supervisor is gone: {exc}") from exc
+        self.runs += 1
+        return self._read(timeout)
+
+    def close(self) -> None:
+        """Stop the sandbox (its supervisor exits on EOF; bubblewrap kills what is left)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class PooledBwrapRunner(BwrapRunner):
+    """Runs each program in a pooled bubblewrap sandbox under a fresh uid (see the module docs; root only)."""
+
+    def __init__(self, bwrap: str | None = None) -> None:
+        super().__init__(bwrap)
+        self._pid = os.getpid()
+        self._idle: dict[tuple[str, int | None], list[_Sandbox]] = {}
+        self._lock = threading.Lock()
+
+    def _command(self, argv0: str, disk: int | None) -> list[str]:
+        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        cmd = [self.bwrap, *namespaces, "--new-session", *_merged_binds(_binds(sys.executable), _binds(argv0))]
+        cmd += ["--dev", "/dev", "--proc", "/proc"]
+        cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp", "--chdir", "/"]
+        cmd += [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)] + ["--"]
+        return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR]
+
+    def _take(self, key: tuple[str, int | None]) -> _Sandbox:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked scorer: the parent's sandboxes answer the parent only
+                self._idle, self._pid = {}, os.getpid()
+            idle = self._idle.setdefault(key, [])
+            while idle:
+                box = idle.pop()
+                if box.proc.poll() is None:
+                    return box
+                box.close()
+        return _Sandbox(self._command(*key))
+
+    def _give(self, key: tuple[str, int | None], box: _Sandbox) -> None:
+        if box.runs >= RUNS_PER_SANDBOX or box.proc.poll() is not None:
+            box.close()
+            return
+        with self._lock:
+            self._idle.setdefault(key, []).append(box)
+
+    def close(self) -> None:
+        """Stop every idle sandbox."""
+        with self._lock:
+            boxes = [box for idle in self._idle.values() for box in idle]
+            self._idle.clear()
+        for box in boxes:
+            box.close()
+
+    def _limited(self, argv: Sequence[str], limits: Limits, timeout: float) -> list[str]:
+        """``argv`` under the run's resource limits, plus no POSIX message queues and no core files."""
+        if self.prlimit:
+            return [*self._wrap(argv, limits, timeout)[: -len(argv) - 1], "--msgqueue=0:0", "--core=0:0", "--", *argv]
+        rlimits = {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
+        return [sys.executable, "-S", "-E", "-s", "-c", _LAUNCHER, json.dumps(rlimits), *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        files: Mapping[str, str | bytes] | None = None,
+        timeout: float = 10.0,
+        limits: Limits | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        env: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Run ``argv`` in a pooled sandbox, in ``/tmp/work`` holding ``files``; see the module docs."""
+        limits = limits or Limits()
+        if limits.processes is None:
+            limits = Limits(**{**limits.__dict__, "processes": DEFAULT_PROCESSES})
+        encoded = []
+        for name, content in (files or {}).items():
+            target = PurePosixPath(os.path.normpath(PurePosixPath(WORKDIR, name)))
+            if not target.is_relative_to(WORKDIR) or str(target) == WORKDIR:
+                raise ValueError(f"file name {name!r} leaves the run directory")
+            data = content if isinstance(content, bytes) else content.encode("utf-8")
+            encoded.append([str(target.relative_to(WORKDIR)), data.hex()])
+        child_env = minimal_env(WORKDIR)
+        child_env.update(env or {})
+        request = {
+            "argv": self._limited(argv, limits, timeout),
+            "files": encoded,
+            "env": child_env,
+            "timeout": timeout,
+            "max_output": max_output,
+            "uid": _UID_BASE + secrets.randbelow(1_000_000),
+        }
+        key = (argv[0], limits.disk_bytes)
+        start = time.monotonic()
+        try:
+            box = self._take(key)
+        except _SupervisorDied as exc:
+            return RunResult(None, "", f"evsys sandbox: {exc}", duration=time.monotonic() - start)
+        try:
+            reply = box.call(request, timeout + 15.0)
+        except _SupervisorDied as exc:
+            box.close()
+            return RunResult(None, "", f"evsys sandbox: {exc}", duration=time.monotonic() - start)
+        self._give(key, box)
+        if "error" in reply:
+            return RunResult(None, "", f"evsys sandbox: {reply['error']}", duration=time.monotonic() - start)
+        stdout = bytes.fromhex(str(reply["stdout"]))[:max_output].decode("utf-8", "replace")
+        stderr = bytes.fromhex(str(reply["stderr"]))[:max_output].decode("utf-8", "replace")
+        return RunResult(
+            returncode=reply["returncode"],  # type: ignore[arg-type]
+            stdout=stdout,
+            stderr=stderr,
+            timed_out=bool(reply["timed_out"]),
+            output_exceeded=bool(reply["exceeded"]),
+            duration=time.monotonic() - start,
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def pool_problem() -> str | None:
+    """Why the pooled sandbox cannot run programs here (``None``: it can); found out once by a trial run."""
+    if os.geteuid() != 0:
+        return "the pooled sandbox switches uids, which needs root"
+    probe = PooledBwrapRunner()
+    try:
+        result = probe.run([sys.executable, "-S", "-E", "-c", "pass"], timeout=30)
+    finally:
+        probe.close()
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {result.returncode}"
+    return None
