@@ -17,6 +17,11 @@ Run as root, a user namespace would map the program to root on the host, which i
 ``RLIMIT_NPROC`` and owns the host's files; so as root the runner unshares every namespace but the
 user one and the program runs as a fresh unprivileged uid with no capabilities (``setpriv``).
 
+As root, programs run by default in :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner`: the same
+sandbox, one long-lived per worker, a fresh uid per program and everything of a run removed before
+the next (see :mod:`evsys.verifiers.sandbox_pool`); ``EVSYS_VERIFIER_BWRAP=per-program`` asks for one
+``bwrap`` per program (:class:`BwrapRunner`, always the case without root).
+
 Which runner runs a program: a runner plugged in with :func:`~evsys.verifiers.runner.set_runner` or
 ``EVSYS_VERIFIER_RUNNER``, else by the sandbox setting — a task's ``verifier.sandbox``, the
 process's (``evsys-verify --sandbox``, :func:`set_sandbox`, else ``EVSYS_VERIFIER_SANDBOX``).

@@ -3,19 +3,22 @@
 :class:`PooledBwrapRunner` keeps the containment of :class:`~evsys.verifiers.sandbox.BwrapRunner`
 (the same namespaces, read-only binds, private ``/tmp`` and ``/dev``, no network) but pays the
 ``bwrap`` start once per worker instead of once per program. Inside each sandbox a small supervisor
-(:data:`SUPERVISOR`, holding only ``CAP_SETUID`` and ``CAP_SETGID``; bubblewrap has set
+(:data:`SUPERVISOR`, root in the sandbox with only :data:`SUPERVISOR_CAPS`; bubblewrap has set
 ``no_new_privs``) runs one program at a time:
 
-1. forks; the child drops to a fresh random uid/gid (``setgroups([])``, ``setresgid``,
-   ``setresuid``: no capabilities left), makes ``/tmp/work`` with the run's files, applies the
-   resource limits (plus ``RLIMIT_MSGQUEUE=0``: no POSIX message queues), and execs the program;
-2. collects its output (bounded) until it exits or the timeout;
-3. forks a cleaner that takes the same uid and calls ``kill(-1, SIGKILL)`` until no process of that
-   uid is left (atomic against ``fork``), then deletes every file the uid owns in ``/tmp`` and
-   ``/dev/shm`` and its SysV IPC objects; then it answers.
+1. makes ``/tmp/work`` with the run's files, owned by a fresh random uid/gid;
+2. starts the program as that uid/gid with no supplementary groups (``setgroups``, ``setregid``,
+   ``setreuid`` before ``exec``: it holds no capability, and ``no_new_privs`` keeps it so), in a
+   session of its own, under the resource limits (``prlimit``, as the plain runner, plus
+   ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no core files);
+3. collects its output (bounded) until it exits or the timeout;
+4. ``kill(-1, SIGKILL)``: every process in the sandbox but its init and the supervisor, which are
+   all the run's (atomic against ``fork``), until none is alive; then it answers;
+5. before it reads the next request, deletes everything in ``/tmp`` (the only place a program can
+   write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox's IPC namespace.
 
-Each run has a uid of its own, so one run cannot read or signal another's leftovers, and nothing of
-it survives into the next. A sandbox is replaced when its supervisor dies or after
+So nothing of one run survives into the next (no file, process, socket or IPC object), and each run
+has a uid of its own besides, so a leftover could not be read or signalled by a later run anyway. A sandbox is replaced when its supervisor dies or after
 :data:`RUNS_PER_SANDBOX` programs; it exits when the scorer does (its control pipe closes).
 
 Without root, bubblewrap maps a single uid into its user namespace, so there is no uid to switch
