@@ -138,21 +138,6 @@ def _binds(argv0: str) -> tuple[str, ...]:
     return tuple(args)
 
 
-def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
-    """Two :func:`_binds` argument lists as one, each operation (``--perms M --dir P``, ``--ro-bind S D``,
-    ``--symlink T P``) once."""
-    ops: list[tuple[str, ...]] = []
-    for args in (first, second):
-        i = 0
-        while i < len(args):
-            width = 4 if args[i] == "--perms" else 3
-            op = tuple(args[i : i + width])
-            if op not in ops:
-                ops.append(op)
-            i += width
-    return tuple(arg for op in ops for arg in op)
-
-
 class BwrapRunner(LocalRunner):
     """Runs each program inside bubblewrap (see the module docs); the limits of :class:`LocalRunner` apply."""
 

@@ -38,10 +38,10 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from evsys.verifiers.runner import _LAUNCHER, DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, minimal_env
-from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, BwrapRunner, _binds, _merged_binds
+from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, BwrapRunner, _binds
 
 __all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
 
@@ -49,158 +49,22 @@ RUNS_PER_SANDBOX = 500
 SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 _HEADER = struct.Struct("!I")
 
-SUPERVISOR = r"""
-import ctypes, json, os, resource, selectors, shutil, signal, struct, subprocess, sys, time
-H = struct.Struct("!I")
-WORK = "/tmp/work"
-libc = ctypes.CDLL(None, use_errno=True)
+SUPERVISOR = (Path(__file__).parent / "sandbox_supervisor.py").read_text(encoding="utf-8")
 
-def read_exact(n):
-    data = b""
-    while len(data) < n:
-        chunk = os.read(0, n - len(data))
-        if not chunk:
-            sys.exit(0)
-        data += chunk
-    return data
 
-def answer(reply):
-    data = json.dumps(reply).encode()
-    data = H.pack(len(data)) + data
-    while data:
-        data = data[os.write(1, data):]
-
-def no_inheritable_caps():
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-    data = (ctypes.c_uint32 * 6)()
-    if libc.capget(header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capget")
-    data[2] = data[5] = 0
-    if libc.capset(header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-
-def alive():
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) not in (1, ME):
-            try:
-                with open("/proc/%s/stat" % pid, "rb") as handle:
-                    state = handle.read().rsplit(b")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state not in (b"Z", b"X"):
-                found.append(int(pid))
-    return found
-
-def kill_all(proc=None):
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(-1, signal.SIGKILL)  # every process but init and this one: the run's (atomic against fork)
-        except ProcessLookupError:
-            pass
-        if proc is not None:
-            proc.poll()  # its only child; orphans go to init, which reaps them
-        if not alive():
-            return
-        time.sleep(0.001)
-
-def wipe():
-    for entry in os.scandir("/tmp"):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                pass
-    for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("msg", lambda i: libc.msgctl(i, 0, None)),
-                         ("sem", lambda i: libc.semctl(i, 0, 0))):
-        rows = open("/proc/sysvipc/" + kind).read().splitlines()
-        head = rows[0].split()
-        for row in rows[1:]:
-            cells = dict(zip(head, row.split()))
-            os.setresuid(-1, int(cells["uid"]), -1)  # only an owner may remove it (no CAP_SYS_ADMIN here)
-            try:
-                remove(int(cells[head[1]]))
-            finally:
-                os.setresuid(-1, 0, -1)
-
-def run(req):
-    uid = req["uid"]
-    os.mkdir(WORK, 0o755)
-    os.chown(WORK, uid, uid)
-    for name, data in req["files"]:
-        path = os.path.join(WORK, name)
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            os.makedirs(parent)
-            while parent != WORK:
-                os.chown(parent, uid, uid)
-                parent = os.path.dirname(parent)
-        with open(path, "wb") as handle:
-            handle.write(bytes.fromhex(data))
-        os.chown(path, uid, uid)
-    start = time.monotonic()
-    proc = subprocess.Popen(req["argv"], cwd=WORK, env=req["env"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, user=uid, group=uid, extra_groups=[], start_new_session=True,
-                            umask=0o022)
-    deadline = start + req["timeout"]
-    out_r, err_r = proc.stdout.fileno(), proc.stderr.fileno()
-    chunks = {out_r: [], err_r: []}
-    total, timed_out, exceeded, exited_at = 0, False, False, None
-    sel = selectors.DefaultSelector()
-    sel.register(out_r, selectors.EVENT_READ)
-    sel.register(err_r, selectors.EVENT_READ)
-    sel.register(0, selectors.EVENT_READ)
-    while len(sel.get_map()) > 1:
-        now = time.monotonic()
-        if now >= deadline:
-            timed_out = True
-            break
-        if exited_at is not None and now - exited_at > 0.2:
-            break
-        for key, _ in sel.select(min(deadline - now, 0.05)):
-            if key.fd == 0:
-                if not os.read(0, 1):
-                    os._exit(0)
-                continue
-            data = os.read(key.fd, 65536)
-            if not data:
-                sel.unregister(key.fd)
-                continue
-            chunks[key.fd].append(data)
-            total += len(data)
-            exceeded = exceeded or total > req["max_output"]
-        if exceeded:
-            break
-        if exited_at is None and proc.poll() is not None:
-            exited_at = time.monotonic()
-    sel.close()
-    if not timed_out and not exceeded:
-        while proc.poll() is None and time.monotonic() < min(deadline, time.monotonic() + 0.2):
-            time.sleep(0.0005)  # the pipes closed: the program is exiting
-    kill_all(proc)
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    return {"returncode": proc.returncode, "timed_out": timed_out, "exceeded": exceeded,
-            "stdout": b"".join(chunks[out_r]).hex(), "stderr": b"".join(chunks[err_r]).hex()}
-
-ME = os.getpid()
-signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-no_inheritable_caps()
-answer({"ready": True})
-while True:
-    request = json.loads(read_exact(H.unpack(read_exact(H.size))[0]))
-    try:
-        reply = run(request)
-    except Exception as exc:
-        kill_all()
-        reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
-    answer(reply)
-    wipe()  # every process of the run is dead; its files and IPC objects go before the next request is read
-"""
+def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    """Two :func:`_binds` argument lists as one, each operation (``--perms M --dir P``, ``--ro-bind S D``,
+    ``--symlink T P``) once."""
+    ops: list[tuple[str, ...]] = []
+    for args in (first, second):
+        i = 0
+        while i < len(args):
+            width = 4 if args[i] == "--perms" else 3
+            op = tuple(args[i : i + width])
+            if op not in ops:
+                ops.append(op)
+            i += width
+    return tuple(arg for op in ops for arg in op)
 
 
 class _SupervisorDied(RuntimeError):
@@ -323,9 +187,12 @@ class PooledBwrapRunner(BwrapRunner):
 
     def _limited(self, argv: Sequence[str], limits: Limits, timeout: float) -> list[str]:
         """``argv`` under the run's resource limits, plus no POSIX message queues and no core files."""
-        if self.prlimit:
-            return [*self._wrap(argv, limits, timeout)[: -len(argv) - 1], "--msgqueue=0:0", "--core=0:0", "--", *argv]
         rlimits = {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
+        if self.prlimit:
+            flags = [
+                f"--{name.removeprefix('RLIMIT_').lower()}={soft}:{hard}" for name, (soft, hard) in rlimits.items()
+            ]
+            return [self.prlimit, *flags, "--", *argv]
         return [sys.executable, "-S", "-E", "-s", "-c", _LAUNCHER, json.dumps(rlimits), *argv]
 
     def run(
