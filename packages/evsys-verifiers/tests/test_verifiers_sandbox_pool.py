@@ -193,3 +193,26 @@ def test_the_pool_is_the_default_as_root_and_per_program_stays_selectable(monkey
     monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "pooled")
     with pytest.raises(EvsysError, match="EVSYS_VERIFIER_BWRAP: unknown mode 'pooled'; expected one of pool, "):
         runner.get_runner()
+
+
+def test_where_the_pool_cannot_run_programs_get_a_bwrap_each(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(runner.RUNNER_ENV, raising=False)
+    monkeypatch.delenv(sandbox.BWRAP_MODE_ENV, raising=False)
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "bwrap")
+    monkeypatch.setattr(sandbox, "_RUNNERS", {})
+    monkeypatch.setattr(sandbox_pool, "pool_problem", lambda: "bwrap: Unknown cap: CAP_SETUID")
+    with caplog.at_level("WARNING", logger="evsys.verifiers"):
+        chosen = runner.get_runner()
+    assert type(chosen) is sandbox.BwrapRunner
+    assert [r.getMessage() for r in caplog.records] == [
+        "the pooled bubblewrap sandbox cannot run (bwrap: Unknown cap: CAP_SETUID): one bwrap per program"
+    ]
+
+
+def test_without_root_bubblewrap_runs_one_sandbox_per_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "pool")
+    assert sandbox.bwrap_mode() == "per-program"
+    assert sandbox_pool.pool_problem.__wrapped__() == "the pooled sandbox switches uids, which needs root"
