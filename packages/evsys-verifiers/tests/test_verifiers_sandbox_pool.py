@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -216,3 +217,18 @@ def test_without_root_bubblewrap_runs_one_sandbox_per_program(monkeypatch: pytes
     monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "pool")
     assert sandbox.bwrap_mode() == "per-program"
     assert sandbox_pool.pool_problem.__wrapped__() == "the pooled sandbox switches uids, which needs root"
+
+
+def test_a_sandbox_that_ended_while_idle_costs_no_program(pool: sandbox_pool.PooledBwrapRunner) -> None:
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    box = _one_sandbox(pool)
+    with open(f"/proc/{box.proc.pid}/task/{box.proc.pid}/children") as handle:
+        (init,) = handle.read().split()
+    with open(f"/proc/{init}/task/{init}/children") as handle:
+        (supervisor,) = handle.read().split()
+    os.kill(int(supervisor), signal.SIGKILL)
+    box.proc.wait()
+    box.proc.poll = lambda: None  # type: ignore[method-assign]  # as if it ended just after it was taken
+    result = run_python("pass", runner=pool, limits=LIMITS)
+    assert result.passed, result
+    assert _one_sandbox(pool) is not box

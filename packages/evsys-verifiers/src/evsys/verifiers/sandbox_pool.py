@@ -27,6 +27,7 @@ to: there :func:`~evsys.verifiers.sandbox.select_runner` keeps one ``bwrap`` per
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -68,7 +69,11 @@ def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...
 
 
 class _SupervisorDied(RuntimeError):
-    """The sandbox's supervisor stopped answering."""
+    """The sandbox's supervisor stopped answering (``unsent``: before it took the request or answered a byte)."""
+
+    def __init__(self, message: str, unsent: bool = False) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 class _Sandbox:
@@ -105,8 +110,8 @@ class _Sandbox:
                 if left <= 0 or not selector.select(left):
                     raise _SupervisorDied("the sandbox's supervisor did not answer in time")
                 chunk = os.read(fd, max(need - len(buffer), 65536) if header_done else need - len(buffer))
-                if not chunk:
-                    raise _SupervisorDied(f"the sandbox's supervisor exited: {self._stderr()}")
+                if not chunk:  # it ended (a program cannot end it: it runs as another uid), so try once more
+                    raise _SupervisorDied(f"the sandbox's supervisor exited: {self._stderr()}", unsent=not buffer)
                 buffer += chunk
                 if not header_done and len(buffer) >= _HEADER.size:
                     need = _HEADER.size + _HEADER.unpack(buffer[: _HEADER.size])[0]
@@ -127,7 +132,7 @@ class _Sandbox:
             self.proc.stdin.write(_HEADER.pack(len(data)) + data)
             self.proc.stdin.flush()
         except OSError as exc:
-            raise _SupervisorDied(f"the sandbox's supervisor is gone: {exc}") from exc
+            raise _SupervisorDied(f"the sandbox's supervisor is gone: {exc}", unsent=True) from exc
         self.runs += 1
         return self._read(timeout)
 
@@ -138,7 +143,8 @@ class _Sandbox:
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # stdin's unsent request, where the supervisor is gone
+                    stream.close()
 
 
 class PooledBwrapRunner(BwrapRunner):
@@ -228,16 +234,20 @@ class PooledBwrapRunner(BwrapRunner):
         }
         key = (argv[0], limits.disk_bytes)
         start = time.monotonic()
-        try:
-            box = self._take(key)
-        except _SupervisorDied as exc:
-            return RunResult(None, "", f"evsys sandbox: {exc}", duration=time.monotonic() - start)
-        try:
-            reply = box.call(request, timeout + 15.0)
-        except _SupervisorDied as exc:
-            box.close()
-            return RunResult(None, "", f"evsys sandbox: {exc}", duration=time.monotonic() - start)
-        self._give(key, box)
+        reply: dict[str, object] = {}
+        for attempt in range(2):
+            box: _Sandbox | None = None
+            try:
+                box = self._take(key)
+                reply = box.call(request, timeout + 15.0)
+            except _SupervisorDied as exc:
+                if box is not None:
+                    box.close()
+                if exc.unsent and attempt == 0:
+                    continue  # a sandbox that had ended while idle: the request goes to a fresh one, once
+                return RunResult(None, "", f"evsys sandbox: {exc}", duration=time.monotonic() - start)
+            self._give(key, box)
+            break
         if "error" in reply:
             return RunResult(None, "", f"evsys sandbox: {reply['error']}", duration=time.monotonic() - start)
         stdout = bytes.fromhex(str(reply["stdout"]))[:max_output].decode("utf-8", "replace")

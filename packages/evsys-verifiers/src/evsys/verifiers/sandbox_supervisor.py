@@ -214,7 +214,10 @@ def main() -> None:
             kill_all()
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         answer(reply)
-        wipe()  # every process of the run is dead: its files and IPC objects go before the next request
+        try:
+            wipe()  # every process of the run is dead: its files and IPC objects go before the next request
+        except Exception:
+            sys.exit(1)  # never run a program in a sandbox that is not clean: the scorer starts a fresh one
 
 
 if __name__ == "__main__":
