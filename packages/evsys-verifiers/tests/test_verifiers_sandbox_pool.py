@@ -130,6 +130,7 @@ def test_each_run_has_its_own_uid_and_no_capabilities(pool: sandbox_pool.PooledB
         "import os\nstatus = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
         "print('CAPS', os.getuid(), os.getgid(), os.getgroups(), status['CapEff'].strip(), status['CapPrm'].strip(),"
         " status['CapInh'].strip(), status['CapAmb'].strip(), status['NoNewPrivs'].strip())\n"
+        "import resource\nassert resource.getrlimit(resource.RLIMIT_MSGQUEUE) == (0, 0)  # no POSIX message queues\n"
     )
     uids = set()
     for _ in range(3):
