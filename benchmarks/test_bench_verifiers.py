@@ -3,7 +3,7 @@
 Run with ``python -m pytest benchmarks/test_bench_verifiers.py -o addopts="--import-mode=importlib" --benchmark-only``.
 Targets: ``contains`` / ``exact_match`` >= 200,000 verifications/s on one core; ``python_tests``
 >= 30 trivial programs/s on 2 cores
-(plain runner and bubblewrap, side by side); pass@k over 100,000 tasks under 1 s. Each benchmark records
+(plain runner, one bubblewrap per program, pooled bubblewrap, side by side); pass@k over 100,000 tasks under 1 s. Each benchmark records
 its throughput in ``extra_info``.
 """
 
@@ -94,11 +94,22 @@ def _bwrap_problem() -> str | None:
     return bwrap_problem()
 
 
-@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
-def test_bench_python_tests_two_workers(benchmark: Any, sandbox: str) -> None:
-    """Programs per second through ``score_tasks`` with 2 workers, plain runner (``none``) and bubblewrap."""
+RUNNERS = {  # name -> (sandbox setting, EVSYS_VERIFIER_BWRAP)
+    "plain": ("none", None),
+    "bwrap_per_program": ("bwrap", "per-program"),
+    "bwrap_pool": ("bwrap", "pool"),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNNERS))
+def test_bench_python_tests_two_workers(benchmark: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs per second through ``score_tasks`` with 2 workers: plain runner, one ``bwrap`` per program,
+    pooled ``bwrap`` (one sandbox per worker; root only, else it is the per-program runner)."""
+    sandbox, mode = RUNNERS[name]
     if sandbox == "bwrap" and _bwrap_problem() is not None:
         pytest.skip(f"needs bubblewrap: {_bwrap_problem()}")
+    if mode is not None:
+        monkeypatch.setenv("EVSYS_VERIFIER_BWRAP", mode)
     registry = builtin_registry()
     tasks = _program_tasks(sandbox)
     answers = [["def double(x):\n    return 2 * x\n"] for _ in tasks]
@@ -111,29 +122,37 @@ def test_bench_python_tests_two_workers(benchmark: Any, sandbox: str) -> None:
     _record(benchmark, PROGRAMS, "programs")
 
 
-def test_bench_bwrap_against_plain_paired(benchmark: Any) -> None:
-    """bubblewrap's throughput as a share of the plain runner's, rounds interleaved (the machine's load
-    drifts between separate benchmarks): ``extra_info["bwrap_share"]`` (1.0 = no cost)."""
+def test_bench_bwrap_against_plain_paired(benchmark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each runner's throughput as a share of the plain runner's, rounds interleaved (the machine's load
+    drifts between separate benchmarks): ``extra_info["bwrap_per_program_share"]`` and
+    ``["bwrap_pool_share"]`` (1.0 = no cost), medians of the rounds."""
     if _bwrap_problem() is not None:
         pytest.skip(f"needs bubblewrap: {_bwrap_problem()}")
     import time
 
     registry = builtin_registry()
     answers = [["def double(x):\n    return 2 * x\n"] for _ in range(PROGRAMS)]
-    tasks = {name: _program_tasks(name) for name in ("none", "bwrap")}
+    tasks = {name: _program_tasks(sandbox) for name, (sandbox, _) in RUNNERS.items()}
     seconds: dict[str, list[float]] = {name: [] for name in tasks}
 
     def run() -> None:
         for name, batch in tasks.items():
+            mode = RUNNERS[name][1]
+            if mode is not None:
+                monkeypatch.setenv("EVSYS_VERIFIER_BWRAP", mode)
             start = time.perf_counter()
-            score_tasks(batch, answers, ["pass@1"], registry=registry, max_workers=2)
+            result = score_tasks(batch, answers, ["pass@1"], registry=registry, max_workers=2)
             seconds[name].append(time.perf_counter() - start)
+            assert result.metrics["pass@1"] == 1.0
 
-    benchmark.pedantic(run, rounds=5, iterations=1)
-    plain, bwrap = (sorted(seconds[name])[len(seconds[name]) // 2] for name in ("none", "bwrap"))
-    benchmark.extra_info["plain_programs_per_second"] = round(PROGRAMS / plain, 1)
-    benchmark.extra_info["bwrap_programs_per_second"] = round(PROGRAMS / bwrap, 1)
-    benchmark.extra_info["bwrap_share"] = round(plain / bwrap, 3)
+    benchmark.pedantic(run, rounds=7, iterations=1)
+    median = {name: sorted(values)[len(values) // 2] for name, values in seconds.items()}
+    for name, value in median.items():
+        benchmark.extra_info[f"{name}_programs_per_second"] = round(PROGRAMS / value, 1)
+        if name != "plain":
+            benchmark.extra_info[f"{name}_share"] = round(median["plain"] / value, 3)
+    ratios = sorted(plain / pool for plain, pool in zip(seconds["plain"], seconds["bwrap_pool"], strict=True))
+    benchmark.extra_info["bwrap_pool_share_per_round"] = [round(r, 3) for r in ratios]
 
 
 @pytest.mark.parametrize("k", [1, 5])

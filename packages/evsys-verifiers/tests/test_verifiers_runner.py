@@ -38,14 +38,45 @@ ADVERSARIAL = {
 }
 
 
-@pytest.fixture(params=["none", "bwrap"])
-def each_runner(request: pytest.FixtureRequest) -> Any:
-    """Runs the test with the plain runner, then with bubblewrap (skipped where it cannot run)."""
-    if request.param == "bwrap" and sandbox.bwrap_problem() is not None:
+@pytest.fixture(params=["none", "bwrap:per-program", "bwrap:pool"])
+def each_runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Runs the test with the plain runner, then with bubblewrap, one per program and pooled (skipped where
+    bubblewrap cannot run; the pool needs root, else it is the per-program runner)."""
+    setting, _, mode = request.param.partition(":")
+    if setting == "bwrap" and sandbox.bwrap_problem() is not None:
         pytest.skip(f"needs bubblewrap: {sandbox.bwrap_problem()}")
-    sandbox.set_sandbox(request.param)
+    if mode:
+        monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, mode)
+    sandbox.set_sandbox(setting)
     yield request.param
     sandbox.set_sandbox(None)
+
+
+def _nothing_left(result: runner.RunResult) -> bool:
+    """No process of the run is alive: its process group (a run of its own), else (pooled sandbox) nothing in
+    any pooled sandbox but its init and supervisor."""
+    if result.pgid is not None:
+        return runner.leftover_processes(result.pgid) == []
+    from evsys.verifiers.sandbox_pool import PooledBwrapRunner
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+        return found
+
+    pools = [pool for pool in sandbox._RUNNERS.values() if isinstance(pool, PooledBwrapRunner)]
+    assert pools
+    for pool in pools:
+        for box in (box for idle in pool._idle.values() for box in idle):
+            (init,) = children(box.proc.pid)
+            (supervisor,) = children(init)
+            for pid in children(supervisor) + [pid for pid in children(init) if pid != supervisor]:
+                with open(f"/proc/{pid}/stat") as handle:
+                    if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        return False
+    return True
 
 
 def _run(source: str) -> tuple[runner.RunResult, float]:
@@ -58,7 +89,7 @@ def _run(source: str) -> tuple[runner.RunResult, float]:
 def test_a_good_program_passes(each_runner: str) -> None:
     result, _ = _run(GOOD)
     assert result.passed, result.stderr
-    assert result.pgid is not None and runner.leftover_processes(result.pgid) == []
+    assert _nothing_left(result)
 
 
 def test_adversarial_programs_fail_in_time_and_leave_nothing_running(each_runner: str) -> None:
@@ -67,8 +98,7 @@ def test_adversarial_programs_fail_in_time_and_leave_nothing_running(each_runner
     for name, (result, elapsed) in results.items():
         assert not result.passed, name
         assert elapsed < TIMEOUT + 1.0, (name, elapsed)
-        assert result.pgid is not None
-        assert runner.leftover_processes(result.pgid) == [], name
+        assert _nothing_left(result), name
     assert results["infinite_loop"][0].timed_out
     assert results["unbounded_output"][0].output_exceeded
     assert results["early_sys_exit"][0].returncode == 0 and results["early_sys_exit"][0].token_seen is False
@@ -87,7 +117,7 @@ def test_children_left_behind_by_a_passing_program_are_killed(each_runner: str) 
     result, elapsed = _run(source)
     assert result.passed
     assert elapsed < TIMEOUT
-    assert result.pgid is not None and runner.leftover_processes(result.pgid) == []
+    assert _nothing_left(result)
 
 
 def test_python_tests_scores_adversarial_programs_zero(each_runner: str) -> None:

@@ -17,6 +17,11 @@ Run as root, a user namespace would map the program to root on the host, which i
 ``RLIMIT_NPROC`` and owns the host's files; so as root the runner unshares every namespace but the
 user one and the program runs as a fresh unprivileged uid with no capabilities (``setpriv``).
 
+As root, programs run by default in :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner`: the same
+sandbox, one long-lived per worker, a fresh uid per program and everything of a run removed before
+the next (see :mod:`evsys.verifiers.sandbox_pool`); ``EVSYS_VERIFIER_BWRAP=per-program`` asks for one
+``bwrap`` per program (:class:`BwrapRunner`, always the case without root).
+
 Which runner runs a program: a runner plugged in with :func:`~evsys.verifiers.runner.set_runner` or
 ``EVSYS_VERIFIER_RUNNER``, else by the sandbox setting — a task's ``verifier.sandbox``, the
 process's (``evsys-verify --sandbox``, :func:`set_sandbox`, else ``EVSYS_VERIFIER_SANDBOX``).
@@ -44,10 +49,13 @@ from evsys.schema.errors import EvsysError
 from evsys.verifiers.runner import DEFAULT_MAX_OUTPUT, Limits, LocalRunner, RunResult, minimal_env
 
 __all__ = [
+    "BWRAP_MODES",
+    "BWRAP_MODE_ENV",
     "SANDBOX_CHOICES",
     "SANDBOX_ENV",
     "BwrapRunner",
     "SandboxUnavailable",
+    "bwrap_mode",
     "bwrap_problem",
     "describe_sandbox",
     "program_counts",
@@ -60,6 +68,8 @@ __all__ = [
 
 SANDBOX_ENV = "EVSYS_VERIFIER_SANDBOX"
 SANDBOX_CHOICES = ("auto", "bwrap", "none")
+BWRAP_MODE_ENV = "EVSYS_VERIFIER_BWRAP"
+BWRAP_MODES = ("pool", "per-program")
 WORKDIR = "/tmp/work"
 DEFAULT_PROCESSES = 256  # processes (threads count too) inside one sandbox when Limits.processes is unset
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -306,6 +316,35 @@ def resolve_sandbox(*settings: str | None) -> str:
     return "none"
 
 
+def bwrap_mode() -> str:
+    """How bubblewrap runs programs: ``pool`` (one long-lived sandbox per worker, a fresh uid per program;
+    the default as root) or ``per-program`` (one ``bwrap`` each; always without root), by ``$EVSYS_VERIFIER_BWRAP``."""
+    value = os.environ.get(BWRAP_MODE_ENV, "").strip().lower() or "pool"
+    if value not in BWRAP_MODES:
+        raise EvsysError(f"{BWRAP_MODE_ENV}: unknown mode {value!r}; expected one of {', '.join(BWRAP_MODES)}")
+    return value if os.geteuid() == 0 else "per-program"
+
+
+def _bwrap_runner() -> BwrapRunner:
+    mode = bwrap_mode()
+    runner = _RUNNERS.get(f"bwrap {mode}")
+    if runner is None:
+        if mode == "pool":
+            from evsys.verifiers.sandbox_pool import PooledBwrapRunner, pool_problem
+
+            problem = pool_problem()
+            if problem is None:
+                runner = PooledBwrapRunner()
+            else:
+                logger.warning("the pooled bubblewrap sandbox cannot run (%s): one bwrap per program", problem)
+                runner = _RUNNERS.get("bwrap per-program") or BwrapRunner()
+        else:
+            runner = BwrapRunner()
+        _RUNNERS[f"bwrap {mode}"] = runner
+    assert isinstance(runner, BwrapRunner)
+    return runner
+
+
 def _count(name: str) -> None:
     with _COUNTS_LOCK:
         _COUNTS[name] = _COUNTS.get(name, 0) + 1
@@ -318,9 +357,10 @@ def select_runner(plugged: object | None) -> object:
         _count(f"runner {kind.__module__}.{kind.__qualname__} (plugged in)")
         return plugged
     choice = resolve_sandbox()
-    runner = _RUNNERS.get(choice)
-    if runner is None:
-        runner = _RUNNERS[choice] = BwrapRunner() if choice == "bwrap" else LocalRunner()
+    if choice == "bwrap":
+        runner: LocalRunner = _bwrap_runner()
+    else:
+        runner = _RUNNERS.get(choice) or _RUNNERS.setdefault(choice, LocalRunner())
     _count(choice)
     return runner
 

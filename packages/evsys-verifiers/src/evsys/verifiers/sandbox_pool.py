@@ -1,0 +1,278 @@
+"""The pooled bubblewrap runner: one long-lived sandbox per worker, a fresh uid per program (root only).
+
+:class:`PooledBwrapRunner` keeps the containment of :class:`~evsys.verifiers.sandbox.BwrapRunner`
+(the same namespaces, read-only binds, private ``/tmp`` and ``/dev``, no network) but pays the
+``bwrap`` start once per worker instead of once per program. Inside each sandbox a small supervisor
+(:data:`SUPERVISOR`, root in the sandbox with only :data:`SUPERVISOR_CAPS`; bubblewrap has set
+``no_new_privs``) runs one program at a time:
+
+1. makes ``/tmp/work`` with the run's files, owned by a fresh random uid/gid;
+2. starts the program as that uid/gid with no supplementary groups (``setgroups``, ``setregid``,
+   ``setreuid`` before ``exec``: it holds no capability, and ``no_new_privs`` keeps it so), in a
+   session of its own, under the resource limits (``prlimit``, as the plain runner, plus
+   ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no core files);
+3. collects its output (bounded) until it exits or the timeout;
+4. ``kill(-1, SIGKILL)``: every process in the sandbox but its init and the supervisor, which are
+   all the run's (atomic against ``fork``), until none is alive; then it answers;
+5. before it reads the next request, deletes everything in ``/tmp`` (the only place a program can
+   write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox's IPC namespace.
+
+So nothing of one run survives into the next (no file, process, socket or IPC object), and each run
+has a uid of its own besides, so a leftover could not be read or signalled by a later run anyway. A sandbox is replaced when its supervisor dies or after
+:data:`RUNS_PER_SANDBOX` programs; it exits when the scorer does (its control pipe closes).
+
+Without root, bubblewrap maps a single uid into its user namespace, so there is no uid to switch
+to: there :func:`~evsys.verifiers.sandbox.select_runner` keeps one ``bwrap`` per program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import selectors
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+from evsys.verifiers.runner import _LAUNCHER, DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, minimal_env
+from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, BwrapRunner, _binds
+
+__all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
+
+RUNS_PER_SANDBOX = 500
+SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+_HEADER = struct.Struct("!I")
+
+SUPERVISOR = (Path(__file__).parent / "sandbox_supervisor.py").read_text(encoding="utf-8")
+
+
+def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    """Two :func:`_binds` argument lists as one, each operation (``--perms M --dir P``, ``--ro-bind S D``,
+    ``--symlink T P``) once."""
+    ops: list[tuple[str, ...]] = []
+    for args in (first, second):
+        i = 0
+        while i < len(args):
+            width = 4 if args[i] == "--perms" else 3
+            op = tuple(args[i : i + width])
+            if op not in ops:
+                ops.append(op)
+            i += width
+    return tuple(arg for op in ops for arg in op)
+
+
+class _SupervisorDied(RuntimeError):
+    """The sandbox's supervisor stopped answering (``unsent``: before it took the request or answered a byte)."""
+
+    def __init__(self, message: str, unsent: bool = False) -> None:
+        super().__init__(message)
+        self.unsent = unsent
+
+
+class _Sandbox:
+    """One long-lived ``bwrap`` running :data:`SUPERVISOR`, talking length-prefixed JSON over its stdin/stdout."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=minimal_env("/"),  # the supervisor never holds the scorer's environment (its secrets)
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise _SupervisorDied(f"bwrap cannot start: {exc}") from exc
+        self.runs = 0
+        ready = self._read(30.0)
+        if not ready.get("ready"):
+            raise _SupervisorDied(f"the sandbox did not start: {ready}")
+
+    def _read(self, timeout: float) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        need = _HEADER.size
+        header_done = False
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while len(buffer) < need:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    raise _SupervisorDied("the sandbox's supervisor did not answer in time")
+                chunk = os.read(fd, max(need - len(buffer), 65536) if header_done else need - len(buffer))
+                if not chunk:  # it ended (a program cannot end it: it runs as another uid), so try once more
+                    raise _SupervisorDied(f"the sandbox's supervisor exited: {self._stderr()}", unsent=not buffer)
+                buffer += chunk
+                if not header_done and len(buffer) >= _HEADER.size:
+                    need = _HEADER.size + _HEADER.unpack(buffer[: _HEADER.size])[0]
+                    header_done = True
+        return json.loads(buffer[_HEADER.size :])
+
+    def _stderr(self) -> str:
+        self.close()
+        assert self.proc.stderr is not None
+        lines = [line for line in self.proc.stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def call(self, request: dict[str, object], timeout: float) -> dict[str, object]:
+        """Send one run and wait (at most ``timeout``) for its answer."""
+        data = json.dumps(request).encode()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(_HEADER.pack(len(data)) + data)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise _SupervisorDied(f"the sandbox's supervisor is gone: {exc}", unsent=True) from exc
+        self.runs += 1
+        return self._read(timeout)
+
+    def close(self) -> None:
+        """Stop the sandbox (its supervisor exits on EOF; bubblewrap kills what is left)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # stdin's unsent request, where the supervisor is gone
+                    stream.close()
+
+
+class PooledBwrapRunner(BwrapRunner):
+    """Runs each program in a pooled bubblewrap sandbox under a fresh uid (see the module docs; root only)."""
+
+    def __init__(self, bwrap: str | None = None) -> None:
+        super().__init__(bwrap)
+        self._pid = os.getpid()
+        self._idle: dict[tuple[str, int | None], list[_Sandbox]] = {}
+        self._lock = threading.Lock()
+
+    def _command(self, argv0: str, disk: int | None) -> list[str]:
+        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        cmd = [self.bwrap, *namespaces, "--new-session", *_merged_binds(_binds(sys.executable), _binds(argv0))]
+        cmd += ["--dev", "/dev", "--proc", "/proc"]
+        cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp", "--chdir", "/"]
+        cmd += [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)] + ["--"]
+        return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR]
+
+    def _take(self, key: tuple[str, int | None]) -> _Sandbox:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked scorer: the parent's sandboxes answer the parent only
+                self._idle, self._pid = {}, os.getpid()
+            idle = self._idle.setdefault(key, [])
+            while idle:
+                box = idle.pop()
+                if box.proc.poll() is None:
+                    return box
+                box.close()
+        return _Sandbox(self._command(*key))
+
+    def _give(self, key: tuple[str, int | None], box: _Sandbox) -> None:
+        if box.runs >= RUNS_PER_SANDBOX or box.proc.poll() is not None:
+            box.close()
+            return
+        with self._lock:
+            self._idle.setdefault(key, []).append(box)
+
+    def close(self) -> None:
+        """Stop every idle sandbox."""
+        with self._lock:
+            boxes = [box for idle in self._idle.values() for box in idle]
+            self._idle.clear()
+        for box in boxes:
+            box.close()
+
+    def _limited(self, argv: Sequence[str], limits: Limits, timeout: float) -> list[str]:
+        """``argv`` under the run's resource limits, plus no POSIX message queues and no core files."""
+        rlimits = {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
+        if self.prlimit:
+            flags = [
+                f"--{name.removeprefix('RLIMIT_').lower()}={soft}:{hard}" for name, (soft, hard) in rlimits.items()
+            ]
+            return [self.prlimit, *flags, "--", *argv]
+        return [sys.executable, "-S", "-E", "-s", "-c", _LAUNCHER, json.dumps(rlimits), *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        files: Mapping[str, str | bytes] | None = None,
+        timeout: float = 10.0,
+        limits: Limits | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        env: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Run ``argv`` in a pooled sandbox, in ``/tmp/work`` holding ``files``; see the module docs."""
+        limits = limits or Limits()
+        if limits.processes is None:
+            limits = Limits(**{**limits.__dict__, "processes": DEFAULT_PROCESSES})
+        encoded = []
+        for name, content in (files or {}).items():
+            target = PurePosixPath(os.path.normpath(PurePosixPath(WORKDIR, name)))
+            if not target.is_relative_to(WORKDIR) or str(target) == WORKDIR:
+                raise ValueError(f"file name {name!r} leaves the run directory")
+            data = content if isinstance(content, bytes) else content.encode("utf-8")
+            encoded.append([str(target.relative_to(WORKDIR)), data.hex()])
+        child_env = minimal_env(WORKDIR)
+        child_env.update(env or {})
+        request = {
+            "argv": self._limited(argv, limits, timeout),
+            "files": encoded,
+            "env": child_env,
+            "timeout": timeout,
+            "max_output": max_output,
+            "uid": _UID_BASE + secrets.randbelow(1_000_000),
+        }
+        key = (argv[0], limits.disk_bytes)
+        start = time.monotonic()
+        reply: dict[str, object] = {}
+        for attempt in range(2):
+            box: _Sandbox | None = None
+            try:
+                box = self._take(key)
+                reply = box.call(request, timeout + 15.0)
+            except _SupervisorDied as exc:
+                if box is not None:
+                    box.close()
+                if exc.unsent and attempt == 0:
+                    continue  # a sandbox that had ended while idle: the request goes to a fresh one, once
+                return RunResult(None, "", f"evsys sandbox: {exc}", duration=time.monotonic() - start)
+            self._give(key, box)
+            break
+        if "error" in reply:
+            return RunResult(None, "", f"evsys sandbox: {reply['error']}", duration=time.monotonic() - start)
+        stdout = bytes.fromhex(str(reply["stdout"]))[:max_output].decode("utf-8", "replace")
+        stderr = bytes.fromhex(str(reply["stderr"]))[:max_output].decode("utf-8", "replace")
+        return RunResult(
+            returncode=reply["returncode"],  # type: ignore[arg-type]
+            stdout=stdout,
+            stderr=stderr,
+            timed_out=bool(reply["timed_out"]),
+            output_exceeded=bool(reply["exceeded"]),
+            duration=time.monotonic() - start,
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def pool_problem() -> str | None:
+    """Why the pooled sandbox cannot run programs here (``None``: it can); found out once by a trial run."""
+    if os.geteuid() != 0:
+        return "the pooled sandbox switches uids, which needs root"
+    probe = PooledBwrapRunner()
+    try:
+        result = probe.run([sys.executable, "-S", "-E", "-c", "pass"], timeout=30)
+    finally:
+        probe.close()
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {result.returncode}"
+    return None

@@ -1,0 +1,235 @@
+"""The pooled bubblewrap runner: nothing of one program reaches the next one in the same sandbox.
+
+Each test runs programs in one :class:`PooledBwrapRunner` one after another (so they share its one
+sandbox, checked) and has the later program look for what the earlier one left. Every program is
+bounded (a few processes, a few MiB, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from evsys.schema.errors import EvsysError
+from evsys.verifiers import runner, sandbox, sandbox_pool
+from evsys.verifiers.runner import Limits, run_python
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces and /proc"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the pooled sandbox switches uids: root only"),
+    pytest.mark.skipif(sandbox.bwrap_problem() is not None, reason=f"needs bubblewrap: {sandbox.bwrap_problem()}"),
+]
+
+LIMITS = Limits(memory_bytes=512 << 20, processes=32)
+
+LEAVE_BEHIND = """
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+open('/tmp/leftover.txt', 'w').write('secret of the last run')
+os.chmod('/tmp/leftover.txt', 0o666)
+os.makedirs('/tmp/nest/deeper')
+open('/tmp/nest/deeper/file', 'w').write('x')
+os.chmod('/tmp/nest', 0o500)
+try:
+    open('/dev/shm/leftover', 'w').write('x')  # /dev/shm is root's and read-only to programs
+except PermissionError:
+    pass
+open('/tmp/work/in-the-workdir.txt', 'w').write('x')
+shm = libc.shmget(0x5EED, 4096, 0o1666)  # IPC_CREAT | 0666
+sem = libc.semget(0x5EEE, 1, 0o1666)
+msg = libc.msgget(0x5EEF, 0o1666)
+assert min(shm, sem, msg) >= 0, ctypes.get_errno()
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(('127.0.0.1', 47011))
+listener.listen()
+read_w = os.pipe()
+if os.fork() == 0:  # a daemon: a session of its own, holding the listening socket
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(%(sleep)s)
+        os._exit(0)
+    os._exit(0)
+os.wait()
+%(tail)s
+"""
+
+LOOK_AROUND = """
+import ctypes, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+me = os.getpid()
+others = []
+for pid in os.listdir('/proc'):
+    if pid.isdigit() and int(pid) != me:
+        status = dict(l.split(':', 1) for l in open('/proc/%s/status' % pid).read().splitlines() if ':' in l)
+        if status['State'].split()[0] != 'Z' and status['Uid'].split()[0] != '0':
+            others.append((pid, status['Name'].strip(), status['Uid'].split()[0]))
+try:
+    socket.create_connection(('127.0.0.1', 47011), timeout=1).close()
+    connected = True
+except OSError:
+    connected = False
+seen = {
+    'uid': os.getuid(),
+    'tmp': sorted(os.listdir('/tmp')),
+    'shm_files': sorted(os.listdir('/dev/shm')),
+    'workdir': sorted(os.listdir('.')),
+    'processes': others,
+    'connected': connected,
+    'sysv': [libc.shmget(0x5EED, 0, 0), libc.semget(0x5EEE, 0, 0), libc.msgget(0x5EEF, 0)],
+}
+print('SEEN ' + json.dumps(seen))
+"""
+
+
+@pytest.fixture
+def pool() -> Iterator[sandbox_pool.PooledBwrapRunner]:
+    runner_ = sandbox_pool.PooledBwrapRunner()
+    yield runner_
+    runner_.close()
+
+
+def _seen(pool: sandbox_pool.PooledBwrapRunner) -> dict[str, object]:
+    result = run_python(LOOK_AROUND, runner=pool, limits=LIMITS)
+    assert result.passed, result
+    line = next(line for line in result.stdout.splitlines() if line.startswith("SEEN "))
+    return json.loads(line[5:])
+
+
+def _one_sandbox(pool: sandbox_pool.PooledBwrapRunner) -> sandbox_pool._Sandbox:
+    boxes = [box for idle in pool._idle.values() for box in idle]
+    assert len(boxes) == 1, boxes
+    return boxes[0]
+
+
+@pytest.mark.parametrize("ending", ["exits", "times_out"])
+def test_nothing_of_a_run_reaches_the_next_run(pool: sandbox_pool.PooledBwrapRunner, ending: str) -> None:
+    """Files in /tmp and /dev/shm, a daemon holding a listening socket, SysV IPC: all gone for the next run."""
+    tail = "" if ending == "exits" else "time.sleep(30)"
+    program = LEAVE_BEHIND % {"sleep": 30, "tail": tail}
+    first = run_python(program, runner=pool, limits=LIMITS, timeout=3 if ending == "exits" else 5)
+    assert first.passed if ending == "exits" else first.timed_out, first
+    box = _one_sandbox(pool)
+    seen = _seen(pool)
+    assert _one_sandbox(pool) is box and box.runs == 2  # the same sandbox ran both
+    assert seen["tmp"] == ["work"]
+    assert seen["shm_files"] == []
+    assert seen["workdir"] == ["program.py"]
+    assert seen["processes"] == []
+    assert seen["connected"] is False
+    assert seen["sysv"] == [-1, -1, -1]
+
+
+def test_each_run_has_its_own_uid_and_no_capabilities(pool: sandbox_pool.PooledBwrapRunner) -> None:
+    program = (
+        "import os\nstatus = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
+        "print('CAPS', os.getuid(), os.getgid(), os.getgroups(), status['CapEff'].strip(), status['CapPrm'].strip(),"
+        " status['CapInh'].strip(), status['CapAmb'].strip(), status['NoNewPrivs'].strip())\n"
+        "import resource\nassert resource.getrlimit(resource.RLIMIT_MSGQUEUE) == (0, 0)  # no POSIX message queues\n"
+    )
+    uids = set()
+    for _ in range(3):
+        result = run_python(program, runner=pool, limits=LIMITS)
+        assert result.passed, result
+        fields = next(line for line in result.stdout.splitlines() if line.startswith("CAPS")).split()
+        uid, gid = int(fields[1]), int(fields[2])
+        assert uid == gid and uid >= 1_900_000_000
+        assert fields[3] == "[]" and fields[4:8] == ["0000000000000000"] * 4 and fields[8] == "1"
+        uids.add(uid)
+    assert len(uids) == 3
+
+
+def test_a_run_cannot_signal_the_supervisor_or_read_its_environment(pool: sandbox_pool.PooledBwrapRunner) -> None:
+    program = (
+        "import os, signal\nresults = []\n"
+        "for pid in (1, 2):\n"
+        "    try:\n        os.kill(pid, signal.SIGKILL)\n        results.append('killed')\n"
+        "    except OSError as exc:\n        results.append(type(exc).__name__)\n"
+        "    try:\n        open('/proc/%d/environ' % pid).read()\n        results.append('read')\n"
+        "    except OSError as exc:\n        results.append(type(exc).__name__)\n"
+        "print('RESULTS', results)\n"
+    )
+    result = run_python(program, runner=pool, limits=LIMITS)
+    assert result.passed and "'killed'" not in result.stdout and "'read'" not in result.stdout, result
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    assert _one_sandbox(pool).runs == 2
+
+
+def test_a_dead_sandbox_is_replaced(pool: sandbox_pool.PooledBwrapRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    first = _one_sandbox(pool)
+    first.proc.kill()
+    first.proc.wait()
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    second = _one_sandbox(pool)
+    assert second is not first
+    monkeypatch.setattr(sandbox_pool, "RUNS_PER_SANDBOX", 2)
+    assert run_python("pass", runner=pool, limits=LIMITS).passed  # its 2nd run: retired after it
+    assert second.proc.poll() is not None
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+
+
+def test_output_limits_and_exit_status_as_in_the_plain_runner(pool: sandbox_pool.PooledBwrapRunner) -> None:
+    flood = run_python("import sys\nsys.stdout.write('x' * 100000)\n", runner=pool, limits=LIMITS, max_output=1000)
+    assert flood.output_exceeded and not flood.passed and len(flood.stdout) <= 1000
+    failed = run_python("import sys\nsys.stderr.write('boom')\nsys.exit(3)\n", runner=pool, limits=LIMITS)
+    assert failed.returncode == 3 and failed.stderr == "boom"
+    with pytest.raises(ValueError, match="leaves the run directory"):
+        pool.run([sys.executable, "x.py"], files={"../x.py": ""})
+
+
+def test_the_pool_is_the_default_as_root_and_per_program_stays_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runner.RUNNER_ENV, raising=False)
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "bwrap")
+    monkeypatch.delenv(sandbox.BWRAP_MODE_ENV, raising=False)
+    assert isinstance(runner.get_runner(), sandbox_pool.PooledBwrapRunner)
+    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "per-program")
+    chosen = runner.get_runner()
+    assert type(chosen) is sandbox.BwrapRunner
+    assert run_python("pass", runner=chosen, limits=LIMITS).passed
+    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "pooled")
+    with pytest.raises(EvsysError, match="EVSYS_VERIFIER_BWRAP: unknown mode 'pooled'; expected one of pool, "):
+        runner.get_runner()
+
+
+def test_where_the_pool_cannot_run_programs_get_a_bwrap_each(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(runner.RUNNER_ENV, raising=False)
+    monkeypatch.delenv(sandbox.BWRAP_MODE_ENV, raising=False)
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "bwrap")
+    monkeypatch.setattr(sandbox, "_RUNNERS", {})
+    monkeypatch.setattr(sandbox_pool, "pool_problem", lambda: "bwrap: Unknown cap: CAP_SETUID")
+    with caplog.at_level("WARNING", logger="evsys.verifiers"):
+        chosen = runner.get_runner()
+    assert type(chosen) is sandbox.BwrapRunner
+    assert [r.getMessage() for r in caplog.records] == [
+        "the pooled bubblewrap sandbox cannot run (bwrap: Unknown cap: CAP_SETUID): one bwrap per program"
+    ]
+
+
+def test_without_root_bubblewrap_runs_one_sandbox_per_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "pool")
+    assert sandbox.bwrap_mode() == "per-program"
+    assert sandbox_pool.pool_problem.__wrapped__() == "the pooled sandbox switches uids, which needs root"
+
+
+def test_a_sandbox_that_ended_while_idle_costs_no_program(pool: sandbox_pool.PooledBwrapRunner) -> None:
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    box = _one_sandbox(pool)
+    with open(f"/proc/{box.proc.pid}/task/{box.proc.pid}/children") as handle:
+        (init,) = handle.read().split()
+    with open(f"/proc/{init}/task/{init}/children") as handle:
+        (supervisor,) = handle.read().split()
+    os.kill(int(supervisor), signal.SIGKILL)
+    box.proc.wait()
+    box.proc.poll = lambda: None  # type: ignore[method-assign]  # as if it ended just after it was taken
+    result = run_python("pass", runner=pool, limits=LIMITS)
+    assert result.passed, result
+    assert _one_sandbox(pool) is not box
