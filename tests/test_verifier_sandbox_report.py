@@ -49,7 +49,8 @@ def test_validate_deep_names_the_sandbox(project: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(sandbox, "bwrap_problem", lambda: None)
     result = validate_config(project, deep=True)
     assert result.ok, [p.format() for p in result.problems]
-    assert "; deep: 40 examples, 1 benchmark with 1 task; verifier programs: bwrap (bubblewrap 0.8.0)" in result.summary()
+    assert "; deep: 40 examples, 1 benchmark with 1 task" in result.summary()
+    assert "; verifier programs: bwrap (bubblewrap 0.8.0)" in result.summary()
 
 
 def test_validate_deep_warns_when_programs_would_run_unsandboxed(
