@@ -143,7 +143,20 @@ _PRLIMIT_NAMES = {
     "RLIMIT_FSIZE": "fsize",
     "RLIMIT_NOFILE": "nofile",
     "RLIMIT_NPROC": "nproc",
+    "RLIMIT_MSGQUEUE": "msgqueue",
+    "RLIMIT_CORE": "core",
 }
+
+
+def limited_argv(argv: Sequence[str], rlimits: Mapping[str, tuple[int, int]], prlimit: str | None) -> list[str]:
+    """``argv`` started under ``rlimits`` (``{"RLIMIT_AS": (soft, hard), ...}``): through util-linux's
+    ``prlimit`` where there is one, else through a small Python launcher that sets them and execs."""
+    if not rlimits:
+        return list(argv)
+    if prlimit:
+        flags = [f"--{_PRLIMIT_NAMES[name]}={soft}:{hard}" for name, (soft, hard) in rlimits.items()]
+        return [prlimit, *flags, "--", *argv]
+    return [sys.executable, "-S", "-E", "-s", "-c", _LAUNCHER, json.dumps(dict(rlimits)), *argv]
 
 
 def _rlimits(limits: Limits, timeout: float) -> dict[str, tuple[int, int]]:
@@ -233,13 +246,7 @@ class LocalRunner:
         self.prlimit = shutil.which("prlimit") if prlimit == "auto" else prlimit
 
     def _wrap(self, argv: Sequence[str], limits: Limits, timeout: float) -> list[str]:
-        rlimits = _rlimits(limits, timeout)
-        if not rlimits:
-            return list(argv)
-        if self.prlimit:
-            flags = [f"--{_PRLIMIT_NAMES[name]}={soft}:{hard}" for name, (soft, hard) in rlimits.items()]
-            return [self.prlimit, *flags, "--", *argv]
-        return [sys.executable, "-S", "-E", "-s", "-c", _LAUNCHER, json.dumps(rlimits), *argv]
+        return limited_argv(argv, _rlimits(limits, timeout), self.prlimit)
 
     def run(
         self,

@@ -41,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from evsys.verifiers.runner import _LAUNCHER, DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, minimal_env
+from evsys.verifiers.runner import DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, limited_argv, minimal_env
 from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, BwrapRunner, _binds
 
 __all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
@@ -194,12 +194,7 @@ class PooledBwrapRunner(BwrapRunner):
     def _limited(self, argv: Sequence[str], limits: Limits, timeout: float) -> list[str]:
         """``argv`` under the run's resource limits, plus no POSIX message queues and no core files."""
         rlimits = {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
-        if self.prlimit:
-            flags = [
-                f"--{name.removeprefix('RLIMIT_').lower()}={soft}:{hard}" for name, (soft, hard) in rlimits.items()
-            ]
-            return [self.prlimit, *flags, "--", *argv]
-        return [sys.executable, "-S", "-E", "-s", "-c", _LAUNCHER, json.dumps(rlimits), *argv]
+        return limited_argv(argv, rlimits, self.prlimit)
 
     def run(
         self,
