@@ -21,7 +21,7 @@ from typing import Any
 
 from evsys.schema.config import RunConfig
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
-from evsys.schema.jsontypes import field_shape
+from evsys.schema.jsontypes import field_shape, json_type_name
 from evsys.schema.registry import PluginRegistry
 from evsys.schema.validation import ValidatedConfig, _model_at, validate_document
 from evsys.schema.yaml_source import FieldPath, YamlDocument, format_field_path, load_yaml_file, parse_yaml
@@ -99,20 +99,6 @@ class OverriddenDocument(YamlDocument):
         return super().locate(field_path)
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def _field_types(data: Any, path: FieldPath, registry: PluginRegistry) -> frozenset[str] | None:
     """The JSON types the schema allows at ``path`` (None when unknown, e.g. inside a free-form mapping)."""
     name = path[-1] if path else None
@@ -141,7 +127,7 @@ def _typed(override: Override, data: Any, registry: PluginRegistry) -> Any:
     if not override.parse_yaml or isinstance(value, str):
         return value
     allowed = _field_types(data, override.path, registry)
-    kind = _json_type(value)
+    kind = json_type_name(value)
     fits = allowed is None or kind in allowed or (kind == "integer" and "number" in allowed)
     return value if fits or "string" not in allowed else override.raw  # type: ignore[operator]
 

@@ -36,7 +36,7 @@ _CACHE: dict[tuple[type, str], _Shape] = {}
 def _literal_types(values: Sequence[Any]) -> Allowed:
     found: set[str] = set()
     for value in values:
-        kind = _value_type(value)
+        kind = json_type_name(value)
         if kind is None:
             return None
         found.add(kind)
@@ -92,7 +92,8 @@ def _shape(annotation: Any) -> _Shape:
     return _ANY
 
 
-def _value_type(value: Any) -> str | None:
+def json_type_name(value: Any) -> str | None:
+    """The JSON Schema type of a parsed value (``"integer"``, ``"string"``, ...); ``None`` for other objects."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -111,7 +112,7 @@ def _value_type(value: Any) -> str | None:
 
 
 def _fits(value: Any, allowed: frozenset[str]) -> bool:
-    kind = _value_type(value)
+    kind = json_type_name(value)
     if kind is None or kind in allowed or kind in ("array", "object"):
         return True  # containers of the wrong kind: pydantic's own message is the better one
     if kind == "integer" and "number" in allowed:
@@ -132,7 +133,7 @@ def _check(value: Any, shape: _Shape, where: str) -> None:
         raise PydanticCustomError(
             "json_type",
             "Input should be a valid {expected}{where}, got {got} {shown}",
-            {"expected": _describe(shape.allowed), "where": where, "got": _value_type(value), "shown": shown},
+            {"expected": _describe(shape.allowed), "where": where, "got": json_type_name(value), "shown": shown},
         )
     item = shape.item
     if item is None or item.allowed is None:
