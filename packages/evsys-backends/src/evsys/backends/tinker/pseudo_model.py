@@ -37,7 +37,7 @@ class PseudoModel:
 
     def distribution(self, context: Sequence[int], version: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, logprobs)`` of the candidates after ``context``, most likely first (memoized)."""
-        key = (version, tuple(int(t) for t in context))
+        key = (version, tuple(map(int, context)))
         found = self._cache.get(key)
         if found is None:
             if len(self._cache) >= CACHE_SIZE:
