@@ -159,3 +159,16 @@ def test_the_program_has_no_privileges_and_sees_only_its_sandbox() -> None:
     assert max(seen["pids"]) < 10  # its own pid namespace: none of the host's processes
     assert {"home", "var", "sys", "mnt"}.isdisjoint(seen["root"])  # only the read-only binds and its /tmp
     assert seen["etc"] == ["ld.so.cache"]  # no passwd, no ssh keys, no credentials
+
+
+def test_the_interpreter_is_bound_after_the_private_tmp() -> None:
+    """An interpreter under /tmp (a CI checkout's venv) stays visible: its binds come after the tmpfs."""
+    from evsys.verifiers.sandbox_pool import PooledBwrapRunner
+
+    per_program = sandbox.BwrapRunner(bwrap="bwrap").command([sys.executable, "-c", "pass"], runner.Limits(), 5.0, [])
+    pooled = PooledBwrapRunner(bwrap="bwrap")._command(sys.executable, None)
+    for cmd in (per_program, pooled):
+        tmpfs = cmd.index("--tmpfs")
+        assert cmd[tmpfs + 1] == "/tmp"
+        binds = [i for i, arg in enumerate(cmd) if arg == "--ro-bind"]
+        assert binds and min(binds) > tmpfs, cmd

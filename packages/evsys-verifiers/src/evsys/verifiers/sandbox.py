@@ -157,10 +157,10 @@ class BwrapRunner(LocalRunner):
             namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         else:
             namespaces = ["--unshare-all"]
-        cmd = [self.bwrap, *namespaces, "--die-with-parent", "--new-session", *_binds(argv[0])]
-        cmd += ["--dev", "/dev", "--proc", "/proc"]
+        cmd = [self.bwrap, *namespaces, "--die-with-parent", "--new-session", "--dev", "/dev", "--proc", "/proc"]
         disk = limits.disk_bytes
         cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp"]
+        cmd += _binds(argv[0])  # after the private /tmp, so an interpreter under /tmp (a venv there) stays visible
         made = {WORKDIR}
         cmd += ["--perms", "0777", "--dir", WORKDIR]
         for fd, path in files:

@@ -158,9 +158,10 @@ class PooledBwrapRunner(BwrapRunner):
 
     def _command(self, argv0: str, disk: int | None) -> list[str]:
         namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-        cmd = [self.bwrap, *namespaces, "--new-session", *_merged_binds(_binds(sys.executable), _binds(argv0))]
-        cmd += ["--dev", "/dev", "--proc", "/proc"]
-        cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp", "--chdir", "/"]
+        cmd = [self.bwrap, *namespaces, "--new-session", "--dev", "/dev", "--proc", "/proc"]
+        cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp"]
+        # after the private /tmp, so an interpreter under /tmp (a venv there) stays visible
+        cmd += [*_merged_binds(_binds(sys.executable), _binds(argv0)), "--chdir", "/"]
         cmd += [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)] + ["--"]
         return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR]
 
