@@ -192,10 +192,11 @@ def test_conversion_is_atomic_and_stamped(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_plugin_registers_the_checker() -> None:
     from evsys.backends import plugin
-    from evsys.schema.registry import BackendRegistrar, PluginRegistry, load_object
+    from evsys.schema.registry import PluginRegistry, Registrar, load_object
 
-    registry = PluginRegistry()
-    plugin.evsys_register_backends(BackendRegistrar(registry, "evsys-backends"))
+    registry, register = PluginRegistry(), Registrar("evsys-backends")
+    plugin.evsys_register(register)
+    registry.add_all(register.registrations)
     registration = registry.get("backend", "local")
     assert registration.params is LocalBackendParams
     assert load_object(registration.meta["checker"]) is check_model_name

@@ -22,15 +22,11 @@ def _registry() -> PluginRegistry:
     module = types.ModuleType("listing_plugin")
 
     @hookimpl
-    def evsys_register_backends(registry: Any) -> None:
-        registry.register("back", "x:Back", params=NoParams, description="A backend.")
+    def evsys_register(register: Any) -> None:
+        register.backend("back", "x:Back", params=NoParams, description="A backend.")
+        register.metric("accuracy", "x:acc", description="Fraction passing.")
 
-    @hookimpl
-    def evsys_register_metrics(registry: Any) -> None:
-        registry.register("accuracy", "x:acc", description="Fraction passing.")
-
-    module.evsys_register_backends = evsys_register_backends  # type: ignore[attr-defined]
-    module.evsys_register_metrics = evsys_register_metrics  # type: ignore[attr-defined]
+    module.evsys_register = evsys_register  # type: ignore[attr-defined]
     registry = build_registry(plugins=[("listing-plugin", module)], autoload=False)
     registry.broken.append(BrokenPlugin("oops", "evsys-oops", "1.2", "ImportError: nope"))
     return registry

@@ -36,18 +36,15 @@ def _toy_plugin(checker: str | None, requires: tuple[str, ...]) -> types.ModuleT
     module = types.ModuleType("toy_deep_plugin")
 
     @hookimpl
-    def evsys_register_algorithms(registry: Any) -> None:
-        registry.register(
+    def evsys_register(register: Any) -> None:
+        register.algorithm(
             "toy",
             "toy_impl:Toy",
             params=ToyParams,
             row_models=(PromptExample,),
             templates={"user_template": frozenset(), "teacher_template": frozenset({"expected"})},
         )
-
-    @hookimpl
-    def evsys_register_backends(registry: Any) -> None:
-        registry.register(
+        register.backend(
             "back",
             "toy_impl:Back",
             params=NoParams,
@@ -55,15 +52,10 @@ def _toy_plugin(checker: str | None, requires: tuple[str, ...]) -> types.ModuleT
             install_hint="pip install toy-extras",
             checker=checker,
         )
+        register.transform("qa", "toy_transforms:qa")
+        register.transform("gone", "toy_transforms_missing:qa")
 
-    @hookimpl
-    def evsys_register_transforms(registry: Any) -> None:
-        registry.register("qa", "toy_transforms:qa")
-        registry.register("gone", "toy_transforms_missing:qa")
-
-    module.evsys_register_algorithms = evsys_register_algorithms  # type: ignore[attr-defined]
-    module.evsys_register_backends = evsys_register_backends  # type: ignore[attr-defined]
-    module.evsys_register_transforms = evsys_register_transforms  # type: ignore[attr-defined]
+    module.evsys_register = evsys_register  # type: ignore[attr-defined]
     return module
 
 
@@ -102,12 +94,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (tmp_path / "toy_transforms.py").write_text(
         "def qa(row):\n    return {'inputs': {'question': row['q']}, 'expected': row['a']}\n"
     )
+    (tmp_path / "toy_impl.py").write_text("class Toy:\n    pass\n\n\nclass Back:\n    pass\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text(ROW * 3)
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "tasks.jsonl").write_text(TASK)
     yield tmp_path
-    for name in ("toy_checks", "toy_transforms"):
+    for name in ("toy_checks", "toy_transforms", "toy_impl"):
         sys.modules.pop(name, None)
 
 
@@ -195,8 +188,9 @@ def test_templates_rows_and_transforms(workdir: Path) -> None:
     assert summary.startswith("FAILED") and not any("raw.jsonl" in p for p in problems)
     config = write(workdir / "g.yaml", data="raw.jsonl", extra=", transform: gone")
     problems, _ = lines(config, make_registry())
-    assert problems[0].startswith(
-        "g.yaml:6:25: data.transform: cannot load transform 'gone' from toy-plugin (toy_transforms_missing:qa): ModuleNotFoundError"
+    assert problems[0] == (
+        "g.yaml:6:25: data.transform: transform 'gone' of plugin toy-plugin has a broken target "
+        "toy_transforms_missing:qa: module 'toy_transforms_missing' not found"
     )
 
 

@@ -38,29 +38,15 @@ def _plugin() -> types.ModuleType:
     module = types.ModuleType("toy_plugin")
 
     @hookimpl
-    def evsys_register_algorithms(registry: Any) -> None:
-        registry.register("toy", "toy:Toy", params=ToyParams, row_models=(PromptExample,), templates={})
-
-    @hookimpl
-    def evsys_register_backends(registry: Any) -> None:
-        registry.register("back", "toy:Back", params=BackParams)
-
-    @hookimpl
-    def evsys_register_callbacks(registry: Any) -> None:
-        registry.register("local_logger", "toy:Logger", params=BackParams)
-
-    @hookimpl
-    def evsys_register_sources(registry: Any) -> None:
-        registry.register("jsonl", "toy:read")
-
-    @hookimpl
-    def evsys_register_metrics(registry: Any) -> None:
+    def evsys_register(register: Any) -> None:
+        register.algorithm("toy", "toy:Toy", params=ToyParams, row_models=(PromptExample,), templates={})
+        register.backend("back", "toy:Back", params=BackParams)
+        register.callback("local_logger", "toy:Logger", params=BackParams)
+        register.source("jsonl", "toy:read")
         for name in ("pass@k", "pass^k", "accuracy"):
-            registry.register(name, f"toy:{name}")
+            register.metric(name, f"toy:{name}")
 
-    for name, value in list(locals().items()):
-        if name.startswith("evsys_"):
-            setattr(module, name, value)
+    module.evsys_register = evsys_register  # type: ignore[attr-defined]
     return module
 
 

@@ -113,8 +113,8 @@ def test_unknown_metric_names_the_registered_ones() -> None:
 class _MetricPlugin:
     @staticmethod
     @hookimpl
-    def evsys_register_metrics(registry):  # type: ignore[no-untyped-def]
-        registry.register("best@k", f"{__name__}:best_at_k")
+    def evsys_register(register):  # type: ignore[no-untyped-def]
+        register.metric("best@k", f"{__name__}:best_at_k")
 
 
 def best_at_k(per_task_scores, *, k=None, answers=None, passed=None):  # type: ignore[no-untyped-def]

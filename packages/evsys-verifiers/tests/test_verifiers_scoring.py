@@ -99,9 +99,9 @@ def test_subprocess_kind(registry: Any) -> None:
 class _KindPlugin:
     @staticmethod
     @hookimpl
-    def evsys_register_verifiers(registry):  # type: ignore[no-untyped-def]
-        registry.register("length_at_most", f"{__name__}:build_length")
-        registry.register_function("starts_with", f"{__name__}:starts_with")
+    def evsys_register(register):  # type: ignore[no-untyped-def]
+        register.verifier("length_at_most", f"{__name__}:build_length")
+        register.verifier_function("starts_with", f"{__name__}:starts_with")
 
 
 def build_length(spec: Any, registry: Any) -> Any:
@@ -204,8 +204,8 @@ def build_sleepy(spec: Any, registry: Any) -> Any:
 class _SleepyPlugin:
     @staticmethod
     @hookimpl
-    def evsys_register_verifiers(registry):  # type: ignore[no-untyped-def]
-        registry.register("sleepy", f"{__name__}:build_sleepy")
+    def evsys_register(register):  # type: ignore[no-untyped-def]
+        register.verifier("sleepy", f"{__name__}:build_sleepy")
 
 
 def test_plugin_kinds_run_on_a_thread_pool() -> None:

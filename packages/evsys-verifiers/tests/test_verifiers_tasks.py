@@ -145,6 +145,7 @@ def test_check_tasks_file(tmp_path: Path, registry: Any) -> None:
         f"{path}:2: verifier.fn_name: unknown verifier function 'contians' (did you mean 'contains'?)",
         f"{path}:3: verifier.kind: unknown verifier kind 'in_proces' (did you mean 'in_process'?)",
         f"{path}:4: verifier.fn_name: a python verifier needs fn_name 'module:function', got 'not a path'",
+        f"{path}:5: verifier.fn_name: python verifier pkg.mod:func: module 'pkg.mod' not found",
         f"{path}:6: verifier.command: a subprocess verifier needs a command",
         f"{path}:7: verifier.options.ignore_cas: unknown option 'ignore_cas' for 'contains' (did you mean 'ignore_case'?)",
         f"{path}:8: verifier: 'contains' needs an expected answer (verifier.expected, target or answer)",
@@ -154,14 +155,23 @@ def test_check_tasks_file(tmp_path: Path, registry: Any) -> None:
     assert check_tasks_file(tmp_path / "missing.jsonl", registry)[0].message == "tasks file not found"
 
 
-def test_check_tasks_file_does_not_import_python_targets(tmp_path: Path, registry: Any) -> None:
+def test_check_tasks_file_finds_python_targets_without_importing_them(
+    tmp_path: Path, registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
-    path = _write(
-        tmp_path / "t.jsonl",
-        [{"task_id": 1, "instruction": "q", "verifier": {"kind": "python", "fn_name": "evsys_never_imported_mod:f"}}],
-    )
-    assert check_tasks_file(path, registry) == []
+    (tmp_path / "evsys_never_imported_mod.py").write_text("import torch\n\n\ndef score(output, expected):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [
+        {"task_id": 1, "instruction": "q", "verifier": {"kind": "python", "fn_name": "evsys_never_imported_mod:score"}},
+        {"task_id": 2, "instruction": "q", "verifier": {"kind": "python", "fn_name": "evsys_never_imported_mod:scroe"}},
+        {"task_id": 3, "instruction": "q", "verifier": {"kind": "python", "fn_name": "evsys_never_imported_mod:scroe"}},
+    ]
+    path = _write(tmp_path / "t.jsonl", rows)
+    assert [p.format() for p in check_tasks_file(path, registry)] == [
+        f"{path}:2: verifier.fn_name: python verifier evsys_never_imported_mod:scroe: "
+        "module 'evsys_never_imported_mod' has no attribute 'scroe' (did you mean 'score'?)"
+    ]
     assert "evsys_never_imported_mod" not in sys.modules
 
 

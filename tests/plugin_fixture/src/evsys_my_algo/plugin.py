@@ -6,7 +6,7 @@ from pydantic import Field
 
 from evsys.schema.params import TrainingParams
 from evsys.schema.plugins import hookimpl
-from evsys.schema.registry import AlgorithmRegistrar
+from evsys.schema.registry import Registrar
 from evsys.schema.rows import PromptExample
 
 
@@ -19,13 +19,12 @@ class MyAlgoParams(TrainingParams):
 
 
 @hookimpl
-def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
-    """Register ``my_algo``."""
-    registry.register(
+def evsys_register(register: Registrar) -> None:
+    """Register ``my_algo`` (its ``prompt_template`` is checked as a template by name)."""
+    register.algorithm(
         "my_algo",
         "evsys_my_algo.algorithm:MyAlgo",
         params=MyAlgoParams,
         row_models=(PromptExample,),
-        templates={"prompt_template": frozenset()},
         description="An example third-party algorithm.",
     )

@@ -6,14 +6,14 @@ from evsys.algorithms.grpo.params import GRPOParams
 from evsys.algorithms.sdft.params import TEACHER_EXTRA_FIELDS, SDFTParams
 from evsys.algorithms.sft.params import SFTParams
 from evsys.schema.plugins import hookimpl
-from evsys.schema.registry import AlgorithmRegistrar
+from evsys.schema.registry import Registrar
 from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample, TaskRow
 
 
 @hookimpl
-def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
+def evsys_register(register: Registrar) -> None:
     """Register ``sdft``, ``sft`` and ``grpo``."""
-    registry.register(
+    register.algorithm(
         "sdft",
         "evsys.algorithms.sdft.algorithm:SDFT",
         params=SDFTParams,
@@ -21,7 +21,7 @@ def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
         templates={"user_template": frozenset(), "teacher_template": TEACHER_EXTRA_FIELDS},
         description="Self-distillation: on-policy rollouts distilled toward the frozen base model shown the gold answer.",
     )
-    registry.register(
+    register.algorithm(
         "sft",
         "evsys.algorithms.sft.algorithm:SFT",
         params=SFTParams,
@@ -29,7 +29,7 @@ def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
         templates={"user_template": frozenset()},
         description="Supervised fine-tuning: cross-entropy on gold answers / assistant turns, prompt masked.",
     )
-    registry.register(
+    register.algorithm(
         "grpo",
         "evsys.algorithms.grpo.algorithm:GRPO",
         params=GRPOParams,

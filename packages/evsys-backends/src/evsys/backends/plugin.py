@@ -5,13 +5,13 @@ from __future__ import annotations
 from evsys.backends.local.params import LocalBackendParams
 from evsys.backends.tinker.params import TinkerBackendParams
 from evsys.schema.plugins import hookimpl
-from evsys.schema.registry import BackendRegistrar
+from evsys.schema.registry import Registrar
 
 
 @hookimpl
-def evsys_register_backends(registry: BackendRegistrar) -> None:
+def evsys_register(register: Registrar) -> None:
     """Register ``local`` (torch + transformers + peft) and ``tinker`` (the remote service)."""
-    registry.register(
+    register.backend(
         "local",
         "evsys.backends.local.backend:LocalBackend",
         params=LocalBackendParams,
@@ -20,7 +20,7 @@ def evsys_register_backends(registry: BackendRegistrar) -> None:
         checker="evsys.backends.local.resolve:check_model_name",
         description="torch + transformers + peft on this machine (CPU, or CUDA when present).",
     )
-    registry.register(
+    register.backend(
         "tinker",
         "evsys.backends.tinker.backend:TinkerBackend",
         params=TinkerBackendParams,

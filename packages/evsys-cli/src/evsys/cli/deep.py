@@ -55,6 +55,7 @@ class _Checker:
         self.document = validated.document
         self.registry = registry
         self.report = DeepReport()
+        self.broken_targets: set[tuple[str, str]] = set()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -82,6 +83,27 @@ class _Checker:
         return message
 
     # -- the checks ----------------------------------------------------------------------------
+
+    def targets(self) -> None:
+        """Every registered ``module:attr`` target the run will load exists: module found, attribute in its source.
+
+        Nothing is imported but the targets' parent packages; a broken target is one line naming the plugin.
+        """
+        config = self.config
+        used: list[tuple[str, str, FieldPath]] = [
+            ("backend", config.backend.kind, ("backend", "kind")),
+            ("algorithm", config.algorithm.kind, ("algorithm", "kind")),
+            *(("callback", spec.kind, ("callbacks", i, "kind")) for i, spec in enumerate(config.callbacks)),
+            ("source", config.data.source_kind, ("data", "source_kind")),
+        ]
+        if config.data.transform:
+            used.append(("transform", config.data.transform, ("data", "transform")))
+        for kind, name, field_path in used:
+            registration = self.registry.find(kind, name)
+            problem = registration.target_problem() if registration is not None else None
+            if problem is not None:
+                self.broken_targets.add((kind, name))
+                self.at(field_path, problem)
 
     def backend(self) -> None:
         """The backend's optional dependencies are installed and its model check passes."""
@@ -162,7 +184,9 @@ class _Checker:
             if path.is_dir():
                 self.at(("data", "path"), f"is a directory, expected a file: {spec.path}")
                 return
-        ok = True
+        ok = not self.broken_targets & {("source", spec.source_kind), ("transform", spec.transform or "")}
+        if not ok:
+            return
         try:
             self.registry.get("source", spec.source_kind).load()
         except EvsysError as exc:
@@ -356,9 +380,9 @@ def _count_rows(path: Path) -> int:
 
 
 def run_deep_checks(validated: ValidatedConfig, registry: PluginRegistry) -> DeepReport:
-    """Run every deep check; problems come in config order (model, backend, callbacks, algorithm, data, benchmarks)."""
+    """Run every deep check; problems come in config order (plugin targets, model, backend, callbacks, algorithm, data, benchmarks)."""
     checker = _Checker(validated, registry)
-    for step in (checker.backend, checker.callbacks, checker.data, checker.prompts, checker.benchmarks):
+    for step in (checker.targets, checker.backend, checker.callbacks, checker.data, checker.prompts, checker.benchmarks):
         try:
             step()
         except EvsysError as exc:

@@ -1,16 +1,16 @@
-"""Registers the built-in data sources ``jsonl`` and ``hf``, and the transforms made with ``@register_transform``."""
+"""Registers the built-in data sources ``jsonl`` and ``hf``."""
 
 from __future__ import annotations
 
 from evsys.schema.plugins import hookimpl
-from evsys.schema.registry import SourceRegistrar
+from evsys.schema.registry import Registrar
 
 
 @hookimpl
-def evsys_register_sources(registry: SourceRegistrar) -> None:
+def evsys_register(register: Registrar) -> None:
     """Register ``jsonl`` (one JSON object per line) and ``hf`` (Hugging Face ``datasets``)."""
-    registry.register("jsonl", "evsys.data.jsonl:read_jsonl", description="One JSON object per line.")
-    registry.register(
+    register.source("jsonl", "evsys.data.jsonl:read_jsonl", description="One JSON object per line.")
+    register.source(
         "hf",
         "evsys.data.hf:read_hf",
         description=(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from evsys.logging.params import ConsoleParams, LocalLoggerParams, MlflowParams, TensorBoardParams, WandbParams
 from evsys.schema.plugins import hookimpl
-from evsys.schema.registry import CallbackRegistrar
+from evsys.schema.registry import Registrar
 
 
 def install_hint(extra: str) -> str:
@@ -18,21 +18,21 @@ def install_hint(extra: str) -> str:
 
 
 @hookimpl
-def evsys_register_callbacks(registry: CallbackRegistrar) -> None:
+def evsys_register(register: Registrar) -> None:
     """Register ``local_logger``, ``console``, ``tensorboard``, ``wandb`` and ``mlflow``."""
-    registry.register(
+    register.callback(
         "local_logger",
         "evsys.logging.local:LocalLogger",
         params=LocalLoggerParams,
         description="metrics.jsonl, predictions/<benchmark>.jsonl and summary.md in the run directory.",
     )
-    registry.register(
+    register.callback(
         "console",
         "evsys.logging.console:ConsoleProgress",
         params=ConsoleParams,
         description="A progress line per step on stderr.",
     )
-    registry.register(
+    register.callback(
         "tensorboard",
         "evsys.logging.tensorboard_tracker:TensorBoardTracker",
         params=TensorBoardParams,
@@ -40,7 +40,7 @@ def evsys_register_callbacks(registry: CallbackRegistrar) -> None:
         install_hint=install_hint("tensorboard"),
         description="TensorBoard event files (metrics, config, summary) in <run dir>/tensorboard; needs evsys-logging[tensorboard].",
     )
-    registry.register(
+    register.callback(
         "wandb",
         "evsys.logging.wandb_tracker:WandbTracker",
         params=WandbParams,
@@ -48,7 +48,7 @@ def evsys_register_callbacks(registry: CallbackRegistrar) -> None:
         install_hint=install_hint("wandb"),
         description="A Weights & Biases run (offline in <run dir>/wandb by default): metrics, config, summary; needs evsys-logging[wandb].",
     )
-    registry.register(
+    register.callback(
         "mlflow",
         "evsys.logging.mlflow_tracker:MlflowTracker",
         params=MlflowParams,

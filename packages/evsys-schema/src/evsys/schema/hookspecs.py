@@ -1,64 +1,34 @@
-"""The pluggy hook specifications of EvSys (project name ``evsys``, entry-point group ``evsys``).
+"""The pluggy hook specification of EvSys (project name ``evsys``, entry-point group ``evsys``).
 
-A plugin is a module with functions marked ``@hookimpl`` and named as below; each is handed a
-typed registrar and registers names with lazy ``"module:attr"`` targets::
+A plugin is a module with one function ``evsys_register`` marked ``@hookimpl``; it is handed a
+:class:`~evsys.schema.registry.Registrar` with one method per kind, each taking a name and a lazy
+``"module:attr"`` target::
 
     from evsys.schema.plugins import hookimpl
 
     @hookimpl
-    def evsys_register_verifiers(registry):
-        registry.register_function("starts_with", "my_pkg.verify:starts_with")
+    def evsys_register(register):
+        register.verifier_function("starts_with", "my_pkg.verify:starts_with")
+        register.algorithm("my_algo", "my_pkg.algorithm:MyAlgo", params=MyAlgoParams)
 """
 
 from __future__ import annotations
 
 import pluggy
 
-from evsys.schema.registry import (
-    AlgorithmRegistrar,
-    BackendRegistrar,
-    CallbackRegistrar,
-    MetricRegistrar,
-    SourceRegistrar,
-    TransformRegistrar,
-    VerifierRegistrar,
-)
+from evsys.schema.registry import Registrar
 
 PROJECT_NAME = "evsys"
+HOOK_NAME = "evsys_register"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def evsys_register_algorithms(registry: AlgorithmRegistrar) -> None:
-    """Register post-training algorithms (``algorithm.kind``)."""
+def evsys_register(register: Registrar) -> None:
+    """Register this plugin's algorithms, backends, verifiers, transforms, callbacks, sources and metrics.
 
-
-@hookspec
-def evsys_register_backends(registry: BackendRegistrar) -> None:
-    """Register training backends (``backend.kind``)."""
-
-
-@hookspec
-def evsys_register_verifiers(registry: VerifierRegistrar) -> None:
-    """Register verifier kinds (``verifier.kind``) and in-process functions (``verifier.fn_name``)."""
-
-
-@hookspec
-def evsys_register_transforms(registry: TransformRegistrar) -> None:
-    """Register data transforms (``data.transform``)."""
-
-
-@hookspec
-def evsys_register_callbacks(registry: CallbackRegistrar) -> None:
-    """Register run callbacks (``callbacks[].kind``)."""
-
-
-@hookspec
-def evsys_register_sources(registry: SourceRegistrar) -> None:
-    """Register data sources (``data.source_kind``)."""
-
-
-@hookspec
-def evsys_register_metrics(registry: MetricRegistrar) -> None:
-    """Register benchmark metrics (``metadata.benchmark[].metrics``)."""
+    ``register`` records every name under the plugin's distribution; a name another plugin also
+    registers stays reachable as ``distribution:name``. Import only light modules here (params
+    models): targets load when a run needs them.
+    """

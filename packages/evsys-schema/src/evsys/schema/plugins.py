@@ -1,9 +1,11 @@
 """Build the plugin manager and the registry of everything the installed plugins register.
 
-Entry points of group ``evsys`` are loaded one by one, so a plugin that fails to import is
-recorded in :attr:`PluginRegistry.broken` and does not break the others. Set
-``EVSYS_DISABLE_PLUGIN_AUTOLOAD=1`` to load none; tests build their own manager with
-:func:`build_registry` and explicit ``plugins``.
+Entry points of group ``evsys`` are loaded one by one, so a plugin that fails to import, defines
+a hook EvSys does not call, or raises in its ``evsys_register`` hook is recorded in
+:attr:`PluginRegistry.broken` and does not break the others. Set ``EVSYS_DISABLE_PLUGIN_AUTOLOAD=1``
+to load none; tests build their own manager with :func:`build_registry` and explicit ``plugins``.
+Registrations made in this process (:func:`register_in_process`, used by ``@register_transform``)
+join every registry built afterwards, and the process-wide one.
 """
 
 from __future__ import annotations
@@ -17,34 +19,23 @@ import pluggy
 
 from evsys.schema import hookspecs
 from evsys.schema.errors import PluginError
-from evsys.schema.hookspecs import PROJECT_NAME, hookimpl
-from evsys.schema.registry import (
-    AlgorithmRegistrar,
-    BackendRegistrar,
-    BrokenPlugin,
-    CallbackRegistrar,
-    MetricRegistrar,
-    PluginRegistry,
-    Registrar,
-    SourceRegistrar,
-    TransformRegistrar,
-    VerifierRegistrar,
-)
+from evsys.schema.hookspecs import HOOK_NAME, PROJECT_NAME, hookimpl
+from evsys.schema.registry import BrokenPlugin, PluginRegistry, Registrar, Registration
 
-__all__ = ["DISABLE_AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "build_registry", "default_registry", "hookimpl", "reset_default_registry"]
+__all__ = [
+    "DISABLE_AUTOLOAD_ENV",
+    "ENTRY_POINT_GROUP",
+    "build_registry",
+    "default_registry",
+    "hookimpl",
+    "register_in_process",
+    "reset_default_registry",
+]
 
 ENTRY_POINT_GROUP = "evsys"
 DISABLE_AUTOLOAD_ENV = "EVSYS_DISABLE_PLUGIN_AUTOLOAD"
 
-_HOOKS: tuple[tuple[str, type[Registrar]], ...] = (
-    ("evsys_register_algorithms", AlgorithmRegistrar),
-    ("evsys_register_backends", BackendRegistrar),
-    ("evsys_register_verifiers", VerifierRegistrar),
-    ("evsys_register_transforms", TransformRegistrar),
-    ("evsys_register_callbacks", CallbackRegistrar),
-    ("evsys_register_sources", SourceRegistrar),
-    ("evsys_register_metrics", MetricRegistrar),
-)
+_IN_PROCESS: list[Registration] = []
 
 
 def _autoload_disabled() -> bool:
@@ -58,7 +49,8 @@ def build_registry(
 ) -> PluginRegistry:
     """Build a registry from entry points (unless disabled) plus ``plugins`` given as ``(distribution, module)``.
 
-    A duplicate name raises :class:`PluginError` naming both distributions.
+    A plugin that registers one name twice or a malformed target is broken (listed in ``registry.broken``,
+    none of its names registered); two plugins registering one name both stay, as ``distribution:name``.
     """
     if autoload is None:
         autoload = not _autoload_disabled()
@@ -74,6 +66,11 @@ def build_registry(
             manager.register(module, name=name)
         except Exception as exc:  # a malformed plugin is reported, not fatal
             registry.broken.append(BrokenPlugin(name, distribution, version, f"{type(exc).__name__}: {exc}"))
+            return
+        unknown = sorted(caller.name for caller in manager.get_hookcallers(module) or [] if caller.spec is None)
+        if unknown:
+            manager.unregister(module)
+            registry.broken.append(BrokenPlugin(name, distribution, version, _unknown_hooks_message(unknown)))
             return
         origin[id(module)] = (distribution, version)
 
@@ -95,18 +92,39 @@ def build_registry(
     for distribution, module in plugins:
         add_plugin(distribution, module, distribution, _version_of(distribution))
 
-    for hook_name, registrar_type in _HOOKS:
-        caller = getattr(manager.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            distribution, version = origin.get(id(impl.plugin), (impl.plugin_name, ""))
-            registrar = registrar_type(registry, distribution, version)
-            try:
-                impl.function(registry=registrar)
-            except PluginError:
-                raise
-            except Exception as exc:  # a hook that raises marks its plugin broken
-                registry.broken.append(BrokenPlugin(impl.plugin_name, distribution, version, f"{hook_name}: {type(exc).__name__}: {exc}"))
+    for impl in reversed(getattr(manager.hook, HOOK_NAME).get_hookimpls()):
+        distribution, version = origin.get(id(impl.plugin), (impl.plugin_name, ""))
+        registrar = Registrar(distribution, version)
+        try:
+            impl.function(register=registrar)
+            registry.add_all(registrar.registrations)
+        except Exception as exc:  # a hook that raises marks its plugin broken; none of its names count
+            error = str(exc) if isinstance(exc, PluginError) else f"{HOOK_NAME}: {type(exc).__name__}: {exc}"
+            registry.broken.append(BrokenPlugin(impl.plugin_name, distribution, version, error))
+    for registration in _IN_PROCESS:
+        registry.add(registration)
     return registry
+
+
+def _unknown_hooks_message(hooks: list[str]) -> str:
+    names = ", ".join(hooks)
+    return (
+        f"defines {names}, not an EvSys hook: register every kind in one "
+        f"`@hookimpl def {HOOK_NAME}(register)` (register.algorithm(...), register.callback(...); see docs/plugins.md)"
+    )
+
+
+def register_in_process(registration: Registration) -> None:
+    """Add a registration made in this process (``registration.loaded`` holds the object) to every
+    registry built from now on and to the process-wide one; the same name twice raises :class:`PluginError`."""
+    for earlier in _IN_PROCESS:
+        if (earlier.kind, earlier.name) == (registration.kind, registration.name):
+            if earlier.loaded is registration.loaded:
+                return
+            raise PluginError(f"{registration.label} is registered twice in this process")
+    _IN_PROCESS.append(registration)
+    if _DEFAULT is not None:
+        _DEFAULT.add(registration)
 
 
 def _version_of(distribution: str) -> str:

@@ -71,12 +71,13 @@ def _compose_kind(schema: dict[str, Any], registry: PluginRegistry, kind: str, s
         spec["properties"]["kind"]["enum"] = names
     branches = []
     for registration in registry.registrations(kind):
+        name = registry.name_of(registration)
         if registration.params is None:
-            params_schema: dict[str, Any] = {"type": "object", "maxProperties": 0, "description": f"'{registration.name}' takes no params."}
+            params_schema: dict[str, Any] = {"type": "object", "maxProperties": 0, "description": f"'{name}' takes no params."}
         else:
             sub = _model_schema(registration.params)
             definitions.update(sub.pop("definitions", {}))
-            def_name = f"{kind}.{registration.name}.params"
+            def_name = f"{kind}.{name}.params"
             sub.setdefault("description", registration.description or f"Params of {kind} '{registration.name}'.")
             definitions[def_name] = sub
             params_schema = {"$ref": f"#/definitions/{def_name}"}
@@ -85,7 +86,7 @@ def _compose_kind(schema: dict[str, Any], registry: PluginRegistry, kind: str, s
             then["required"] = ["params"]  # a missing 'params' is validated as {}, which lacks required keys
         branches.append(
             {
-                "if": {"properties": {"kind": {"const": registration.name}}, "required": ["kind"]},
+                "if": {"properties": {"kind": {"const": name}}, "required": ["kind"]},
                 "then": then,
             }
         )

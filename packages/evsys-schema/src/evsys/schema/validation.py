@@ -111,16 +111,7 @@ def _validate_params(
 
 
 def _unknown(registry: PluginRegistry, kind: str, name: str, document: YamlDocument, at: FieldPath) -> Problem:
-    known = registry.names(kind)
-    label = kind.replace("_", " ")
-    broken = ""
-    if registry.broken:
-        broken = f"; broken plugins (see `evsys plugins`): {', '.join(b.distribution for b in registry.broken)}"
-    return Problem(
-        f"unknown {label} '{name}'{did_you_mean(name, known)}; registered: {', '.join(known) or 'none'}{broken}",
-        document.locate(at),
-        format_field_path(at),
-    )
+    return Problem(registry.missing_message(kind, name), document.locate(at), format_field_path(at))
 
 
 def _kind_section(data: dict[str, Any], at: FieldPath) -> tuple[str, dict[str, Any]] | None:

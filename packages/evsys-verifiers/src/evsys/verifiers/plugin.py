@@ -5,9 +5,8 @@ Targets are lazy ``"module:attr"`` strings; importing this module imports nothin
 
 from __future__ import annotations
 
-from typing import Any
-
 from evsys.schema.plugins import hookimpl
+from evsys.schema.registry import Registrar
 
 KINDS: dict[str, tuple[str, str]] = {
     "in_process": ("evsys.verifiers.kinds:build_in_process", "A registered function named by fn_name."),
@@ -37,16 +36,12 @@ METRICS: dict[str, tuple[str, str]] = {
 
 
 @hookimpl
-def evsys_register_verifiers(registry: Any) -> None:
-    """Register the kinds ``in_process``, ``python``, ``subprocess`` and every built-in function."""
+def evsys_register(register: Registrar) -> None:
+    """Register the kinds ``in_process``, ``python``, ``subprocess``, every built-in function and the metrics
+    ``pass@k``, ``mean@k``, ``maj@k``, ``pass^k`` and ``accuracy``."""
     for name, (target, description) in KINDS.items():
-        registry.register(name, target, description=description)
+        register.verifier(name, target, description=description)
     for name, description in FUNCTIONS.items():
-        registry.register_function(name, f"evsys.verifiers.functions:{name}", description=description)
-
-
-@hookimpl
-def evsys_register_metrics(registry: Any) -> None:
-    """Register ``pass@k``, ``mean@k``, ``maj@k``, ``pass^k`` and ``accuracy``."""
+        register.verifier_function(name, f"evsys.verifiers.functions:{name}", description=description)
     for name, (target, description) in METRICS.items():
-        registry.register(name, target, description=description)
+        register.metric(name, target, description=description)

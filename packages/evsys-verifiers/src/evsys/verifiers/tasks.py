@@ -16,7 +16,7 @@ import gc
 import inspect
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from evsys.schema.errors import DataError, Location, Problem
 from evsys.schema.rows import TaskRow, VerifierSpec
 from evsys.schema.suggest import did_you_mean
+from evsys.schema.targets import target_problem
 
 __all__ = [
     "DEFAULT_FUNCTION",
@@ -229,9 +230,8 @@ def verifier_problems(
     if key not in cache:
         cache[key] = registry.find("verifier", kind)
     if cache[key] is None:
-        hint = did_you_mean(kind, registry.names("verifier"))
-        return [Problem(f"unknown verifier kind '{kind}'{hint}", location, "verifier.kind")]
-    problems = []
+        return [Problem(_unknown(registry, "verifier", kind, "verifier kind"), location, "verifier.kind")]
+    problems = _target_problems(cache, ("target", kind), cache[key].target_problem, location, "verifier.kind")
     if spec.sandbox == "bwrap":
         from evsys.verifiers.sandbox import INSTALL_HINT, bwrap_problem
 
@@ -246,8 +246,8 @@ def verifier_problems(
             cache[key] = registry.find("verifier_function", fn_name)
         registration = cache[key]
         if registration is None:
-            hint = did_you_mean(fn_name, registry.names("verifier_function"))
-            return [Problem(f"unknown verifier function '{fn_name}'{hint}", location, "verifier.fn_name")]
+            return [Problem(_unknown(registry, "verifier_function", fn_name, "verifier function"), location, "verifier.fn_name")]
+        problems += _target_problems(cache, ("target", f"fn:{fn_name}"), registration.target_problem, location, "verifier.fn_name")
         info = _builtin_options(fn_name, registration.target)
         if info is not None:
             names, needs_expected = info
@@ -283,9 +283,34 @@ def verifier_problems(
                     "verifier.fn_name",
                 )
             )
+        else:
+            fn_name = spec.fn_name
+
+            def python_target() -> str | None:
+                problem = target_problem(fn_name)
+                return f"python verifier {fn_name}: {problem}" if problem else None
+
+            problems += _target_problems(cache, ("target", fn_name), python_target, location, "verifier.fn_name")
     elif kind == "subprocess" and not spec.command:
         problems.append(Problem("a subprocess verifier needs a command", location, "verifier.command"))
     return problems
+
+
+def _unknown(registry: Any, kind: str, name: str, label: str) -> str:
+    """``unknown verifier function 'x' (did you mean ...)``, or which plugins share the name."""
+    if len(registry.candidates(kind, name)) > 1:
+        return str(registry.missing_message(kind, name))
+    return f"unknown {label} '{name}'{did_you_mean(name, registry.names(kind))}"
+
+
+def _target_problems(
+    cache: dict[tuple[str, str], Any], key: tuple[str, str], check: Callable[[], str | None], location: Location, field: str
+) -> list[Problem]:
+    """A verifier's broken ``module:attr`` target, reported at the first task that names it (``cache`` remembers)."""
+    if key in cache:
+        return []
+    cache[key] = problem = check()
+    return [Problem(problem, location, field)] if problem else []
 
 
 def check_tasks_file(path: str | Path, registry: Any) -> list[Problem]:
