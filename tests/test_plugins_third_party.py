@@ -14,13 +14,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from evsys.cli.main import main
-from evsys.schema.errors import PluginError
+from evsys.schema.errors import UnknownNameError
 from evsys.schema.plugins import DISABLE_AUTOLOAD_ENV, build_registry, reset_default_registry
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -59,7 +60,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield directory
     reset_default_registry()
     for module in [
-        m for m in sys.modules if m.startswith(("evsys_my_algo", "evsys_dup_plugin", "evsys_broken_plugin"))
+        m for m in sys.modules if m.startswith(("evsys_my_algo", "evsys_dup_plugin", "evsys_broken_plugin", "evsys_typo"))
     ]:
         del sys.modules[module]
 
@@ -167,55 +168,149 @@ def test_fixture_is_found_by_a_fresh_interpreter(site: Path) -> None:
     assert ("algorithm", "my_algo", "evsys-my-algo") in names
 
 
-def test_duplicate_name_names_both_packages(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_shared_name_is_namespaced_by_package(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (site / "evsys_dup_plugin.py").write_text(
         textwrap.dedent(
             """\
             from evsys.schema.plugins import hookimpl
             from evsys.schema.params import TrainingParams
-            from evsys.schema.rows import PromptExample
 
             @hookimpl
-            def evsys_register_algorithms(registry):
-                registry.register("my_algo", "evsys_dup_plugin:X", params=TrainingParams, row_models=(PromptExample,))
+            def evsys_register(register):
+                register.algorithm("my_algo", "evsys_dup_plugin:X", params=TrainingParams)
             """
         ),
         encoding="utf-8",
     )
     install_dist(site, "evsys-dup-plugin", "1.0", {"dup": "evsys_dup_plugin"})
-    code, _, err = run_cli(["plugins"], capsys)
+    code, out, err = run_cli(["plugins", "--json"], capsys)
+    assert (code, err) == (0, "")
+    owners = {p["distribution"] for p in json.loads(out)["plugins"] if p["name"] == "my_algo"}
+    assert owners == {"evsys-my-algo", "evsys-dup-plugin"}
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / "bare.yaml", "learning_rate: 1e-4\nmax_steps: 3\n")
+    code, out, err = run_cli(["validate", "bare.yaml"], capsys)
     assert code == 1
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("algorithm 'my_algo' is registered twice: by ")
-    assert "evsys-my-algo" in lines[0] and "evsys-dup-plugin" in lines[0]
+    (line, _) = err.splitlines()
+    assert line.startswith("bare.yaml:4:3: algorithm.kind: algorithm 'my_algo' is registered by ")
+    assert "name one as '" in line and "'evsys-my-algo:my_algo'" in line and "'evsys-dup-plugin:my_algo'" in line
+
+    config = (tmp_path / "bare.yaml").read_text(encoding="utf-8").replace("kind: my_algo", "kind: evsys-my-algo:my_algo")
+    (tmp_path / "named.yaml").write_text(config.replace("max_steps: 3", "max_steps: 3\n    beam_widht: 2"), encoding="utf-8")
+    code, out, err = run_cli(["validate", "named.yaml"], capsys)
+    assert code == 1
+    assert err.splitlines()[0] == "named.yaml:8:5: algorithm.params.beam_widht: unknown key 'beam_widht' (did you mean 'beam_width'?)"
 
 
-def test_duplicate_name_in_process_plugins() -> None:
-    import types
+def make_plugin(name: str, body: str) -> types.ModuleType:
+    """An in-process plugin module whose ``evsys_register`` hook runs ``body`` (with ``register`` in scope)."""
+    module = types.ModuleType(name)
+    header = "from evsys.schema.params import TrainingParams\nfrom evsys.schema.plugins import hookimpl\n\n"
+    exec(header + "@hookimpl\ndef evsys_register(register):\n" + textwrap.indent(body, "    "), module.__dict__)
+    return module
 
-    from evsys.schema.params import TrainingParams
-    from evsys.schema.plugins import hookimpl
-    from evsys.schema.rows import PromptExample
 
-    def make() -> types.ModuleType:
-        module = types.ModuleType("dup")
+def test_shared_names_in_process_plugins() -> None:
+    body = 'register.algorithm("twin", "dup:X", params=TrainingParams)'
+    registry = build_registry(plugins=[("pkg-a", make_plugin("a", body)), ("pkg-b", make_plugin("b", body))], autoload=False)
+    assert registry.names("algorithm") == ["pkg-a:twin", "pkg-b:twin"]
+    assert registry.get("algorithm", "pkg_B:twin").distribution == "pkg-b"
+    with pytest.raises(UnknownNameError) as caught:
+        registry.get("algorithm", "twin")
+    assert str(caught.value) == "algorithm 'twin' is registered by pkg-a and pkg-b: name one as 'pkg-a:twin' or 'pkg-b:twin'"
+
+
+def test_a_plugin_that_registers_a_name_twice_is_broken_alone() -> None:
+    twice = 'register.algorithm("twin", "dup:X", params=TrainingParams)\nregister.transform("once", "dup:t")\n' * 2
+    good = 'register.transform("fine", "ok:t")'
+    registry = build_registry(plugins=[("pkg-twice", make_plugin("t", twice)), ("pkg-good", make_plugin("g", good))], autoload=False)
+    assert [b.error for b in registry.broken] == ["pkg-twice: algorithm 'twin' is registered twice"]
+    assert registry.names("transform") == ["fine"] and registry.names("algorithm") == []
+
+
+def test_a_plugin_written_for_the_per_kind_hooks_gets_one_line() -> None:
+    module = types.ModuleType("old_style")
+    exec(textwrap.dedent("""\
+        from evsys.schema.plugins import hookimpl
 
         @hookimpl
-        def evsys_register_algorithms(registry):  # type: ignore[no-untyped-def]
-            registry.register("twin", "dup:X", params=TrainingParams, row_models=(PromptExample,))
+        def evsys_register_algorithms(registry):
+            registry.register("old", "old:Old")
+        """), module.__dict__)
+    good = make_plugin("g", 'register.transform("fine", "ok:t")')
+    registry = build_registry(plugins=[("evsys-old", module), ("evsys-good", good)], autoload=False)
+    assert [(b.distribution, b.error) for b in registry.broken] == [
+        (
+            "evsys-old",
+            "defines evsys_register_algorithms, not an EvSys hook: register every kind in one "
+            "`@hookimpl def evsys_register(register)` (register.algorithm(...), register.callback(...); see docs/plugins.md)",
+        )
+    ]
+    assert registry.names("transform") == ["fine"]
 
-        module.evsys_register_algorithms = evsys_register_algorithms  # type: ignore[attr-defined]
-        return module
 
-    with pytest.raises(PluginError) as caught:
-        build_registry(plugins=[("pkg-a", make()), ("pkg-b", make())], autoload=False)
-    message = str(caught.value)
-    assert message in (
-        "algorithm 'twin' is registered twice: by pkg-a and by pkg-b",
-        "algorithm 'twin' is registered twice: by pkg-b and by pkg-a",
+TYPO_PLUGIN = """\
+from evsys.schema.plugins import hookimpl
+from evsys.schema.params import NoParams, TrainingParams
+
+@hookimpl
+def evsys_register(register):
+    register.algorithm("typo_algo", "evsys_typo_impl:TypoAlog", params=TrainingParams)
+    register.callback("typo_log", "evsys_typo_impl:TypoLogg", params=NoParams)
+    register.verifier_function("typo_check", "evsys_typo_impl:typo_chek")
+"""
+TYPO_IMPL = """\
+import torch
+
+class TypoAlgo:
+    pass
+
+class TypoLog:
+    pass
+
+def typo_check(output, expected):
+    return 1.0
+"""
+VALIDATE_AND_REPORT_TORCH = """\
+import sys
+from evsys.cli.main import main
+code = main(["validate", "c.yaml", "--deep"])
+print("torch imported:", "torch" in sys.modules, "exit:", code)
+"""
+
+
+def test_a_mistyped_target_fails_validate_deep_with_the_plugins_name(site: Path, tmp_path: Path) -> None:
+    """Algorithm, callback and verifier targets are checked without importing them (torch stays out)."""
+    (site / "evsys_typo_plugin.py").write_text(TYPO_PLUGIN, encoding="utf-8")
+    (site / "evsys_typo_impl.py").write_text(TYPO_IMPL, encoding="utf-8")
+    install_dist(site, "evsys-typo-plugin", "0.1", {"typo": "evsys_typo_plugin"})
+    work = tmp_path / "work"
+    (work / "bench").mkdir(parents=True)
+    (work / "train.jsonl").write_text('{"inputs": {"question": "hi"}, "expected": "x"}\n', encoding="utf-8")
+    task = {"task_id": "t1", "instruction": "q", "verifier": {"kind": "in_process", "fn_name": "typo_check", "expected": "x"}}
+    (work / "bench" / "tasks.jsonl").write_text(json.dumps(task) + "\n", encoding="utf-8")
+    (work / "c.yaml").write_text(
+        "model: {name: smollm2-135m-instruct}\nbackend: {kind: local}\nalgorithm: {kind: typo_algo, params: {max_steps: 1, learning_rate: 0.1}}\n"
+        "data: {path: train.jsonl}\ncallbacks: [{kind: typo_log}]\n"
+        "metadata: {benchmark: [{name: val, path: bench, metrics: [pass@1]}]}\n",
+        encoding="utf-8",
     )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(FIXTURE / "src")]), "EVSYS_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop(DISABLE_AUTOLOAD_ENV, None)
+    done = subprocess.run([sys.executable, "-c", VALIDATE_AND_REPORT_TORCH], cwd=work, capture_output=True, text=True, env=env, check=False)
+    assert done.stdout.splitlines()[-1] == "torch imported: False exit: 1", done.stderr
+    errors = [line for line in done.stderr.splitlines() if "broken target" in line]
+    assert errors == [
+        "c.yaml:3:13: algorithm.kind: algorithm 'typo_algo' of plugin evsys-typo-plugin has a broken target "
+        "evsys_typo_impl:TypoAlog: module 'evsys_typo_impl' has no attribute 'TypoAlog' (did you mean 'TypoAlgo'?)",
+        "c.yaml:5:14: callbacks[0].kind: callback 'typo_log' of plugin evsys-typo-plugin has a broken target "
+        "evsys_typo_impl:TypoLogg: module 'evsys_typo_impl' has no attribute 'TypoLogg' (did you mean 'TypoLog'?)",
+        "bench/tasks.jsonl:1: verifier.fn_name: verifier function 'typo_check' of plugin evsys-typo-plugin has a broken "
+        "target evsys_typo_impl:typo_chek: module 'evsys_typo_impl' has no attribute 'typo_chek' (did you mean 'typo_check'?)",
+    ]
 
 
 def test_broken_plugin_is_listed_and_does_not_break_the_others(site: Path, capsys: pytest.CaptureFixture[str]) -> None:

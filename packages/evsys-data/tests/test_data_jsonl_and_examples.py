@@ -16,7 +16,7 @@ from evsys.data import (
 )
 from evsys.data import plugin as data_plugin
 from evsys.data.transforms import load_transform
-from evsys.schema.errors import DataError
+from evsys.schema.errors import DataError, PluginError
 from evsys.schema.plugins import build_registry, reset_default_registry
 from evsys.schema.rows import ChatExample, PromptExample
 
@@ -78,6 +78,26 @@ def test_load_examples_picks_the_row_model_that_fits(tmp_path: Path, registry) -
     )
     examples = load_examples(path, (PromptExample, ChatExample), registry=registry)
     assert [type(e) for e in examples] == [PromptExample, ChatExample]
+
+
+def test_register_transform_reaches_every_registry_built_afterwards(tmp_path: Path) -> None:
+    """The decorator records the function in the process, not in one registry: an explicit registry
+    (``run(registry=...)``'s) built after it has the transform too."""
+    reset_default_registry(None)
+
+    @register_transform("qa_pairs_explicit")
+    def qa_pairs(row):
+        return {"inputs": {"question": row["q"]}, "expected": row["a"]}
+
+    explicit = build_registry(plugins=[("evsys-data", data_plugin)], autoload=False)
+    registration = explicit.get("transform", "qa_pairs_explicit")
+    assert (registration.load(), registration.target_problem()) == (qa_pairs, None)
+    path = write(tmp_path, '{"q": "Capital of Peru?", "a": "Lima"}\n')
+    (example,) = load_examples(path, (PromptExample,), transform="qa_pairs_explicit", registry=explicit)
+    assert example.model_dump()["expected"] == "Lima"
+    assert register_transform("qa_pairs_explicit")(qa_pairs) is qa_pairs  # the same function again is no clash
+    with pytest.raises(PluginError, match="transform 'qa_pairs_explicit' is registered twice in this process"):
+        register_transform("qa_pairs_explicit")(lambda row: row)
 
 
 def test_load_examples_empty_file_is_an_error(tmp_path: Path, registry) -> None:

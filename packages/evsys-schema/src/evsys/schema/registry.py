@@ -198,7 +198,7 @@ class PluginRegistry:
     def missing_message(self, kind: str, name: str) -> str:
         """Why :meth:`find` found nothing: the plugins that share ``name``, or what is registered (with a hint)."""
         label = kind.replace("_", " ")
-        shared = self.candidates(kind, name)
+        shared = sorted(self.candidates(kind, name), key=lambda r: r.distribution)
         if len(shared) > 1:
             choices = " or ".join(f"'{r.qualified_name}'" for r in shared)
             owners = " and ".join(r.distribution for r in shared)
