@@ -13,12 +13,11 @@ from evsys_acme.callbacks import EventLog
 from evsys_acme.transforms import qa_pairs
 from evsys_acme.verifiers import starts_with
 
-from evsys.schema.plugins import build_registry
-from evsys.testing import check_callback, check_verifier_function
+from evsys.testing import check_callback, check_plugin, check_verifier_function
 
 
 def test_registers_its_three_parts() -> None:
-    registry = build_registry(plugins=[("evsys-acme", evsys_acme.plugin)], autoload=False)
+    registry = check_plugin(evsys_acme.plugin, "evsys-acme")
     assert registry.names("verifier_function") == ["acme_starts_with"]
     assert registry.names("transform") == ["acme_qa_pairs"]
     assert registry.names("callback") == ["acme_event_log"]

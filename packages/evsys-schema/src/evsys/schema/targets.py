@@ -31,7 +31,7 @@ def target_problem(target: str) -> str | None:
     head = attr.split(".")[0]
     loaded = sys.modules.get(module_name)
     if loaded is not None:
-        return None if hasattr(loaded, head) else f"module '{module_name}' has no attribute '{head}'"
+        return None if hasattr(loaded, head) else f"module '{module_name}' has no attribute '{head}'{did_you_mean(head, dir(loaded))}"
     try:
         spec = importlib.util.find_spec(module_name)
     except ModuleNotFoundError:

@@ -1,6 +1,9 @@
-"""evsys.testing: contract checks a plugin author runs against their own backend, verifier, algorithm or callback.
+"""evsys.testing: contract checks a plugin author runs against their own plugin module, backend, verifier, algorithm or callback.
 
-    from evsys.testing import check_backend, check_verifier_function, check_algorithm, check_callback
+    from evsys.testing import check_plugin, check_backend, check_verifier_function, check_algorithm, check_callback
+
+    def test_my_plugin_registers():
+        check_plugin(my_pkg.plugin, "my-pkg")
 
     def test_my_backend_keeps_the_contract():
         check_backend(MyBackend(setup, params))
@@ -21,6 +24,7 @@ from evsys.testing.contracts import (
     check_callback,
     check_verifier_function,
 )
+from evsys.testing.plugins import check_plugin
 
 __all__ = [
     "ContractError",
@@ -28,5 +32,6 @@ __all__ = [
     "check_algorithm",
     "check_backend",
     "check_callback",
+    "check_plugin",
     "check_verifier_function",
 ]
