@@ -5,8 +5,8 @@ called as ``verifier(output, expected)`` and returns a score in [0, 1] (a float,
 :class:`~evsys.verifiers.scoring.Verification`). Plugins add kinds the same way::
 
     @hookimpl
-    def evsys_register_verifiers(registry):
-        registry.register("remote_judge", "my_pkg.judge:build")
+    def evsys_register(register):
+        register.verifier("remote_judge", "my_pkg.judge:build")
 
 ``spec.options`` carries the verifier's options; the option ``threshold`` is reserved (``verify``
 applies it to decide ``passed``) and is not handed to functions.
