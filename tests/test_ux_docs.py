@@ -68,3 +68,103 @@ def test_relative_links_resolve(page: str) -> None:
         assert target.exists(), f"{page}: broken link {link}"
         if anchor and target.suffix == ".md":
             assert anchor in anchors(target), f"{page}: no heading for #{anchor} in {target.relative_to(ROOT)}"
+
+
+#: ``$ command`` lines in console blocks, every line of a bash/sh block, and inline code spans that start with a command
+PROGRAMS = ("evsys", "evsys-verify")
+FENCED = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+INLINE = re.compile(r"`([^`\n]+)`")
+#: inline spans that name the program in passing, not a command line to run
+NOT_COMMANDS = {"evsys <model>"}  # backends-tinker.md: the Tinker session's default display name
+
+
+def documented_commands(page: str) -> list[str]:
+    """Every ``evsys ...`` / ``evsys-verify ...`` command line of a page (commands in pipes and chains included)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    lines: list[str] = []
+    for language, body in FENCED.findall(text):
+        for line in body.splitlines():
+            line = line.strip()
+            if line.startswith("$ "):
+                lines.append(line[2:])
+            elif language in ("bash", "sh", "shell"):
+                lines.append(line)
+    lines += [span for span in INLINE.findall(FENCED.sub("", text)) if span not in NOT_COMMANDS]
+    commands = []
+    for line in lines:
+        for part in re.split(r"\s(?:\|\||&&|;|\|)\s", line.split(" # ")[0].split("  #")[0]):
+            words = re.split(r"\s(?:\d?>>?|<)\s", part)[0].split()  # a redirection ends the command
+            while words and re.match(r"^[A-Z_]+=", words[0]):  # VAR=value before the command
+                words.pop(0)
+            if len(words) > 1 and words[0] in PROGRAMS:
+                commands.append(" ".join(words))
+    return commands
+
+
+def _is_placeholder(word: str) -> bool:
+    return word in ("...", "|") or word.isupper() or word.startswith("<") or re.fullmatch(r"[A-Z_]+(\.\.\.)?", word) is not None
+
+
+def command_problem(line: str) -> str | None:
+    """Why ``line`` is not a command the click tree accepts (an unknown command, option or choice, too many
+    arguments), or None. Resolved against the commands' declared parameters; nothing runs."""
+    import click
+
+    from evsys.cli.main import cli
+    from evsys.verifiers.cli import command as verify_cli
+
+    synopsis = "[" in line  # "evsys validate CONFIG [--deep] [--set KEY=VALUE]"
+    words = [w.strip("[]") for w in line.replace("\\|", "|").split()]
+    words = [w for w in words if w and not (synopsis and w == "|")]
+    program, words = words[0], words[1:]
+    command: click.Command = cli if program == "evsys" else verify_cli
+    name = program
+    positional: list[str] = []
+    while words:
+        word = words.pop(0)
+        if word.startswith("-") and word != "-":
+            flag, has_value, value = word.partition("=")
+            params = command.get_params(click.Context(command))  # with --help / -h
+            option = next((p for p in params if isinstance(p, click.Option) and flag in (*p.opts, *p.secondary_opts)), None)
+            if option is None:
+                return f"{name}: no option {flag}"
+            if not (option.is_flag or option.count):
+                if not has_value:
+                    if not words:
+                        return f"{name}: {flag} needs a value"
+                    value = words.pop(0)
+                choices = getattr(option.type, "choices", None)
+                if choices and not _is_placeholder(value) and "|" not in value and value not in choices:
+                    return f"{name}: {flag} {value} is not one of {', '.join(choices)}"
+            continue
+        if isinstance(command, click.Group):
+            sub = command.commands.get(word)
+            if sub is None:
+                return f"{name}: no command {word} (commands: {', '.join(sorted(command.commands))})"
+            command, name = sub, f"{name} {word}"
+            continue
+        if word != "...":
+            positional.append(word)
+    arguments = [p for p in command.params if isinstance(p, click.Argument)]
+    if not any(a.nargs == -1 for a in arguments) and len(positional) > sum(a.nargs for a in arguments):
+        return f"{name}: {len(positional)} arguments given, it takes {sum(a.nargs for a in arguments)}"
+    return None
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "CHANGELOG.md"])
+def test_documented_commands_are_real(page: str) -> None:
+    """Every documented command line names a real command and real options, resolved against the click tree."""
+    problems = [f"{page}: `{line}`: {problem}" for line in documented_commands(page) if (problem := command_problem(line))]
+    assert problems == []
+
+
+def test_the_command_check_catches_what_it_should() -> None:
+    assert command_problem("evsys validate c.yaml --deep --set a=1") is None
+    assert command_problem("evsys --log-level debug run CONFIG ...") is None
+    assert command_problem("evsys init DIR [--algorithm sdft|sft|grpo] [--backend local|tinker]") is None
+    assert command_problem("evsys validate c.yaml --deeep") == "evsys validate: no option --deeep"
+    assert command_problem("evsys valdate c.yaml") is not None and "no command valdate" in str(command_problem("evsys valdate c.yaml"))
+    assert command_problem("evsys --log-level loud run c.yaml") == "evsys: --log-level loud is not one of debug, info, warning, error"
+    assert command_problem("evsys validate a.yaml b.yaml") == "evsys validate: 2 arguments given, it takes 1"
+    assert command_problem("evsys-verify tasks.jsonl preds.jsonl --metric pass@1") == "evsys-verify: no option --metric"
+    assert documented_commands("docs/cli.md")  # the extraction finds commands at all
