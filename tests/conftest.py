@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,48 @@ def repo_root() -> Path:
 def _shared_model_cache() -> None:
     """Keep the converted bundled model in one cache for the whole session (and between sessions)."""
     os.environ.setdefault("EVSYS_CACHE_DIR", str(REPO_ROOT / ".evsys-cache"))
+
+
+EvsysCli = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def evsys_cli(capsys: pytest.CaptureFixture[str]) -> EvsysCli:
+    """Run ``evsys ARGS`` in this process: ``evsys_cli(["validate", "c.yaml"]) -> (exit code, stdout, stderr)``."""
+    from evsys.cli.main import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        code = main(args)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def build_tiny_workdir(directory: Path) -> Path:
+    """``directory`` with a tiny random Llama at ``tiny/`` and the SDFT walkthrough's data at ``data/``."""
+    from evsys.backends.local.testing import build_tiny_model_dir
+
+    build_tiny_model_dir(directory / "tiny")
+    data = directory / "data"
+    (data / "val").mkdir(parents=True)
+    (data / "train.jsonl").write_text((REPO_ROOT / "examples/sdft_walkthrough/data/train.jsonl").read_text())
+    (data / "val" / "tasks.jsonl").write_text((REPO_ROOT / "examples/sdft_walkthrough/data/val/tasks.jsonl").read_text())
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir() -> Callable[[Path], Path]:
+    """:func:`build_tiny_workdir`, for a test module's ``workdir`` fixture (which :func:`in_workdir` enters)."""
+    return build_tiny_workdir
+
+
+@pytest.fixture
+def in_workdir(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test module's ``workdir`` fixture as the current directory, with line-per-step progress."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("EVSYS_PROGRESS", "lines")
+    return workdir
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,11 @@ import subprocess
 import sys
 import textwrap
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from evsys.cli.main import main
 from evsys.schema.errors import UnknownNameError
 from evsys.schema.plugins import DISABLE_AUTOLOAD_ENV, build_registry, reset_default_registry
 
@@ -65,12 +64,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         del sys.modules[module]
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def write_config(path: Path, params: str) -> Path:
     path.write_text(
         textwrap.dedent(
@@ -89,8 +82,8 @@ def write_config(path: Path, params: str) -> Path:
     return path
 
 
-def test_plugins_lists_the_third_party_algorithm(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["plugins", "--json"], capsys)
+def test_plugins_lists_the_third_party_algorithm(site: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    code, out, _ = evsys_cli(["plugins", "--json"])
     assert code == 0
     report = json.loads(out)
     mine = [p for p in report["plugins"] if p["name"] == "my_algo"]
@@ -104,14 +97,14 @@ def test_plugins_lists_the_third_party_algorithm(site: Path, capsys: pytest.Capt
             "target": "evsys_my_algo.algorithm:MyAlgo",
         }
     ]
-    code, out, _ = run_cli(["plugins"], capsys)
+    code, out, _ = evsys_cli(["plugins"])
     assert code == 0
     line = next(line for line in out.splitlines() if " my_algo " in line)
     assert line.split()[:4] == ["algorithm", "my_algo", "evsys-my-algo", "0.3.1"]
 
 
-def test_schema_composes_the_third_party_params(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["schema"], capsys)
+def test_schema_composes_the_third_party_params(site: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    code, out, _ = evsys_cli(["schema"])
     assert code == 0
     schema = json.loads(out)
     definitions = schema["definitions"]
@@ -126,16 +119,16 @@ def test_schema_composes_the_third_party_params(site: Path, capsys: pytest.Captu
 
 
 def test_validate_checks_the_third_party_params(
-    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, evsys_cli: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path / "good.yaml", "learning_rate: 1e-4\nmax_steps: 3\nbeam_width: 8\n")
-    code, out, err = run_cli(["validate", "good.yaml"], capsys)
+    code, out, err = evsys_cli(["validate", "good.yaml"])
     assert (code, err) == (0, "")
     assert out == "OK: good.yaml (algorithm my_algo, backend local, 3 steps)\n"
 
     write_config(tmp_path / "bad.yaml", "learning_rate: 1e-4\nmax_steps: 3\nbeam_widht: 100\ntemperature: 0\n")
-    code, out, err = run_cli(["validate", "bad.yaml"], capsys)
+    code, out, err = evsys_cli(["validate", "bad.yaml"])
     assert code == 1
     assert out == ""
     assert err.splitlines() == [
@@ -147,7 +140,7 @@ def test_validate_checks_the_third_party_params(
     (tmp_path / "train.jsonl").write_text('{"inputs": {"q": "hi"}, "expected": "x"}\n', encoding="utf-8")
     write_config(tmp_path / "tmpl.yaml", "learning_rate: 1e-4\nmax_steps: 3\nprompt_template: '{question}'\n")
     monkeypatch.setenv("EVSYS_CACHE_DIR", str(tmp_path / "cache"))
-    code, out, err = run_cli(["validate", "tmpl.yaml", "--deep"], capsys)
+    code, out, err = evsys_cli(["validate", "tmpl.yaml", "--deep"])
     assert code == 1
     assert "train.jsonl:1: inputs: template placeholder {question} is not a key of inputs (keys: q)" in err.splitlines()
 
@@ -169,7 +162,7 @@ def test_fixture_is_found_by_a_fresh_interpreter(site: Path) -> None:
 
 
 def test_a_shared_name_is_namespaced_by_package(
-    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, evsys_cli: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
     (site / "evsys_dup_plugin.py").write_text(
         textwrap.dedent(
@@ -185,14 +178,14 @@ def test_a_shared_name_is_namespaced_by_package(
         encoding="utf-8",
     )
     install_dist(site, "evsys-dup-plugin", "1.0", {"dup": "evsys_dup_plugin"})
-    code, out, err = run_cli(["plugins", "--json"], capsys)
+    code, out, err = evsys_cli(["plugins", "--json"])
     assert (code, err) == (0, "")
     owners = {p["distribution"] for p in json.loads(out)["plugins"] if p["name"] == "my_algo"}
     assert owners == {"evsys-my-algo", "evsys-dup-plugin"}
 
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path / "bare.yaml", "learning_rate: 1e-4\nmax_steps: 3\n")
-    code, out, err = run_cli(["validate", "bare.yaml"], capsys)
+    code, out, err = evsys_cli(["validate", "bare.yaml"])
     assert code == 1
     (line, _) = err.splitlines()
     assert line.startswith("bare.yaml:4:3: algorithm.kind: algorithm 'my_algo' is registered by ")
@@ -200,7 +193,7 @@ def test_a_shared_name_is_namespaced_by_package(
 
     config = (tmp_path / "bare.yaml").read_text(encoding="utf-8").replace("kind: my_algo", "kind: evsys-my-algo:my_algo")
     (tmp_path / "named.yaml").write_text(config.replace("max_steps: 3", "max_steps: 3\n    beam_widht: 2"), encoding="utf-8")
-    code, out, err = run_cli(["validate", "named.yaml"], capsys)
+    code, out, err = evsys_cli(["validate", "named.yaml"])
     assert code == 1
     assert err.splitlines()[0] == "named.yaml:8:5: algorithm.params.beam_widht: unknown key 'beam_widht' (did you mean 'beam_width'?)"
 
@@ -313,10 +306,10 @@ def test_a_mistyped_target_fails_validate_deep_with_the_plugins_name(site: Path,
     ]
 
 
-def test_broken_plugin_is_listed_and_does_not_break_the_others(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_plugin_is_listed_and_does_not_break_the_others(site: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     (site / "evsys_broken_plugin.py").write_text("import a_module_that_does_not_exist\n", encoding="utf-8")
     install_dist(site, "evsys-broken-plugin", "0.0.1", {"broken": "evsys_broken_plugin"})
-    code, out, err = run_cli(["plugins", "--json"], capsys)
+    code, out, err = evsys_cli(["plugins", "--json"])
     assert code == 0, err
     report = json.loads(out)
     assert {
@@ -326,7 +319,7 @@ def test_broken_plugin_is_listed_and_does_not_break_the_others(site: Path, capsy
         "error": "ModuleNotFoundError: No module named 'a_module_that_does_not_exist'",
     } in report["broken"]
     assert any(p["name"] == "my_algo" for p in report["plugins"])
-    code, out, err = run_cli(["plugins"], capsys)
+    code, out, err = evsys_cli(["plugins"])
     assert code == 0
     table, broken = out.split("\nBroken plugins (", 1)
     assert " my_algo " in table
@@ -334,11 +327,11 @@ def test_broken_plugin_is_listed_and_does_not_break_the_others(site: Path, capsy
     assert any(line.split()[:3] == ["broken", "evsys-broken-plugin", "0.0.1"] for line in broken.splitlines())
 
 
-def test_disable_autoload(site: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_disable_autoload(site: Path, monkeypatch: pytest.MonkeyPatch, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
     reset_default_registry()
-    code, out, _ = run_cli(["plugins", "--json"], capsys)
+    code, out, _ = evsys_cli(["plugins", "--json"])
     assert code == 0
     assert json.loads(out) == {"plugins": [], "broken": []}
-    code, out, _ = run_cli(["plugins"], capsys)
+    code, out, _ = evsys_cli(["plugins"])
     assert out == "No plugins registered.\n"

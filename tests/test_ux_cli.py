@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from evsys.cli.main import cli, main
+from evsys.cli.main import cli
 from evsys.logging.console import ConsoleProgress, choose_mode
 from evsys.schema.protocols import EvalResult, RunContext
 from evsys.schema.rows import MetricsRow, PredictionRow
@@ -48,17 +48,11 @@ def write_config(directory: Path, name: str = "tiny_run", learning_rate: str = "
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_workdir: Callable[[Path], Path]) -> Iterator[Path]:
     """A directory with a tiny model, the walkthrough's data and one finished 2-step run (the cwd of each test)."""
-    from evsys.backends.local.testing import build_tiny_model_dir
     from evsys.cli import run
 
-    directory = tmp_path_factory.mktemp("ux")
-    build_tiny_model_dir(directory / "tiny")
-    data = directory / "data"
-    (data / "val").mkdir(parents=True)
-    (data / "train.jsonl").write_text((ROOT / "examples/sdft_walkthrough/data/train.jsonl").read_text())
-    (data / "val" / "tasks.jsonl").write_text((ROOT / "examples/sdft_walkthrough/data/val/tasks.jsonl").read_text())
+    directory = tiny_workdir(tmp_path_factory.mktemp("ux"))
     config = write_config(directory)
     old = Path.cwd()
     os.chdir(directory)
@@ -70,24 +64,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.chdir(old)
 
 
-@pytest.fixture
-def in_workdir(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("EVSYS_PROGRESS", "lines")
-    return workdir
-
-
-def cli_run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # ------------------------------------------------------------------------------------------ eval
 
 
-def test_eval_base_model_writes_the_in_loop_outputs(in_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli_run(["eval", "tiny_run.yaml", "--overwrite"], capsys)
+def test_eval_base_model_writes_the_in_loop_outputs(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    code, out, err = evsys_cli(["eval", "tiny_run.yaml", "--overwrite"])
     assert code == 0, err
     directory = Path("outputs/tiny_run/eval/base")
     assert out.splitlines() == [
@@ -110,9 +91,9 @@ def test_eval_base_model_writes_the_in_loop_outputs(in_workdir: Path, capsys: py
     assert "Status: completed" in summary and "- step 0: val/val/pass@1 = " in summary
 
 
-def test_eval_checkpoint_matches_the_in_loop_evaluation(in_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_checkpoint_matches_the_in_loop_evaluation(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     """Scoring checkpoints/final afresh gives the answers the run's last in-loop evaluation gave."""
-    code, _, err = cli_run(["eval", "tiny_run.yaml", "--checkpoint", "outputs/tiny_run", "--overwrite", "-q"], capsys)
+    code, _, err = evsys_cli(["eval", "tiny_run.yaml", "--checkpoint", "outputs/tiny_run", "--overwrite", "-q"])
     assert code == 0, err
     assert err == ""
     directory = Path("outputs/tiny_run/eval/final")
@@ -123,12 +104,12 @@ def test_eval_checkpoint_matches_the_in_loop_evaluation(in_workdir: Path, capsys
     assert [(p["task_id"], p["answer"]) for p in fresh] == [(p["task_id"], p["answer"]) for p in in_loop if p["step"] == 2]
 
 
-def test_eval_refuses_to_overwrite_and_names_bad_checkpoints(in_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli_run(["eval", "tiny_run.yaml", "-o", "evals/again", "-q"], capsys)
-    code, _, err = cli_run(["eval", "tiny_run.yaml", "-o", "evals/again", "-q"], capsys)
+def test_eval_refuses_to_overwrite_and_names_bad_checkpoints(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    evsys_cli(["eval", "tiny_run.yaml", "-o", "evals/again", "-q"])
+    code, _, err = evsys_cli(["eval", "tiny_run.yaml", "-o", "evals/again", "-q"])
     assert code == 1
     assert err == "evals/again: already holds an evaluation; pass --overwrite to replace it (or --output DIR)\n"
-    code, _, err = cli_run(["eval", "tiny_run.yaml", "--checkpoint", "data", "-q"], capsys)
+    code, _, err = evsys_cli(["eval", "tiny_run.yaml", "--checkpoint", "data", "-q"])
     assert code == 1
     assert err.startswith("data: neither a checkpoint directory (adapter_config.json) nor a run directory")
 
@@ -136,7 +117,7 @@ def test_eval_refuses_to_overwrite_and_names_bad_checkpoints(in_workdir: Path, c
 # ---------------------------------------------------------------------------------------- report
 
 
-def test_report_compares_runs_and_links_from_summary(in_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_compares_runs_and_links_from_summary(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     import shutil
 
     # a second run: the first one's files, with its loss halved
@@ -149,7 +130,7 @@ def test_report_compares_runs_and_links_from_summary(in_workdir: Path, capsys: p
             row["metrics"]["train/mean_loss"] /= 2
     (other / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (other / "summary.md").write_text((other / "summary.md").read_text().replace("# EvSys run: tiny_run", "# EvSys run: tiny_run_b"))
-    code, out, err = cli_run(["report", "outputs/tiny_run", "outputs/tiny_run_b", "-o", "outputs/compare"], capsys)
+    code, out, err = evsys_cli(["report", "outputs/tiny_run", "outputs/tiny_run_b", "-o", "outputs/compare"])
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["METRIC", "RUN", "FINAL", "BEST", "BEST", "STEP"]
@@ -255,7 +236,7 @@ def _logits(model: Any, ids: list[int]) -> Any:
         return model(torch.tensor([ids])).logits
 
 
-def test_export_merged_loads_with_plain_transformers_and_gives_the_same_logits(in_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_merged_loads_with_plain_transformers_and_gives_the_same_logits(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -278,7 +259,7 @@ def test_export_merged_loads_with_plain_transformers_and_gives_the_same_logits(i
     base = _logits(AutoModelForCausalLM.from_pretrained("tiny"), ids)
     assert not torch.allclose(trained, base, atol=1e-3)
 
-    code, out, err = cli_run(["export", "outputs/exported", "--merge", "-o", "merged", "--overwrite"], capsys)
+    code, out, err = evsys_cli(["export", "outputs/exported", "--merge", "-o", "merged", "--overwrite"])
     assert code == 0, err
     assert out == "Merged outputs/exported/checkpoints/final into a transformers model: merged\n"
     merged = AutoModelForCausalLM.from_pretrained("merged")
@@ -286,13 +267,13 @@ def test_export_merged_loads_with_plain_transformers_and_gives_the_same_logits(i
     torch.testing.assert_close(_logits(merged, ids), trained, atol=1e-4, rtol=1e-4)
     assert AutoTokenizer.from_pretrained("merged")("Paris")["input_ids"] == AutoTokenizer.from_pretrained("tiny")("Paris")["input_ids"]
 
-    code, out, err = cli_run(["export", "outputs/exported", "-o", "adapter", "--overwrite"], capsys)
+    code, out, err = evsys_cli(["export", "outputs/exported", "-o", "adapter", "--overwrite"])
     assert code == 0, err
     assert sorted(p.name for p in Path("adapter").iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("tiny"), "adapter")
     torch.testing.assert_close(_logits(adapted, ids), trained, atol=1e-4, rtol=1e-4)
 
-    code, _, err = cli_run(["export", "outputs/exported", "-o", "adapter"], capsys)
+    code, _, err = evsys_cli(["export", "outputs/exported", "-o", "adapter"])
     assert code == 1 and err.splitlines()[-1] == "adapter: directory is not empty; pass --overwrite to replace it"
 
 
@@ -354,26 +335,26 @@ def test_progress_lines_have_no_control_characters_and_off_is_silent() -> None:
 # ------------------------------------------------------------------------------------ CLI manners
 
 
-def test_every_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_has_help_with_examples(evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     assert set(cli.commands) >= {"validate", "run", "eval", "report", "export", "plugins", "schema"}
     for name in ["", *cli.commands]:
-        code, out, _ = cli_run([name, "--help"] if name else ["--help"], capsys)
+        code, out, _ = evsys_cli([name, "--help"] if name else ["--help"])
         assert code == 0
         assert "Examples:" in out and "evsys " in out.split("Examples:", 1)[1], name
 
 
-def test_version_and_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_and_log_level(evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
     from importlib import metadata
 
-    code, out, _ = cli_run(["--version"], capsys)
+    code, out, _ = evsys_cli(["--version"])
     assert (code, out) == (0, f"evsys, version {metadata.version('evsys-cli')}\n")
-    code, _, err = cli_run(["--log-level", "loud", "plugins"], capsys)
+    code, _, err = evsys_cli(["--log-level", "loud", "plugins"])
     assert code == 2 and "Invalid value for '--log-level'" in err
     import logging
 
-    code, _, _ = cli_run(["--log-level", "debug", "plugins", "--json"], capsys)
+    code, _, _ = evsys_cli(["--log-level", "debug", "plugins", "--json"])
     assert code == 0 and logging.getLogger().level == logging.DEBUG
-    cli_run(["--log-level", "warning", "plugins", "--json"], capsys)
+    evsys_cli(["--log-level", "warning", "plugins", "--json"])
 
 
 def test_shell_completion_script() -> None:

@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from evsys.cli.main import main
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,30 +43,9 @@ def write_config(directory: Path, name: str = "tiny_run", *, max_steps: int = 2,
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_workdir: Callable[[Path], Path]) -> Path:
     """A directory with a tiny model and the walkthrough's data (each test runs in it)."""
-    from evsys.backends.local.testing import build_tiny_model_dir
-
-    directory = tmp_path_factory.mktemp("frictions")
-    build_tiny_model_dir(directory / "tiny")
-    data = directory / "data"
-    (data / "val").mkdir(parents=True)
-    (data / "train.jsonl").write_text((ROOT / "examples/sdft_walkthrough/data/train.jsonl").read_text())
-    (data / "val" / "tasks.jsonl").write_text((ROOT / "examples/sdft_walkthrough/data/val/tasks.jsonl").read_text())
-    return directory
-
-
-@pytest.fixture
-def here(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("EVSYS_PROGRESS", "lines")
-    return workdir
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return tiny_workdir(tmp_path_factory.mktemp("frictions"))
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -78,12 +55,11 @@ def rows(run_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------- overrides
 
 
-def test_set_round_trips_through_resolved_config(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(here, "base_name", max_steps=5)
-    code, out, err = cli(
+def test_set_round_trips_through_resolved_config(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    config = write_config(in_workdir, "base_name", max_steps=5)
+    code, out, err = evsys_cli(
         ["run", str(config), "-q", "--set", "algorithm.params.max_steps=1", "--set", "metadata.benchmark[0].limit=1",
          "--set", "algorithm.params.user_template=Q: {question}", "--name", "2024", "--output-dir", "elsewhere"],
-        capsys,
     )
     assert code == 0, err
     run_dir = Path("elsewhere/2024")
@@ -102,24 +78,24 @@ def test_set_round_trips_through_resolved_config(here: Path, capsys: pytest.Capt
     assert not Path("outputs/base_name").exists()
     # the snapshot's overrides, given again, validate to the same config
     args = [item for text in snapshot["overrides"] for item in ("--set", text)]
-    code, out, err = cli(["validate", str(config), *args], capsys)
+    code, out, err = evsys_cli(["validate", str(config), *args])
     assert code == 0 and out.startswith(f"OK: {config} (algorithm sdft, backend local, 1 step"), err
 
 
-def test_a_bad_override_points_at_its_argument(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(here, "bad_set")
-    code, out, err = cli(["run", str(config), "--set", "algorithm.params.max_stpes=10"], capsys)
+def test_a_bad_override_points_at_its_argument(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    config = write_config(in_workdir, "bad_set")
+    code, out, err = evsys_cli(["run", str(config), "--set", "algorithm.params.max_stpes=10"])
     assert (code, out) == (1, "")
     assert err == "--set algorithm.params.max_stpes=10: unknown key 'max_stpes' (did you mean 'max_steps'?)\n"
-    code, _, err = cli(["validate", str(config), "--set", "algorithm.params.max_steps=many", "--set", "metadata.benchmark[4].limit=1"], capsys)
+    code, _, err = evsys_cli(["validate", str(config), "--set", "algorithm.params.max_steps=many", "--set", "metadata.benchmark[4].limit=1"])
     assert code == 1
     assert err.splitlines() == [
         "--set metadata.benchmark[4].limit=1: metadata.benchmark has 1 item; [4] is not one of them",
         f"FAILED: {config} (1 error)",
     ]
-    code, _, err = cli(["validate", str(config), "--set", "algorithm.params.max_steps=many"], capsys)
+    code, _, err = evsys_cli(["validate", str(config), "--set", "algorithm.params.max_steps=many"])
     assert err.splitlines()[0] == '--set algorithm.params.max_steps=many: Input should be a valid integer, got string "many"'
-    code, _, err = cli(["eval", str(config), "--set", "max_steps"], capsys)
+    code, _, err = evsys_cli(["eval", str(config), "--set", "max_steps"])
     assert (code, err) == (1, "--set max_steps: expected KEY=VALUE, e.g. --set algorithm.params.max_steps=10\n")
     assert not Path("outputs/bad_set").exists()
 
@@ -127,20 +103,20 @@ def test_a_bad_override_points_at_its_argument(here: Path, capsys: pytest.Captur
 # ------------------------------------------------------------------------------------ error order
 
 
-def test_config_and_data_errors_come_before_the_run_directory(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(here, "order")
+def test_config_and_data_errors_come_before_the_run_directory(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    config = write_config(in_workdir, "order")
     Path("outputs/order").mkdir(parents=True, exist_ok=True)
     Path("outputs/order/metrics.jsonl").write_text("")  # an earlier run
-    code, _, err = cli(["run", str(config), "--set", "algorithm.params.topk=0"], capsys)
+    code, _, err = evsys_cli(["run", str(config), "--set", "algorithm.params.topk=0"])
     assert code == 1 and err.startswith("--set algorithm.params.topk=0: ") and "already exists" not in err
     bad = Path("data/bad.jsonl")
     bad.write_text('{"inputs": {"question": "Q?"}, "expected": "A"}\n{"inputs": 3}\n')
     for extra in ([], ["--overwrite"], ["--resume"]):
-        code, _, err = cli(["run", str(config), "--set", "data.path=data/bad.jsonl", *extra], capsys)
+        code, _, err = evsys_cli(["run", str(config), "--set", "data.path=data/bad.jsonl", *extra])
         assert code == 1
         assert err.splitlines()[0] == "data/bad.jsonl:2: inputs: Input should be a valid object, got integer 3", extra
         assert "already exists" not in err
-    code, _, err = cli(["run", str(config), "-q"], capsys)
+    code, _, err = evsys_cli(["run", str(config), "-q"])
     assert code == 1 and err == (
         "outputs/order: run directory already exists; pass --resume to continue it, --overwrite to replace it, or change 'name'\n"
     )
@@ -151,11 +127,11 @@ def test_config_and_data_errors_come_before_the_run_directory(here: Path, capsys
 
 
 @pytest.fixture
-def finished_run(here: Path) -> Iterator[Path]:
+def finished_run(in_workdir: Path) -> Iterator[Path]:
     """A completed 2-step run, its config path."""
     from evsys.cli import run
 
-    config = write_config(here, "locked")
+    config = write_config(in_workdir, "locked")
     result = run(config, overwrite=True)
     assert result.status == "completed"
     yield config
@@ -173,7 +149,7 @@ def hold_lock(directory: Path) -> subprocess.Popen[str]:
 
 
 def test_a_directory_in_use_is_refused_naming_the_pid_and_a_dead_holder_blocks_nothing(
-    finished_run: Path, capsys: pytest.CaptureFixture[str]
+    finished_run: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
     run_dir = Path("outputs/locked")
     before = (run_dir / "metrics.jsonl").read_text()
@@ -181,43 +157,43 @@ def test_a_directory_in_use_is_refused_naming_the_pid_and_a_dead_holder_blocks_n
     try:
         expected = f"outputs/locked: in use by another evsys process (pid {holder.pid}); wait for it to end or stop it, or change 'name'\n"
         for args in (["run", str(finished_run)], ["run", str(finished_run), "--resume"], ["run", str(finished_run), "--overwrite"]):
-            code, _, err = cli([*args, "-q"], capsys)
+            code, _, err = evsys_cli([*args, "-q"])
             assert (code, err) == (1, expected), args
-        code, _, err = cli(["eval", str(finished_run), "-q"], capsys)  # into outputs/locked/eval/base
+        code, _, err = evsys_cli(["eval", str(finished_run), "-q"])  # into outputs/locked/eval/base
         assert (code, err) == (1, expected)
         assert not (run_dir / "eval").exists()
         assert (run_dir / "metrics.jsonl").read_text() == before
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: the kernel drops the lock
         holder.wait()
-    code, _, err = cli(["run", str(finished_run), "--resume", "-q"], capsys)
+    code, _, err = evsys_cli(["run", str(finished_run), "--resume", "-q"])
     assert code == 1 and "this run already completed all 2 steps; nothing to resume" in err
-    code, _, err = cli(["eval", str(finished_run), "-q"], capsys)
+    code, _, err = evsys_cli(["eval", str(finished_run), "-q"])
     assert code == 0, err
     assert (run_dir / ".evsys.lock").read_text() == ""  # released: no pid left behind
 
 
-def test_two_runs_started_together_one_is_refused(here: Path) -> None:
-    config = write_config(here, "twice", max_steps=2)
+def test_two_runs_started_together_one_is_refused(in_workdir: Path) -> None:
+    config = write_config(in_workdir, "twice", max_steps=2)
     env = {**os.environ, "EVSYS_PROGRESS": "off"}
     command = [sys.executable, "-m", "evsys.cli.main", "run", str(config), "-q"]
-    first = subprocess.Popen(command, cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(command, cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(command, cwd=in_workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, cwd=in_workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outcomes = sorted([(p.wait(timeout=600), p.stderr.read(), p.pid) for p in (first, second)])  # type: ignore[union-attr]
     (ok, ok_err, _), (refused, refused_err, _) = outcomes
     assert ok == 0, ok_err
     assert refused == 1
     assert refused_err.startswith("outputs/twice: ")
     assert "in use by another evsys process (pid " in refused_err or "run directory already exists" in refused_err
-    assert [(r["step"], r["split"]) for r in rows(here / "outputs/twice")] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert [(r["step"], r["split"]) for r in rows(in_workdir / "outputs/twice")] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
 
 
 # -------------------------------------------------------------- the last step's benchmark, summary steps
 
 
-def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(here, "every2", max_steps=3, run_every=2)
-    code, _, err = cli(["run", str(config), "--overwrite", "-q"], capsys)
+def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    config = write_config(in_workdir, "every2", max_steps=3, run_every=2)
+    code, _, err = evsys_cli(["run", str(config), "--overwrite", "-q"])
     assert code == 0, err
     run_dir = Path("outputs/every2")
     assert [(r["step"], r["split"]) for r in rows(run_dir)] == [(1, "train"), (2, "train"), (2, "val"), (3, "train"), (3, "val")]
@@ -226,8 +202,8 @@ def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(her
     assert [line.rsplit(" ", 2)[-2:] for line in final] == [["(step", "3)"], ["(step", "3)"]]
     assert final[0].startswith("- train/mean_loss: ") and final[1].startswith("- val/val/pass@1: ")
     # max_steps a multiple of run_every: no second evaluation of the last step
-    config = write_config(here, "every2", max_steps=2, run_every=2)
-    code, _, err = cli(["run", str(config), "--overwrite", "-q"], capsys)
+    config = write_config(in_workdir, "every2", max_steps=2, run_every=2)
+    code, _, err = evsys_cli(["run", str(config), "--overwrite", "-q"])
     assert code == 0, err
     assert [(r["step"], r["split"]) for r in rows(run_dir)] == [(1, "train"), (2, "train"), (2, "val")]
 
@@ -235,29 +211,29 @@ def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(her
 # ------------------------------------------------------------------------------------- --overwrite
 
 
-def test_overwrite_clears_what_evsys_wrote_and_nothing_else(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(here, "cleared", max_steps=1)
-    assert cli(["run", str(config), "--overwrite", "-q"], capsys)[0] == 0
+def test_overwrite_clears_what_evsys_wrote_and_nothing_else(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    config = write_config(in_workdir, "cleared", max_steps=1)
+    assert evsys_cli(["run", str(config), "--overwrite", "-q"])[0] == 0
     run_dir = Path("outputs/cleared")
-    assert cli(["eval", str(config), "-q"], capsys)[0] == 0
-    assert cli(["report", str(run_dir)], capsys)[0] == 0
+    assert evsys_cli(["eval", str(config), "-q"])[0] == 0
+    assert evsys_cli(["report", str(run_dir)])[0] == 0
     assert (run_dir / "report.md").is_file() and any((run_dir / "plots").iterdir()) and (run_dir / "eval" / "base").is_dir()
     (run_dir / "notes.txt").write_text("mine")
     for store in ("tensorboard", "wandb", "mlartifacts"):  # the trackers' default stores
         (run_dir / store).mkdir()
         (run_dir / store / "events").write_text("old run")
     (run_dir / "mlflow.db").write_text("old run")
-    code, _, err = cli(["run", str(config), "--overwrite", "-q"], capsys)
+    code, _, err = evsys_cli(["run", str(config), "--overwrite", "-q"])
     assert code == 0, err
     left = sorted(p.name for p in run_dir.iterdir())
     assert left == [".evsys.lock", "checkpoints", "metrics.jsonl", "notes.txt", "predictions", "resolved_config.json", "summary.md"]
     assert (run_dir / "notes.txt").read_text() == "mine"
 
 
-def test_an_evaluation_of_the_base_model_does_not_make_the_run_directory_used(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(here, "base_first", max_steps=1)
-    assert cli(["eval", str(config), "-q"], capsys)[0] == 0
-    code, _, err = cli(["run", str(config), "-q"], capsys)
+def test_an_evaluation_of_the_base_model_does_not_make_the_run_directory_used(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    config = write_config(in_workdir, "base_first", max_steps=1)
+    assert evsys_cli(["eval", str(config), "-q"])[0] == 0
+    code, _, err = evsys_cli(["run", str(config), "-q"])
     assert code == 0, err
     assert (Path("outputs/base_first/eval/base/metrics.jsonl")).is_file()
 
@@ -266,18 +242,18 @@ def test_an_evaluation_of_the_base_model_does_not_make_the_run_directory_used(he
 
 
 def test_a_run_says_what_it_does_before_step_one(
-    here: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
-    config = write_config(here, "talks", max_steps=1)
+    config = write_config(in_workdir, "talks", max_steps=1)
     with caplog.at_level(logging.INFO, logger="evsys.cli.loop"):
-        code, _, err = cli(["--log-level", "info", "run", str(config), "--overwrite"], capsys)
-    cli(["--log-level", "warning", "plugins", "--json"], capsys)
+        code, _, err = evsys_cli(["--log-level", "info", "run", str(config), "--overwrite"])
+    evsys_cli(["--log-level", "warning", "plugins", "--json"])
     assert code == 0, err
     lines = err.splitlines()
     shown = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
-    model_dir = (here / "tiny").resolve()
+    model_dir = (in_workdir / "tiny").resolve()
     assert shown[:6] == [
         "data: 40 training examples from data/train.jsonl",
         "benchmarks: val (2 tasks, every 1 step)",
