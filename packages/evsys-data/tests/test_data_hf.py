@@ -13,12 +13,10 @@ datasets = pytest.importorskip("datasets")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from evsys.data import plugin as data_plugin  # noqa: E402
 from evsys.data.benchmarks import load_dataset_tasks  # noqa: E402
 from evsys.data.examples import SourceOptions, check_examples_file, iter_examples, load_examples  # noqa: E402
 from evsys.schema.config import BenchmarkSpec  # noqa: E402
 from evsys.schema.errors import DataError  # noqa: E402
-from evsys.schema.plugins import build_registry, reset_default_registry  # noqa: E402
 from evsys.schema.rows import ChatPromptExample, PromptExample, TaskRow  # noqa: E402
 
 ROWS = [{"q": "What is 1+1?", "a": "2", "n": 7}, {"q": "Capital of France?", "a": "Paris", "n": 8}, {"q": "Say 007", "a": "007", "n": 9}]
@@ -30,14 +28,6 @@ MODELS = (PromptExample, ChatPromptExample)
 def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's datasets cache lives under its tmp_path, never in the user's home."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-
-
-@pytest.fixture()
-def registry():
-    built = build_registry(plugins=[("evsys-data", data_plugin)], autoload=False)
-    reset_default_registry(built)
-    yield built
-    reset_default_registry(None)
 
 
 def hf(**kwargs: Any) -> SourceOptions:

@@ -21,14 +21,6 @@ from evsys.schema.plugins import build_registry, reset_default_registry
 from evsys.schema.rows import ChatExample, PromptExample
 
 
-@pytest.fixture()
-def registry():
-    built = build_registry(plugins=[("evsys-data", data_plugin)], autoload=False)
-    reset_default_registry(built)
-    yield built
-    reset_default_registry(None)
-
-
 def write(tmp_path: Path, text: str | bytes, name: str = "rows.jsonl") -> Path:
     path = tmp_path / name
     if isinstance(text, bytes):

@@ -12,12 +12,11 @@ from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample, Tas
 
 @hookimpl
 def evsys_register(register: Registrar) -> None:
-    """Register ``sdft``, ``sft`` and ``grpo``."""
+    """Register ``sdft``, ``sft`` and ``grpo`` (each ``*_template`` param is checked as a template over the row's inputs)."""
     register.algorithm(
         "sdft",
         "evsys.algorithms.sdft.algorithm:SDFT",
         params=SDFTParams,
-        row_models=(PromptExample, ChatPromptExample),
         templates={"user_template": frozenset(), "teacher_template": TEACHER_EXTRA_FIELDS},
         description="Self-distillation: on-policy rollouts distilled toward the frozen base model shown the gold answer.",
     )
@@ -26,7 +25,6 @@ def evsys_register(register: Registrar) -> None:
         "evsys.algorithms.sft.algorithm:SFT",
         params=SFTParams,
         row_models=(PromptExample, ChatPromptExample, ChatExample),
-        templates={"user_template": frozenset()},
         description="Supervised fine-tuning: cross-entropy on gold answers / assistant turns, prompt masked.",
     )
     register.algorithm(
@@ -34,6 +32,5 @@ def evsys_register(register: Registrar) -> None:
         "evsys.algorithms.grpo.algorithm:GRPO",
         params=GRPOParams,
         row_models=(PromptExample, ChatPromptExample, TaskRow),
-        templates={"user_template": frozenset()},
         description="Group-relative policy optimization with verifier rewards (importance_sampling or ppo loss).",
     )

@@ -7,9 +7,30 @@ and ``evsys run`` can say what to install without importing anything.
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from evsys.logging.params import ConsoleParams, LocalLoggerParams, MlflowParams, TensorBoardParams, WandbParams
 from evsys.schema.plugins import hookimpl
 from evsys.schema.registry import Registrar
+
+#: the trackers: name -> (target, params model, what it writes)
+TRACKERS: dict[str, tuple[str, type[BaseModel], str]] = {
+    "tensorboard": (
+        "evsys.logging.tensorboard_tracker:TensorBoardTracker",
+        TensorBoardParams,
+        "TensorBoard event files (metrics, config, summary) in <run dir>/tensorboard",
+    ),
+    "wandb": (
+        "evsys.logging.wandb_tracker:WandbTracker",
+        WandbParams,
+        "A Weights & Biases run (offline in <run dir>/wandb by default): metrics, config, summary",
+    ),
+    "mlflow": (
+        "evsys.logging.mlflow_tracker:MlflowTracker",
+        MlflowParams,
+        "An MLflow run (sqlite store <run dir>/mlflow.db by default): metrics, config as params, summary",
+    ),
+}
 
 
 def install_hint(extra: str) -> str:
@@ -19,40 +40,14 @@ def install_hint(extra: str) -> str:
 
 @hookimpl
 def evsys_register(register: Registrar) -> None:
-    """Register ``local_logger``, ``console``, ``tensorboard``, ``wandb`` and ``mlflow``."""
+    """Register ``local_logger``, ``console`` and the trackers (each needs the extra named after it)."""
     register.callback(
         "local_logger",
         "evsys.logging.local:LocalLogger",
         params=LocalLoggerParams,
         description="metrics.jsonl, predictions/<benchmark>.jsonl and summary.md in the run directory.",
     )
-    register.callback(
-        "console",
-        "evsys.logging.console:ConsoleProgress",
-        params=ConsoleParams,
-        description="A progress line per step on stderr.",
-    )
-    register.callback(
-        "tensorboard",
-        "evsys.logging.tensorboard_tracker:TensorBoardTracker",
-        params=TensorBoardParams,
-        requires=("tensorboard",),
-        install_hint=install_hint("tensorboard"),
-        description="TensorBoard event files (metrics, config, summary) in <run dir>/tensorboard; needs evsys-logging[tensorboard].",
-    )
-    register.callback(
-        "wandb",
-        "evsys.logging.wandb_tracker:WandbTracker",
-        params=WandbParams,
-        requires=("wandb",),
-        install_hint=install_hint("wandb"),
-        description="A Weights & Biases run (offline in <run dir>/wandb by default): metrics, config, summary; needs evsys-logging[wandb].",
-    )
-    register.callback(
-        "mlflow",
-        "evsys.logging.mlflow_tracker:MlflowTracker",
-        params=MlflowParams,
-        requires=("mlflow",),
-        install_hint=install_hint("mlflow"),
-        description="An MLflow run (sqlite store <run dir>/mlflow.db by default): metrics, config as params, summary; needs evsys-logging[mlflow].",
-    )
+    register.callback("console", "evsys.logging.console:ConsoleProgress", params=ConsoleParams, description="A progress line per step on stderr.")
+    for name, (target, params, writes) in TRACKERS.items():
+        description = f"{writes}; needs evsys-logging[{name}]."
+        register.callback(name, target, params=params, requires=(name,), install_hint=install_hint(name), description=description)

@@ -46,9 +46,11 @@ def build_registry(
     plugins: Iterable[tuple[str, Any]] = (),
     *,
     autoload: bool | None = None,
+    in_process: bool = True,
 ) -> PluginRegistry:
     """Build a registry from entry points (unless disabled) plus ``plugins`` given as ``(distribution, module)``.
 
+    ``in_process=False`` leaves out the registrations made in this process (:func:`register_in_process`).
     A plugin that registers one name twice or a malformed target is broken (listed in ``registry.broken``,
     none of its names registered); two plugins registering one name both stay, as ``distribution:name``.
     """
@@ -101,7 +103,7 @@ def build_registry(
         except Exception as exc:  # a hook that raises marks its plugin broken; none of its names count
             error = str(exc) if isinstance(exc, PluginError) else f"{HOOK_NAME}: {type(exc).__name__}: {exc}"
             registry.broken.append(BrokenPlugin(impl.plugin_name, distribution, version, error))
-    for registration in _IN_PROCESS:
+    for registration in _IN_PROCESS if in_process else ():
         registry.add(registration)
     return registry
 

@@ -17,7 +17,7 @@ def check_plugin(module: Any, distribution: str) -> PluginRegistry:
     source defines — checked as ``evsys validate --deep`` checks them, without importing the targets.
     Returns the registry; raises :class:`ContractError` naming the first broken promise.
     """
-    registry = build_registry(plugins=[(distribution, module)], autoload=False)
+    registry = build_registry(plugins=[(distribution, module)], autoload=False, in_process=False)
     if registry.broken:
         raise ContractError(f"plugin {distribution} is broken: {registry.broken[0].error}")
     registrations = registry.registrations()
