@@ -182,6 +182,9 @@ def test_a_shared_name_is_namespaced_by_package(
     assert (code, err) == (0, "")
     owners = {p["distribution"] for p in json.loads(out)["plugins"] if p["name"] == "my_algo"}
     assert owners == {"evsys-my-algo", "evsys-dup-plugin"}
+    code, out, err = evsys_cli(["schema"])
+    kinds = json.loads(out)["definitions"]["AlgorithmSpec"]["properties"]["kind"]["enum"]
+    assert {"evsys-my-algo:my_algo", "evsys-dup-plugin:my_algo"} <= set(kinds) and "my_algo" not in kinds
 
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path / "bare.yaml", "learning_rate: 1e-4\nmax_steps: 3\n")

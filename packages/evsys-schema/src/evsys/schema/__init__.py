@@ -3,7 +3,7 @@
 - :mod:`evsys.schema.config` — the run config models;
 - :mod:`evsys.schema.rows` — example, task, metrics and prediction rows;
 - :mod:`evsys.schema.protocols` — Backend, Algorithm, Callback, Verifier protocols;
-- :mod:`evsys.schema.hookspecs` / :mod:`evsys.schema.plugins` — pluggy hooks and the registry;
+- :mod:`evsys.schema.hookspecs` / :mod:`evsys.schema.plugins` — the ``evsys_register`` hook and the registry it fills;
 - :mod:`evsys.schema.validation` — shallow config validation with file:line:col errors;
 - :mod:`evsys.schema.schema_export` — the JSON Schemas in ``schemas/``.
 """
