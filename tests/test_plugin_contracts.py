@@ -49,6 +49,10 @@ def test_check_plugin_names_the_broken_promise() -> None:
         "transform 't' of plugin my-pkg has a broken target evsys.data.jsonl:read_jsnl: "
         "module 'evsys.data.jsonl' has no attribute 'read_jsnl' (did you mean 'read_jsonl'?)"
     )
+    backend = 'from evsys.schema.params import NoParams\n    register.backend("b", "evsys.data.jsonl:read_jsonl", params=NoParams, checker="evsys.data.jsonl:chek")'
+    with pytest.raises(ContractError) as caught:
+        check_plugin(_plugin(backend), "my-pkg")
+    assert str(caught.value).startswith("backend 'b' of plugin my-pkg has a broken checker evsys.data.jsonl:chek: module 'evsys.data.jsonl' has no attribute 'chek'")
     with pytest.raises(ContractError, match=r"^plugin my-pkg is broken: evsys_register: ZeroDivisionError"):
         check_plugin(_plugin("1 / 0"), "my-pkg")
     with pytest.raises(ContractError, match=r"^plugin my-pkg registers nothing"):

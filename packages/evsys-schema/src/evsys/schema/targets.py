@@ -9,6 +9,7 @@ imports torch without importing torch.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import sys
 from importlib.machinery import ModuleSpec
@@ -57,22 +58,31 @@ def _is_submodule(spec: ModuleSpec, module_name: str, name: str) -> bool:
         return False
 
 
-def _top_level_names(spec: ModuleSpec) -> set[str] | str | None:
+def _top_level_names(spec: ModuleSpec) -> frozenset[str] | str | None:
     """The names the module's source binds at top level; None when they cannot be known statically,
     a message when the source does not parse."""
     origin = spec.origin
     if not origin or not origin.endswith(".py"):
         return None
     try:
+        found = _source_names(origin, Path(origin).stat().st_mtime_ns)
+    except OSError:
+        return None
+    return f"module '{spec.name}' does not parse: {found}" if isinstance(found, str) else found
+
+
+@functools.lru_cache(maxsize=256)
+def _source_names(origin: str, mtime_ns: int) -> frozenset[str] | str | None:
+    """The top-level names of the source file ``origin`` (cached per modification time), None when
+    dynamic or unreadable, or ``"file:line: message"`` when it does not parse."""
+    try:
         tree = ast.parse(Path(origin).read_text(encoding="utf-8"), filename=origin)
     except SyntaxError as exc:
-        return f"module '{spec.name}' does not parse: {origin}:{exc.lineno}: {exc.msg}"
+        return f"{origin}:{exc.lineno}: {exc.msg}"
     except (OSError, UnicodeDecodeError):
         return None
     names: set[str] = set()
-    if not _collect(tree.body, names):
-        return None
-    return names
+    return frozenset(names) if _collect(tree.body, names) else None
 
 
 def _collect(body: list[ast.stmt], names: set[str]) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 from evsys.schema.plugins import build_registry
 from evsys.schema.registry import PluginRegistry
+from evsys.schema.targets import target_problem
 from evsys.testing.contracts import ContractError
 
 
@@ -29,9 +30,7 @@ def check_plugin(module: Any, distribution: str) -> PluginRegistry:
             raise ContractError(problem)
         for key in ("checker", "prompt_checker"):
             target = registration.meta.get(key)
-            if target:
-                extra = type(registration)(registration.kind, registration.name, target, distribution)
-                problem = extra.target_problem()
-                if problem is not None:
-                    raise ContractError(f"{problem} ({key})")
+            problem = target_problem(target) if target else None
+            if problem is not None:
+                raise ContractError(f"{registration.label} of plugin {distribution} has a broken {key} {target}: {problem}")
     return registry
