@@ -1,4 +1,4 @@
-"""The docs: the config reference is generated and fresh, and every page's relative links and anchors resolve."""
+"""The docs: the config reference is generated and fresh, every page's relative links and anchors resolve, and every documented command line is a real command."""
 
 from __future__ import annotations
 
