@@ -322,7 +322,7 @@ def bwrap_mode() -> str:
     value = os.environ.get(BWRAP_MODE_ENV, "").strip().lower() or "pool"
     if value not in BWRAP_MODES:
         raise EvsysError(f"{BWRAP_MODE_ENV}: unknown mode {value!r}; expected one of {', '.join(BWRAP_MODES)}")
-    return value if os.geteuid() == 0 else "per-program"
+    return value
 
 
 def _bwrap_runner() -> BwrapRunner:
