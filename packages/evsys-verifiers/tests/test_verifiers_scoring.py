@@ -155,9 +155,7 @@ def test_thinking_outputs_are_scored_on_their_final_answer(registry: Any) -> Non
     assert verify("<think>\nFrance... Paris? no, Lyon.\n</think>\n\nLyon", task, registry).score == 0.0
     assert verify("<think>\nLyon or Paris\n</think>\n\nParis.", task, registry).score == 1.0
     assert verify("<think>\nParis, surely, but let me", task, registry).score == 0.0  # never finished thinking
-    result = score_tasks(
-        [task], [["<think>\nhmm Lyon\n</think>\n\nParis.", "Paris"]], ["pass@1", "maj@2"], registry=registry
-    )
+    result = score_tasks([task], [["<think>\nhmm Lyon\n</think>\n\nParis.", "Paris"]], ["pass@1", "maj@2"], registry=registry)
     thinking, plain = result.predictions
     assert thinking["answer"] == "Paris." and thinking["output"] == "<think>\nhmm Lyon\n</think>\n\nParis."
     assert "output" not in plain and plain["answer"] == "Paris"
