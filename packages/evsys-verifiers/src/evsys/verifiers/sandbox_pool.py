@@ -1,28 +1,35 @@
-"""The pooled bubblewrap runner: one long-lived sandbox per worker, a fresh uid per program (root only).
+"""The pooled bubblewrap runner: one long-lived sandbox per worker, each program isolated within it.
 
 :class:`PooledBwrapRunner` keeps the containment of :class:`~evsys.verifiers.sandbox.BwrapRunner`
 (the same namespaces, read-only binds, private ``/tmp`` and ``/dev``, no network) but pays the
 ``bwrap`` start once per worker instead of once per program. Inside each sandbox a small supervisor
-(:data:`SUPERVISOR`, root in the sandbox with only :data:`SUPERVISOR_CAPS`; bubblewrap has set
-``no_new_privs``) runs one program at a time:
+(:data:`SUPERVISOR`; bubblewrap has set ``no_new_privs``) runs one program at a time, under the
+resource limits (as the plain runner's, plus ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no
+core files), in a session of its own, collects its output (bounded) until it exits or the timeout,
+then makes sure no process of the run is alive before it answers. How it keeps runs apart depends
+on the user:
 
-1. makes ``/tmp/work`` with the run's files, owned by a fresh random uid/gid;
-2. starts the program as that uid/gid with no supplementary groups (``setgroups``, ``setregid``,
-   ``setreuid`` before ``exec``: it holds no capability, and ``no_new_privs`` keeps it so), in a
-   session of its own, under the resource limits (``prlimit``, as the plain runner, plus
-   ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no core files);
-3. collects its output (bounded) until it exits or the timeout;
-4. ``kill(-1, SIGKILL)``: every process in the sandbox but its init and the supervisor, which are
-   all the run's (atomic against ``fork``), until none is alive; then it answers;
-5. before it reads the next request, deletes everything in ``/tmp`` (the only place a program can
-   write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox's IPC namespace.
+- **as root** (``"mode": "uid"``): the supervisor is root in the sandbox with only
+  :data:`SUPERVISOR_CAPS`. It makes ``/tmp/work`` with the run's files, owned by a fresh random
+  uid/gid, and starts the program as that uid with no groups and no capability; at the end
+  ``kill(-1, SIGKILL)`` (every process but the sandbox's init and the supervisor, atomic against
+  ``fork``) until none is alive; after the answer it deletes everything in ``/tmp`` (the only place
+  a program can write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox.
+- **as an ordinary user** (``"mode": "namespaces"``; bubblewrap maps one uid only, so there is no
+  other uid to switch to): the sandbox has a user namespace of its own and everything in it is
+  read-only (``--remount-ro`` of ``/`` and ``/dev``). For each program the supervisor clones a
+  process into fresh user, mount, pid and IPC namespaces: pid 1 there, it mounts a fresh
+  size-capped tmpfs on ``/tmp`` holding ``/tmp/work`` and the run's files and a fresh ``/proc``
+  (``/proc/sys`` read-only), sets the limits, drops every capability and starts the program. The
+  program sees no process but its own and that init (non-dumpable, no capabilities), so it cannot
+  signal, trace or read the supervisor; its files, SysV IPC objects and processes go with its
+  namespaces: when its init is reaped the kernel has killed every process of the run. An
+  interpreter that lives under ``/tmp`` (a venv there) is bound once more under ``/.evsys-stash``
+  and bound again over each run's fresh ``/tmp``.
 
-So nothing of one run survives into the next (no file, process, socket or IPC object), and each run
-has a uid of its own besides, so a leftover could not be read or signalled by a later run anyway. A sandbox is replaced when its supervisor dies or after
-:data:`RUNS_PER_SANDBOX` programs; it exits when the scorer does (its control pipe closes).
-
-Without root, bubblewrap maps a single uid into its user namespace, so there is no uid to switch
-to: there :func:`~evsys.verifiers.sandbox.select_runner` keeps one ``bwrap`` per program.
+So nothing of one run survives into the next (no file, process, socket or IPC object). A sandbox is
+replaced when its supervisor dies or after :data:`RUNS_PER_SANDBOX` programs; it exits when the
+scorer does (its control pipe closes).
 """
 
 from __future__ import annotations
@@ -175,7 +182,8 @@ class _Sandbox:
 
 
 class PooledBwrapRunner(BwrapRunner):
-    """Runs each program in a pooled bubblewrap sandbox under a fresh uid (see the module docs; root only)."""
+    """Runs each program in a pooled bubblewrap sandbox: as root under a fresh uid, else in fresh namespaces
+    (see the module docs)."""
 
     def __init__(self, bwrap: str | None = None) -> None:
         super().__init__(bwrap)

@@ -1,12 +1,13 @@
 """The supervisor inside a pooled bubblewrap sandbox (see :mod:`evsys.verifiers.sandbox_pool`).
 
 Not imported: :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner` reads this file and runs it with
-``python -S -E -s -c`` as the sandbox's only long-lived process, root in the sandbox with a few
-capabilities (``CAP_SETUID``, ``CAP_SETGID``, ``CAP_CHOWN``, ``CAP_KILL``, ``CAP_DAC_OVERRIDE``,
-``CAP_FOWNER``) and ``no_new_privs``. It reads one request at a time from stdin (a 4-byte length,
-then JSON: ``argv``, ``files``, ``env``, ``uid``, ``timeout``, ``max_output``), runs the program,
-answers on stdout, then removes everything the run left before it reads the next request. It exits
-when stdin closes (the scorer is gone). Standard library only: it runs before any site-packages.
+``python -S -E -s -c SOURCE CONFIG`` as the sandbox's only long-lived process; ``CONFIG`` (JSON) says how
+it keeps runs apart: ``"mode": "uid"`` (root in the sandbox with a few capabilities: a fresh uid per
+program) or ``"namespaces"`` (unprivileged: fresh namespaces per program). It reads one request at a
+time from stdin (a 4-byte length, then JSON: ``argv``, ``files``, ``env``, ``uid``, ``rlimits``, ``disk``,
+``timeout``, ``max_output``), runs the program, makes sure none of its processes is alive and answers
+on stdout; as root it then removes everything the run left. It exits when stdin closes (the scorer is
+gone). Standard library only: it runs before any site-packages.
 """
 
 from __future__ import annotations
