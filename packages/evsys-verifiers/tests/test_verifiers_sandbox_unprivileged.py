@@ -9,6 +9,7 @@ namespaces are missing, or where this process is not root (the suites then run u
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -57,3 +58,34 @@ def test_the_pooled_sandbox_contains_every_attack_for_an_ordinary_user() -> None
     counts = {word: int(number) for number, word in re.findall(r"(\d+) (\w+)", summary)}
     assert set(counts) == {"passed", "deselected"}, summary  # nothing failed, nothing skipped
     assert counts["passed"] >= 25, summary  # the pool's suite (10), 8 attacks, the runner's tests, ...
+
+
+VENV_PROBE = """
+import json, subprocess, sys
+venv = sys.argv[1]
+scorer = (
+    "import json, sys\\n"
+    "from evsys.verifiers.runner import run_python\\n"
+    "from evsys.verifiers.sandbox_pool import PooledBwrapRunner\\n"
+    "pool = PooledBwrapRunner()\\n"
+    "program = \\"import os, sys\\\\nprint('SEEN', sys.prefix, sorted(os.listdir('/tmp')))\\\\nopen('/tmp/left-behind', 'w')\\\\n\\"\\n"
+    "seen = [run_python(program, runner=pool).stdout.split('\\\\n')[0] for _ in range(2)]\\n"
+    "print(json.dumps([sys.prefix, seen]))\\n"
+)
+done = subprocess.run([venv + '/bin/python', '-c', scorer], capture_output=True, text=True, timeout=300)
+print(done.stdout.strip().splitlines()[-1] if done.returncode == 0 else 'FAILED ' + done.stderr)
+"""
+
+
+def test_an_interpreter_under_tmp_stays_visible_over_each_runs_fresh_tmp() -> None:
+    """A venv under /tmp (a CI checkout's): each run's fresh /tmp hides the sandbox's, so the supervisor binds
+    the venv again over it; what one run leaves in /tmp is gone for the next."""
+    with shared_directory() as home:
+        made = run_unprivileged(["-m", "venv", "--without-pip", f"{home}/venv"], home=home, timeout=120)
+        assert made.returncode == 0, made.stderr
+        result = run_unprivileged(["-c", VENV_PROBE, f"{home}/venv"], home=home, timeout=600)
+        assert result.returncode == 0 and not result.stdout.startswith("FAILED"), result.stdout + result.stderr
+        prefix, seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert prefix == f"{home}/venv"
+    top = home.split("/")[2]  # the sandbox binds the venv at its own path: /tmp/<this directory>/venv
+    assert seen == [f"SEEN {prefix} {sorted([top, 'work'])}"] * 2, seen
