@@ -3,13 +3,17 @@
 Run with ``python -m pytest benchmarks/test_bench_verifiers.py -o addopts="--import-mode=importlib" --benchmark-only``.
 Targets: ``contains`` / ``exact_match`` >= 200,000 verifications/s on one core; ``python_tests``
 >= 30 trivial programs/s on 2 cores
-(plain runner, one bubblewrap per program, pooled bubblewrap, side by side); pass@k over 100,000 tasks under 1 s. Each benchmark records
-its throughput in ``extra_info``.
+(plain runner, one bubblewrap per program, pooled bubblewrap, side by side; as root and, run from root, as
+an ordinary user); pass@k over 100,000 tasks under 1 s. Each benchmark records its throughput in ``extra_info``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,7 +108,7 @@ RUNNERS = {  # name -> (sandbox setting, EVSYS_VERIFIER_BWRAP)
 @pytest.mark.parametrize("name", list(RUNNERS))
 def test_bench_python_tests_two_workers(benchmark: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Programs per second through ``score_tasks`` with 2 workers: plain runner, one ``bwrap`` per program,
-    pooled ``bwrap`` (one sandbox per worker; root only, else it is the per-program runner)."""
+    pooled ``bwrap`` (one sandbox per worker)."""
     sandbox, mode = RUNNERS[name]
     if sandbox == "bwrap" and _bwrap_problem() is not None:
         pytest.skip(f"needs bubblewrap: {_bwrap_problem()}")
@@ -153,6 +157,36 @@ def test_bench_bwrap_against_plain_paired(benchmark: Any, monkeypatch: pytest.Mo
             benchmark.extra_info[f"{name}_share"] = round(median["plain"] / value, 3)
     ratios = sorted(plain / pool for plain, pool in zip(seconds["plain"], seconds["bwrap_pool"], strict=True))
     benchmark.extra_info["bwrap_pool_share_per_round"] = [round(r, 3) for r in ratios]
+    # as root the pool gives each program a uid of its own; an ordinary user's, namespaces of its own
+    benchmark.extra_info["bwrap_pool_kind"] = "uid per program" if os.geteuid() == 0 else "namespaces per program"
+
+
+def test_bench_bwrap_against_plain_paired_as_an_ordinary_user(benchmark: Any) -> None:
+    """:func:`test_bench_bwrap_against_plain_paired` run from root as uid 65534, every runner as that user
+    (the figures ordinary users get): its ``extra_info`` with ``unprivileged_`` in front of each key."""
+    from evsys.verifiers.testing import run_unprivileged, shared_directory, unprivileged_problem
+
+    if os.geteuid() != 0:
+        pytest.skip("this is an ordinary user: test_bench_bwrap_against_plain_paired measures its sandbox")
+    problem = _bwrap_problem() or unprivileged_problem()
+    if problem is not None:
+        pytest.skip(f"cannot measure as an ordinary user: {problem}")
+    with shared_directory() as home:
+        shutil.copy(Path(__file__), home)  # a copy that uid can read (this checkout may not be)
+        report = os.path.join(home, "paired.json")
+        args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--benchmark-only"]
+        args += ["-k", "test_bench_bwrap_against_plain_paired and not ordinary", f"--benchmark-json={report}"]
+        args += [f"--basetemp={home}/pytest", Path(__file__).name]
+
+        def run() -> None:
+            result = run_unprivileged(args, home=home, timeout=1200)
+            assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        with open(report, encoding="utf-8") as handle:
+            (measured,) = json.load(handle)["benchmarks"]
+    for key, value in measured["extra_info"].items():
+        benchmark.extra_info[f"unprivileged_{key}"] = value
 
 
 @pytest.mark.parametrize("k", [1, 5])

@@ -41,7 +41,7 @@ ADVERSARIAL = {
 @pytest.fixture(params=["none", "bwrap:per-program", "bwrap:pool"])
 def each_runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Runs the test with the plain runner, then with bubblewrap, one per program and pooled (skipped where
-    bubblewrap cannot run; the pool needs root, else it is the per-program runner)."""
+    bubblewrap cannot run)."""
     setting, _, mode = request.param.partition(":")
     if setting == "bwrap" and sandbox.bwrap_problem() is not None:
         pytest.skip(f"needs bubblewrap: {sandbox.bwrap_problem()}")

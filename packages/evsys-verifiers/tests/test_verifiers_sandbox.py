@@ -281,7 +281,7 @@ def _launch(attack: Attack, mode: str, marker: str) -> Outcome:
 def test_attack_is_contained_by_bwrap(
     name: str, mode: str, tmp_path: Path, server: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, mode)  # pool: one sandbox per worker (root); per-program: a bwrap each
+    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, mode)  # pool: one sandbox per worker; per-program: a bwrap each
     marker = f"evsys-attack-{secrets.token_hex(6)}"
     attack = _attack(name, tmp_path, server, marker)
     outcome = _launch(attack, "bwrap", marker)

@@ -2,7 +2,9 @@
 
 Each test runs programs in one :class:`PooledBwrapRunner` one after another (so they share its one
 sandbox, checked) and has the later program look for what the earlier one left. Every program is
-bounded (a few processes, a few MiB, seconds).
+bounded (a few processes, a few MiB, seconds). Run as root, the suite checks the pool that gives each
+program a uid of its own; run as an ordinary user (test_verifiers_sandbox_unprivileged.py runs it so
+from root), the pool that gives each program namespaces of its own.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from evsys.verifiers.runner import Limits, run_python
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces and /proc"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the pooled sandbox switches uids: root only"),
     pytest.mark.skipif(sandbox.bwrap_problem() is not None, reason=f"needs bubblewrap: {sandbox.bwrap_problem()}"),
+    pytest.mark.skipif(
+        sandbox.bwrap_problem() is None and sandbox_pool.pool_problem() is not None,
+        reason=f"the pooled sandbox cannot run here: {sandbox_pool.pool_problem()}",
+    ),
 ]
+AS_ROOT = os.geteuid() == 0
 
 LIMITS = Limits(memory_bytes=512 << 20, processes=32)
 
@@ -37,8 +43,8 @@ os.makedirs('/tmp/nest/deeper')
 open('/tmp/nest/deeper/file', 'w').write('x')
 os.chmod('/tmp/nest', 0o500)
 try:
-    open('/dev/shm/leftover', 'w').write('x')  # /dev/shm is root's and read-only to programs
-except PermissionError:
+    open('/dev/shm/leftover', 'w').write('x')  # /dev/shm is root's (as root) or read-only (else) to programs
+except OSError:
     pass
 open('/tmp/work/in-the-workdir.txt', 'w').write('x')
 shm = libc.shmget(0x5EED, 4096, 0o1666)  # IPC_CREAT | 0666
@@ -66,7 +72,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 me = os.getpid()
 others = []
 for pid in os.listdir('/proc'):
-    if pid.isdigit() and int(pid) != me:
+    if pid.isdigit() and int(pid) not in (me, 1):  # pid 1: the sandbox's init (root), else the run's own
         status = dict(l.split(':', 1) for l in open('/proc/%s/status' % pid).read().splitlines() if ':' in l)
         if status['State'].split()[0] != 'Z' and status['Uid'].split()[0] != '0':
             others.append((pid, status['Name'].strip(), status['Uid'].split()[0]))
@@ -133,38 +139,56 @@ def test_nothing_of_a_run_reaches_the_next_run(pool: sandbox_pool.PooledBwrapRun
     assert seen["sysv"] == [-1, -1, -1]
 
 
-def test_each_run_has_its_own_uid_and_no_capabilities(pool: sandbox_pool.PooledBwrapRunner) -> None:
+def test_each_run_has_its_own_uid_or_user_namespace_and_no_capabilities(
+    pool: sandbox_pool.PooledBwrapRunner,
+) -> None:
+    """As root each run gets a fresh uid; else the sandbox's uid, in a user namespace of its own (not the scorer's)."""
     program = (
         "import os\nstatus = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
         "print('CAPS', os.getuid(), os.getgid(), os.getgroups(), status['CapEff'].strip(), status['CapPrm'].strip(),"
-        " status['CapInh'].strip(), status['CapAmb'].strip(), status['NoNewPrivs'].strip())\n"
+        " status['CapInh'].strip(), status['CapAmb'].strip(), status['NoNewPrivs'].strip(),"
+        " os.readlink('/proc/self/ns/user').replace(' ', ''))\n"
         "import resource\nassert resource.getrlimit(resource.RLIMIT_MSGQUEUE) == (0, 0)  # no POSIX message queues\n"
     )
-    uids = set()
+    uids, namespaces = set(), set()
     for _ in range(3):
         result = run_python(program, runner=pool, limits=LIMITS)
         assert result.passed, result
         fields = next(line for line in result.stdout.splitlines() if line.startswith("CAPS")).split()
         uid, gid = int(fields[1]), int(fields[2])
-        assert uid == gid and uid >= 1_900_000_000
+        if AS_ROOT:
+            assert uid == gid and uid >= 1_900_000_000
+        else:
+            assert (uid, gid) == (os.getuid(), os.getgid())
         assert fields[3] == "[]" and fields[4:8] == ["0000000000000000"] * 4 and fields[8] == "1"
         uids.add(uid)
-    assert len(uids) == 3
+        namespaces.add(fields[9])
+    if AS_ROOT:
+        assert len(uids) == 3
+    else:  # (the kernel may give a later run's namespace the number of an earlier one that is gone)
+        assert os.readlink("/proc/self/ns/user").replace(" ", "") not in namespaces
 
 
-def test_a_run_cannot_signal_the_supervisor_or_read_its_environment(pool: sandbox_pool.PooledBwrapRunner) -> None:
+def test_a_run_cannot_signal_trace_or_read_the_supervisor(pool: sandbox_pool.PooledBwrapRunner) -> None:
+    """Every other process the program can name (as root: the sandbox's init and supervisor, root; else only
+    the run's own init, which holds no capability): no signal kills it, no ptrace attaches, no environment."""
     program = (
-        "import os, signal\nresults = []\n"
-        "for pid in (1, 2):\n"
-        "    try:\n        os.kill(pid, signal.SIGKILL)\n        results.append('killed')\n"
-        "    except OSError as exc:\n        results.append(type(exc).__name__)\n"
+        "import ctypes, os, signal\nlibc = ctypes.CDLL(None, use_errno=True)\nresults = []\n"
+        "pids = sorted(({1, 2} | {int(p) for p in os.listdir('/proc') if p.isdigit()}) - {os.getpid()})\n"
+        "for pid in pids:\n"
+        "    if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH\n"
+        "        results.append('traced')\n"
         "    try:\n        open('/proc/%d/environ' % pid).read()\n        results.append('read')\n"
         "    except OSError as exc:\n        results.append(type(exc).__name__)\n"
-        "print('RESULTS', results)\n"
+        "    try:\n        os.kill(pid, signal.SIGKILL)\n"
+        "    except OSError as exc:\n        results.append(type(exc).__name__)\n"
+        "print('RESULTS', pids, results)\n"
     )
     result = run_python(program, runner=pool, limits=LIMITS)
-    assert result.passed and "'killed'" not in result.stdout and "'read'" not in result.stdout, result
-    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    assert result.passed and "'traced'" not in result.stdout and "'read'" not in result.stdout, result
+    if not AS_ROOT:  # nothing but the run's own processes to name: the supervisor is in no namespace of the run's
+        assert "RESULTS [1] " in result.stdout, result.stdout
+    assert run_python("pass", runner=pool, limits=LIMITS).passed  # the supervisor lives on: the same sandbox
     assert _one_sandbox(pool).runs == 2
 
 
@@ -191,7 +215,7 @@ def test_output_limits_and_exit_status_as_in_the_plain_runner(pool: sandbox_pool
         pool.run([sys.executable, "x.py"], files={"../x.py": ""})
 
 
-def test_the_pool_is_the_default_as_root_and_per_program_stays_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_pool_is_the_default_and_per_program_stays_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(runner.RUNNER_ENV, raising=False)
     monkeypatch.setenv(sandbox.SANDBOX_ENV, "bwrap")
     monkeypatch.delenv(sandbox.BWRAP_MODE_ENV, raising=False)
@@ -221,11 +245,22 @@ def test_where_the_pool_cannot_run_programs_get_a_bwrap_each(
     ]
 
 
-def test_without_root_bubblewrap_runs_one_sandbox_per_program(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_root_the_pool_gives_each_program_namespaces_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool is the default for an ordinary user too: a sandbox with a user namespace of its own, read-only
+    but for each run's /tmp, whose supervisor runs each program in fresh namespaces (the suite runs so as
+    uid 65534 in test_verifiers_sandbox_unprivileged.py)."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setenv(sandbox.BWRAP_MODE_ENV, "pool")
-    assert sandbox.bwrap_mode() == "per-program"
-    assert sandbox_pool.pool_problem.__wrapped__() == "the pooled sandbox switches uids, which needs root"
+    monkeypatch.delenv(sandbox.BWRAP_MODE_ENV, raising=False)
+    assert sandbox.bwrap_mode() == "pool"
+    command = sandbox_pool.PooledBwrapRunner()._command(sys.executable, 1 << 20)
+    assert "--unshare-all" in command and "--cap-add" not in command
+    assert command[command.index("--remount-ro") : command.index("--remount-ro") + 4] == [
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+    ]
+    assert json.loads(command[-1])["mode"] == "namespaces"
 
 
 def test_a_sandbox_that_ended_while_idle_costs_no_program(pool: sandbox_pool.PooledBwrapRunner) -> None:

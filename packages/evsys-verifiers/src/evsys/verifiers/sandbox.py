@@ -17,10 +17,11 @@ Run as root, a user namespace would map the program to root on the host, which i
 ``RLIMIT_NPROC`` and owns the host's files; so as root the runner unshares every namespace but the
 user one and the program runs as a fresh unprivileged uid with no capabilities (``setpriv``).
 
-As root, programs run by default in :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner`: the same
-sandbox, one long-lived per worker, a fresh uid per program and everything of a run removed before
-the next (see :mod:`evsys.verifiers.sandbox_pool`); ``EVSYS_VERIFIER_BWRAP=per-program`` asks for one
-``bwrap`` per program (:class:`BwrapRunner`, always the case without root).
+By default programs run in :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner`: the same
+sandbox, one long-lived per worker, each program under a fresh uid (as root) or in fresh user, mount,
+pid and IPC namespaces (as an ordinary user), nothing of a run left for the next (see
+:mod:`evsys.verifiers.sandbox_pool`); ``EVSYS_VERIFIER_BWRAP=per-program`` asks for one ``bwrap`` per
+program (:class:`BwrapRunner`).
 
 Which runner runs a program: a runner plugged in with :func:`~evsys.verifiers.runner.set_runner` or
 ``EVSYS_VERIFIER_RUNNER``, else by the sandbox setting — a task's ``verifier.sandbox``, the
@@ -317,12 +318,12 @@ def resolve_sandbox(*settings: str | None) -> str:
 
 
 def bwrap_mode() -> str:
-    """How bubblewrap runs programs: ``pool`` (one long-lived sandbox per worker, a fresh uid per program;
-    the default as root) or ``per-program`` (one ``bwrap`` each; always without root), by ``$EVSYS_VERIFIER_BWRAP``."""
+    """How bubblewrap runs programs: ``pool`` (one long-lived sandbox per worker, each program isolated
+    within it; the default) or ``per-program`` (one ``bwrap`` each), by ``$EVSYS_VERIFIER_BWRAP``."""
     value = os.environ.get(BWRAP_MODE_ENV, "").strip().lower() or "pool"
     if value not in BWRAP_MODES:
         raise EvsysError(f"{BWRAP_MODE_ENV}: unknown mode {value!r}; expected one of {', '.join(BWRAP_MODES)}")
-    return value if os.geteuid() == 0 else "per-program"
+    return value
 
 
 def _bwrap_runner() -> BwrapRunner:

@@ -1,28 +1,35 @@
-"""The pooled bubblewrap runner: one long-lived sandbox per worker, a fresh uid per program (root only).
+"""The pooled bubblewrap runner: one long-lived sandbox per worker, each program isolated within it.
 
 :class:`PooledBwrapRunner` keeps the containment of :class:`~evsys.verifiers.sandbox.BwrapRunner`
 (the same namespaces, read-only binds, private ``/tmp`` and ``/dev``, no network) but pays the
 ``bwrap`` start once per worker instead of once per program. Inside each sandbox a small supervisor
-(:data:`SUPERVISOR`, root in the sandbox with only :data:`SUPERVISOR_CAPS`; bubblewrap has set
-``no_new_privs``) runs one program at a time:
+(:data:`SUPERVISOR`; bubblewrap has set ``no_new_privs``) runs one program at a time, under the
+resource limits (as the plain runner's, plus ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no
+core files), in a session of its own, collects its output (bounded) until it exits or the timeout,
+then makes sure no process of the run is alive before it answers. How it keeps runs apart depends
+on the user:
 
-1. makes ``/tmp/work`` with the run's files, owned by a fresh random uid/gid;
-2. starts the program as that uid/gid with no supplementary groups (``setgroups``, ``setregid``,
-   ``setreuid`` before ``exec``: it holds no capability, and ``no_new_privs`` keeps it so), in a
-   session of its own, under the resource limits (``prlimit``, as the plain runner, plus
-   ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no core files);
-3. collects its output (bounded) until it exits or the timeout;
-4. ``kill(-1, SIGKILL)``: every process in the sandbox but its init and the supervisor, which are
-   all the run's (atomic against ``fork``), until none is alive; then it answers;
-5. before it reads the next request, deletes everything in ``/tmp`` (the only place a program can
-   write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox's IPC namespace.
+- **as root** (``"mode": "uid"``): the supervisor is root in the sandbox with only
+  :data:`SUPERVISOR_CAPS`. It makes ``/tmp/work`` with the run's files, owned by a fresh random
+  uid/gid, and starts the program as that uid with no groups and no capability; at the end
+  ``kill(-1, SIGKILL)`` (every process but the sandbox's init and the supervisor, atomic against
+  ``fork``) until none is alive; after the answer it deletes everything in ``/tmp`` (the only place
+  a program can write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox.
+- **as an ordinary user** (``"mode": "namespaces"``; bubblewrap maps one uid only, so there is no
+  other uid to switch to): the sandbox has a user namespace of its own and everything in it is
+  read-only (``--remount-ro`` of ``/`` and ``/dev``). For each program the supervisor clones a
+  process into fresh user, mount, pid and IPC namespaces: pid 1 there, it mounts a fresh
+  size-capped tmpfs on ``/tmp`` holding ``/tmp/work`` and the run's files and a fresh ``/proc``
+  (``/proc/sys`` read-only), sets the limits, drops every capability and starts the program. The
+  program sees no process but its own and that init (non-dumpable, no capabilities), so it cannot
+  signal, trace or read the supervisor; its files, SysV IPC objects and processes go with its
+  namespaces: when its init is reaped the kernel has killed every process of the run. An
+  interpreter that lives under ``/tmp`` (a venv there) is bound once more under ``/.evsys-stash``
+  and bound again over each run's fresh ``/tmp``.
 
-So nothing of one run survives into the next (no file, process, socket or IPC object), and each run
-has a uid of its own besides, so a leftover could not be read or signalled by a later run anyway. A sandbox is replaced when its supervisor dies or after
-:data:`RUNS_PER_SANDBOX` programs; it exits when the scorer does (its control pipe closes).
-
-Without root, bubblewrap maps a single uid into its user namespace, so there is no uid to switch
-to: there :func:`~evsys.verifiers.sandbox.select_runner` keeps one ``bwrap`` per program.
+So nothing of one run survives into the next (no file, process, socket or IPC object). A sandbox is
+replaced when its supervisor dies or after :data:`RUNS_PER_SANDBOX` programs; it exits when the
+scorer does (its control pipe closes).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, Bwrap
 __all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
 
 RUNS_PER_SANDBOX = 500
+STASH = "/.evsys-stash"  # the supervisor's name for it too
 SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 _HEADER = struct.Struct("!I")
 
@@ -54,18 +62,44 @@ SUPERVISOR = (Path(__file__).parent / "sandbox_supervisor.py").read_text(encodin
 
 
 def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
-    """Two :func:`_binds` argument lists as one, each operation (``--perms M --dir P``, ``--ro-bind S D``,
-    ``--symlink T P``) once."""
+    """Two :func:`_binds` argument lists as one, each operation once."""
     ops: list[tuple[str, ...]] = []
-    for args in (first, second):
-        i = 0
-        while i < len(args):
-            width = 4 if args[i] == "--perms" else 3
-            op = tuple(args[i : i + width])
-            if op not in ops:
-                ops.append(op)
-            i += width
+    for op in (*_bind_ops(first), *_bind_ops(second)):
+        if op not in ops:
+            ops.append(op)
     return tuple(arg for op in ops for arg in op)
+
+
+def _bind_ops(binds: Sequence[str]) -> list[tuple[str, ...]]:
+    """:func:`_binds`'s arguments as operations: ``(--perms, M, --dir, P)``, ``(--ro-bind, S, D)``, ``(--symlink, T, P)``."""
+    ops: list[tuple[str, ...]] = []
+    i = 0
+    while i < len(binds):
+        width = 4 if binds[i] == "--perms" else 3
+        ops.append(tuple(binds[i : i + width]))
+        i += width
+    return ops
+
+
+def _in_tmp(path: str) -> bool:
+    return PurePosixPath(path).is_relative_to("/tmp")
+
+
+def _stash_binds(binds: Sequence[str]) -> list[str]:
+    """The read-only binds whose target is under /tmp (a venv there), bound again under the supervisor's
+    stash: each run's fresh /tmp hides the first ones, and the supervisor binds them from there."""
+    return [
+        arg for op in _bind_ops(binds) if op[0] == "--ro-bind" and _in_tmp(op[2]) for arg in (*op[:2], STASH + op[2])
+    ]
+
+
+def _under_tmp(binds: Sequence[str]) -> dict[str, list[object]]:
+    """What the supervisor makes again in each run's /tmp: ``stashed`` binds and ``links`` (target, path)."""
+    ops = _bind_ops(binds)
+    return {
+        "stashed": [op[2] for op in ops if op[0] == "--ro-bind" and _in_tmp(op[2])],
+        "links": [[op[1], op[2]] for op in ops if op[0] == "--symlink" and _in_tmp(op[2])],
+    }
 
 
 class _SupervisorDied(RuntimeError):
@@ -148,7 +182,8 @@ class _Sandbox:
 
 
 class PooledBwrapRunner(BwrapRunner):
-    """Runs each program in a pooled bubblewrap sandbox under a fresh uid (see the module docs; root only)."""
+    """Runs each program in a pooled bubblewrap sandbox: as root under a fresh uid, else in fresh namespaces
+    (see the module docs)."""
 
     def __init__(self, bwrap: str | None = None) -> None:
         super().__init__(bwrap)
@@ -157,13 +192,21 @@ class PooledBwrapRunner(BwrapRunner):
         self._lock = threading.Lock()
 
     def _command(self, argv0: str, disk: int | None) -> list[str]:
-        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-        cmd = [self.bwrap, *namespaces, "--new-session", "--dev", "/dev", "--proc", "/proc"]
-        cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp"]
-        # after the private /tmp, so an interpreter under /tmp (a venv there) stays visible
-        cmd += [*_merged_binds(_binds(sys.executable), _binds(argv0)), "--chdir", "/"]
-        cmd += [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)] + ["--"]
-        return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR]
+        binds = _merged_binds(_binds(sys.executable), _binds(argv0))
+        if self.as_root:
+            namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+            cmd = [self.bwrap, *namespaces, "--new-session", "--dev", "/dev", "--proc", "/proc"]
+            cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp"]
+            # after the private /tmp, so an interpreter under /tmp (a venv there) stays visible
+            cmd += [*binds, "--chdir", "/"]
+            cmd += [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)] + ["--"]
+            config: dict[str, object] = {"mode": "uid"}
+        else:
+            cmd = [self.bwrap, "--unshare-all", "--new-session", "--dev", "/dev", "--proc", "/proc"]
+            cmd += ["--perms", "1777", "--tmpfs", "/tmp", *binds, *_stash_binds(binds)]
+            cmd += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/", "--"]  # writable: each run's own /tmp
+            config = {"mode": "namespaces", **_under_tmp(binds)}
+        return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR, json.dumps(config)]
 
     def _take(self, key: tuple[str, int | None]) -> _Sandbox:
         with self._lock:
@@ -192,10 +235,9 @@ class PooledBwrapRunner(BwrapRunner):
         for box in boxes:
             box.close()
 
-    def _limited(self, argv: Sequence[str], limits: Limits, timeout: float) -> list[str]:
-        """``argv`` under the run's resource limits, plus no POSIX message queues and no core files."""
-        rlimits = {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
-        return limited_argv(argv, rlimits, self.prlimit)
+    def _rlimits(self, limits: Limits, timeout: float) -> dict[str, tuple[int, int]]:
+        """The run's resource limits, plus no POSIX message queues and no core files."""
+        return {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
 
     def run(
         self,
@@ -220,13 +262,17 @@ class PooledBwrapRunner(BwrapRunner):
             encoded.append([str(target.relative_to(WORKDIR)), data.hex()])
         child_env = minimal_env(WORKDIR)
         child_env.update(env or {})
+        rlimits = self._rlimits(limits, timeout)
         request = {
-            "argv": self._limited(argv, limits, timeout),
+            # as root the program starts under prlimit; else the run's init sets the limits it starts with
+            "argv": limited_argv(argv, rlimits, self.prlimit) if self.as_root else list(argv),
+            "rlimits": rlimits,
             "files": encoded,
             "env": child_env,
             "timeout": timeout,
             "max_output": max_output,
             "uid": _UID_BASE + secrets.randbelow(1_000_000),
+            "disk": limits.disk_bytes,
         }
         key = (argv[0], limits.disk_bytes)
         start = time.monotonic()
@@ -261,8 +307,6 @@ class PooledBwrapRunner(BwrapRunner):
 @functools.lru_cache(maxsize=1)
 def pool_problem() -> str | None:
     """Why the pooled sandbox cannot run programs here (``None``: it can); found out once by a trial run."""
-    if os.geteuid() != 0:
-        return "the pooled sandbox switches uids, which needs root"
     probe = PooledBwrapRunner()
     try:
         result = probe.run([sys.executable, "-S", "-E", "-c", "pass"], timeout=30)
