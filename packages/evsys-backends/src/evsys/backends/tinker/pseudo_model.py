@@ -129,11 +129,18 @@ class PseudoModel:
         """A :class:`Context` after ``tokens`` under the weights ``version``."""
         if self._nodes >= CACHE_SIZE:
             self._roots, self._nodes = {}, 0
-        root = self._roots.get(version)
-        if root is None:
-            root = self._roots.setdefault(version, _Node())
-        context = Context(self, version, root)
-        context.extend(tokens)
+        node = self._roots.get(version) or self._roots.setdefault(version, _Node())
+        sequence = [int(t) for t in tokens]
+        for token in sequence:
+            child = node.children.get(token)
+            if child is None:
+                child = node.children.setdefault(token, _Node())
+                self._nodes += 1
+            node = child
+        context = Context(self, version, node)
+        context._valid = [t for t in sequence if 0 <= t < self.vocab_size]
+        context._tail = sequence[-4:]
+        context.length = len(sequence)
         return context
 
     def along(self, tokens: Sequence[int], first: int, version: int = 0) -> list[Next]:
