@@ -8,8 +8,11 @@ small seeded pseudo-model (:class:`PseudoModel`): deterministic from the seed, a
 prompt. :class:`Tally` counts requests and tokens sampled, scored and trained (the dry run's summary).
 
 Latencies (:class:`Latency`, zero by default) make futures resolve as a busy service would: sampling
-and scoring requests run in parallel; a training client's requests run one after another. The
-benchmark (benchmarks/test_tinker_throughput.py) measures step time against the critical path.
+and scoring requests run in parallel; a training client's requests run one after another. One worker
+thread (:class:`SimWorker`) computes the responses, earliest ready time first, and completes each
+future at its ready time (``future()`` gives done callbacks, as the SDK's). The benchmark
+(benchmarks/test_bench_tinker_throughput.py) measures step time against the critical path, from the
+latencies drawn (``Tally.drawn``) and which sample each scoring scores (``Tally.links``).
 
 For tests: every client records what it was asked in ``requests`` and appends ``(event, name)`` to one
 shared ``log`` (``"submit"`` when a request is made, ``"result"`` when its future is waited on);
