@@ -49,6 +49,8 @@ def test_walkthrough_tinker_config_completes_offline_with_the_seeds_outputs(
     for row in rows:
         MetricsRow.model_validate(row)
     assert [(row["step"], row["split"]) for row in rows] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    if walkthrough != "sft_walkthrough":  # SDFT's rollouts (sample_and_score) and GRPO's are metered; SFT samples none
+        assert all(row["metrics"]["train/sampled_tokens_per_s"] > 0 for row in rows if row["split"] == "train")
     predictions = [json.loads(line) for line in (run_dir / "predictions" / "val.jsonl").read_text().splitlines()]
     tasks = (repo_root / "examples" / walkthrough / "data/val/tasks.jsonl").read_text().splitlines()
     assert len(predictions) == 2 * len(tasks)

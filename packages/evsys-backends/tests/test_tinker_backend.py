@@ -287,8 +287,10 @@ def test_compute_logprobs_of_the_policy_and_suffix_only() -> None:
 
 
 def test_compute_logprobs_missing_values_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    backend, service = make()
-    monkeypatch.setattr(service.model, "logprob", lambda *args, **kwargs: None)
+    backend, _service = make()
+    from evsys.backends.tinker.pseudo_model import Next
+
+    monkeypatch.setattr(Next, "logprob", lambda self, token: None)
     with pytest.raises(EvsysError, match="no prompt logprob at position 1"):
         backend.compute_logprobs([[11, 12]])
 

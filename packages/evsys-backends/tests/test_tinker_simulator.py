@@ -253,3 +253,53 @@ def test_resuming_restores_the_saved_weights_and_refuses_a_path_that_is_not_tink
     assert resumed.version == client.version == 2
     line = rejected(lambda: svc.create_training_client_from_state_with_optimizer("outputs/run/checkpoints/final"))
     assert line.endswith("resuming from 'outputs/run/checkpoints/final': not a tinker:// path")
+
+
+# -- the pseudo-model's memo, futures, and the benchmark's links ------------------------------------
+
+
+def test_the_memoized_pseudo_model_answers_as_a_fresh_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evsys.backends.tinker import pseudo_model
+    from evsys.backends.tinker.pseudo_model import PseudoModel
+
+    sequence = [11, 12, 400, 13, -1, 12, 14, 15, 11]
+    warm = PseudoModel(5, 300, 2, decodable=280)
+    walked = warm.along(sequence, 0, version=1)
+    for i in range(len(sequence)):
+        ids, logprobs = PseudoModel(5, 300, 2, decodable=280).distribution(sequence[:i], version=1)
+        assert walked[i].ids.tolist() == ids.tolist() and walked[i].logprobs.tolist() == logprobs.tolist()
+        assert warm.logprob(sequence[:i], 999, version=1) == walked[i].residual  # not a candidate
+        assert warm.logprob(sequence[:i], int(ids[2]), version=1) == logprobs[2]
+    assert warm.distribution(sequence, version=0)[0].tolist() != warm.distribution(sequence, version=1)[0].tolist()
+    monkeypatch.setattr(pseudo_model, "CACHE_SIZE", 3)  # the memo starts over: the same answers
+    assert [n.ids.tolist() for n in warm.along(sequence, 2, version=1)] == [n.ids.tolist() for n in walked[2:]]
+
+
+def test_a_future_completes_at_its_ready_time_with_the_response() -> None:
+    import time
+
+    from evsys.backends.tinker.simulator import Latency
+
+    sim = SimulatedService(tokenizer=ByteTokenizer(), limits=BYTE_LIMITS, seed=0, latency=Latency(sample_s=0.3, jitter=0.5, seed=4))
+    client = sim.create_sampling_client(base_model="m").result()
+    future = client.sample(prompt=types.ModelInput.from_ints([11, 12]), num_samples=2, sampling_params=types.SamplingParams(max_tokens=3))
+    _, submitted, latency = sim.tally.drawn[-1]
+    done = future.future().result()
+    assert time.monotonic() >= submitted + latency  # not before the latency the service drew
+    assert future.result() is done and len(done.sequences) == 2
+
+
+def test_scorings_of_the_same_completion_link_to_distinct_samples_in_the_order_they_returned() -> None:
+    sim = SimulatedService(tokenizer=ByteTokenizer(), limits=BYTE_LIMITS, seed=0)
+    policy = sim.create_lora_training_client(base_model="m", rank=1).result().save_weights_and_get_sampling_client().result()
+    greedy = types.SamplingParams(max_tokens=1, temperature=0.0)
+    first, second = (policy.sample(prompt=types.ModelInput.from_ints([11, 12]), num_samples=1, sampling_params=greedy) for _ in range(2))
+    [token] = first.result().sequences[0].tokens
+    assert second.result().sequences[0].tokens == [token]  # the same completion twice
+    teacher = sim.create_sampling_client(base_model="m").result()
+    scoring = types.SamplingParams(max_tokens=1)
+    for prefix in ([30], [31]):
+        teacher.sample(prompt=types.ModelInput.from_ints([*prefix, token]), num_samples=1, sampling_params=scoring,
+                       include_prompt_logprobs=True, topk_prompt_logprobs=2)
+    samples = [i for i, (method, _, _) in enumerate(sim.tally.drawn) if method.startswith("sample:policy")]
+    assert [origin for _, origin in sim.tally.links] == samples  # each sample scored once, the first one first

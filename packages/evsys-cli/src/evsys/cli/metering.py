@@ -1,9 +1,12 @@
-"""Measure sampling: the run loop hands algorithms a backend whose ``sample`` is timed and counted.
+"""Measure sampling: the run loop hands algorithms a backend whose ``sample`` (and ``sample_and_score``) is
+timed and counted.
 
 Tokens per second in the progress line is *sampled tokens per second of sampling*: the tokens
 ``sample`` returned during a step divided by the seconds spent inside ``sample`` (not the step's
-wall time, which also holds teacher scoring and the update). It is logged as
-``train/sampled_tokens_per_s`` on steps that sample (SDFT and GRPO rollouts; SFT does not sample).
+wall time, which also holds teacher scoring and the update). Where a backend samples and scores in
+one call (``sample_and_score``: Tinker's SDFT rollouts), the seconds are that call's, scoring that
+overlaps the sampling included. It is logged as ``train/sampled_tokens_per_s`` on steps that sample
+(SDFT and GRPO rollouts; SFT does not sample).
 """
 
 from __future__ import annotations
@@ -31,19 +34,37 @@ class MeteredBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
 
-    def sample(self, prompts: Any, *args: Any, **kwargs: Any) -> Any:
-        """The backend's ``sample``, timed; the returned sequences' tokens are counted."""
+    def _announce(self, count: int, n: Any, max_tokens: Any) -> None:
         announce, self._on_first_sample = self._on_first_sample, None
         if announce is not None:
-            n = kwargs.get("n", args[0] if args else 1)
-            max_tokens = kwargs.get("max_tokens", args[1] if len(args) > 1 else 64)
-            count = len(prompts)
             announce(f"{count} prompt{'s' if count != 1 else ''} x {n} sample{'s' if n != 1 else ''}, up to {max_tokens} new tokens each")
-        started = time.perf_counter()
-        groups = self.backend.sample(prompts, *args, **kwargs)
+
+    def _count(self, started: float, groups: Any) -> None:
         self.sampling_seconds += time.perf_counter() - started
         self.sampled_tokens += sum(len(sequence.tokens) for group in groups for sequence in group)
+
+    def sample(self, prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        """The backend's ``sample``, timed; the returned sequences' tokens are counted."""
+        self._announce(len(prompts), kwargs.get("n", args[0] if args else 1), kwargs.get("max_tokens", args[1] if len(args) > 1 else 64))
+        started = time.perf_counter()
+        groups = self.backend.sample(prompts, *args, **kwargs)
+        self._count(started, groups)
         return groups
+
+    @property
+    def sample_and_score(self) -> Callable[..., Any]:
+        """The backend's ``sample_and_score``, timed, its sampled tokens counted; an AttributeError (so
+        algorithms sample, then score) where the backend has none."""
+        own = self.backend.sample_and_score  # type: ignore[attr-defined]
+
+        def timed(prompts: Any, prefixes: Any, k: int, *args: Any, **kwargs: Any) -> Any:
+            self._announce(len(prompts), kwargs.get("n", args[0] if args else 1), kwargs.get("max_tokens", args[1] if len(args) > 1 else 64))
+            started = time.perf_counter()
+            groups, scores = own(prompts, prefixes, k, *args, **kwargs)
+            self._count(started, groups)
+            return groups, scores
+
+        return timed
 
     def take(self) -> tuple[int, float]:
         """``(tokens, seconds)`` sampled since the last call, and start counting afresh."""

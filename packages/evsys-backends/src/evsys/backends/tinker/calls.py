@@ -8,6 +8,7 @@ returns right after submitting; :class:`PendingResults` holds those not yet read
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -104,6 +105,29 @@ class PendingResults:
         self._pending.clear()
 
 
+def concurrent_future(future: Any) -> concurrent.futures.Future[Any] | None:
+    """The ``concurrent.futures.Future`` behind a request's future (the SDK's ``APIFuture.future()``), or None."""
+    if isinstance(future, concurrent.futures.Future) and not callable(getattr(future, "future", None)):
+        return future
+    getter = getattr(future, "future", None)
+    if not callable(getter):
+        return None
+    try:
+        inner = getter()
+    except AttributeError:  # a wrapper around a future that has none
+        return None
+    return inner if isinstance(inner, concurrent.futures.Future) else None
+
+
+def raiser(error: BaseException) -> Callable[[], Any]:
+    """A thunk that raises ``error``."""
+
+    def get() -> Any:
+        raise error
+
+    return get
+
+
 class ServiceCalls:
     """Submit, wait for and retry service requests; ``failed`` turns true once one fails for good.
 
@@ -124,6 +148,27 @@ class ServiceCalls:
         self.request_timeout_s = request_timeout_s
         self.concurrency = concurrency
         self.failed = False
+
+    def on_done(self, future: Any, callback: Callable[[Callable[[], Any]], None], waiters: Any) -> None:
+        """Call ``callback(get)`` once ``future`` is done, where ``get()`` returns its result or raises.
+
+        The SDK's futures (and the simulator's) notify through their ``concurrent.futures.Future``, so no
+        thread waits; any other future is waited for on the ``waiters`` executor.
+        """
+        inner = concurrent_future(future)
+        if inner is not None:
+            inner.add_done_callback(lambda _: callback(lambda: self.wait(future)))
+            return
+
+        def wait_then_call() -> None:
+            try:
+                value = self.wait(future)
+            except Exception as exc:
+                callback(raiser(exc))
+                return
+            callback(lambda: value)
+
+        waiters.submit(wait_then_call)
 
     def wait(self, future: Any) -> Any:
         """The result of ``future``, waiting at most ``request_timeout_s``."""

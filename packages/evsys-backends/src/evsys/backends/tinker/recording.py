@@ -85,6 +85,10 @@ class _Future:
         self._recorder.write({"kind": "response", "id": self._rid, "method": self._method, "fields": fields})
         return self._wrap(value) if self._wrap is not None else value
 
+    def future(self) -> Any:
+        """The inner request's ``concurrent.futures.Future`` (done callbacks); :meth:`result` records the response."""
+        return self._inner.future()
+
 
 class _Sampling:
     def __init__(self, inner: Any, recorder: Recorder, role: str) -> None:

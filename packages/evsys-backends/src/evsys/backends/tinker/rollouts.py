@@ -1,15 +1,25 @@
 """SDFT's rollouts on Tinker: every sample request at once, each rollout's teacher scoring the moment it returns.
 
 :func:`sample_and_score` is :meth:`TinkerBackend.sample_and_score`; it lives here to keep the backend
-module to the protocol's mapping.
+module to the protocol's mapping. One thread (the caller's) drives the whole batch: each request's
+future reports its completion through a done callback (:meth:`ServiceCalls.on_done`), so the scoring
+requests of a returned sample go out as soon as the caller's thread reads that event, with no thread
+per rollout waiting its turn for the interpreter. A failed request is retried on a thread of its own,
+with the backend's retry policy, while the others go on.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from evsys.backends.tinker.calls import raiser
 from evsys.backends.tinker.sampling import samples_of, stop_for
 from evsys.backends.tinker.service import import_tinker
 from evsys.schema.errors import EvsysError
@@ -17,6 +27,101 @@ from evsys.schema.protocols import SampledSequence, TopKLogprobs
 
 if TYPE_CHECKING:
     from evsys.backends.tinker.backend import TinkerBackend
+
+SAMPLE = "sample from the policy"
+SCORE = "score with the teacher (top-k prompt logprobs)"
+
+
+@dataclass
+class _Request:
+    """A request in flight: what it is for (``kind``, prompt ``index``, completion ``slot``), how to send it
+    again, and when its wait runs out (None: no bound, or it is being retried)."""
+
+    kind: str
+    index: int
+    slot: int
+    what: str
+    submit: Callable[[], Any]
+    deadline: float | None
+
+
+class _Batch:
+    """The requests of one :func:`sample_and_score` call and the events of their completion."""
+
+    def __init__(self, backend: TinkerBackend) -> None:
+        self.backend = backend
+        self.calls = backend._calls
+        self.events: queue.SimpleQueue[tuple[int, Callable[[], Any], bool]] = queue.SimpleQueue()
+        self.live: dict[int, _Request] = {}
+        self._ids = itertools.count()
+
+    def send(self, kind: str, index: int, slot: int, what: str, submit: Callable[[], Any]) -> None:
+        """Submit a request now; its completion becomes an event."""
+        token = next(self._ids)
+        timeout = self.calls.request_timeout_s
+        request = _Request(kind, index, slot, what, submit, None)
+        self.live[token] = request
+        try:
+            future = submit()
+        except Exception as exc:
+            self.retry(token, exc)
+            return
+        if timeout is not None:
+            request.deadline = time.monotonic() + timeout
+        self.calls.on_done(future, lambda get: self.events.put((token, get, False)), waiters(self.backend))
+
+    def retry(self, token: int, error: BaseException) -> None:
+        """Retry request ``token`` (which failed with ``error``) by the backend's policy, on a thread of its own."""
+        request = self.live[token]
+        request.deadline = None
+        first = [error]
+
+        def attempt() -> Any:
+            if first:
+                raise first.pop()
+            return self.calls.wait(request.submit())
+
+        def run() -> None:
+            try:
+                value = self.calls.retrying(request.what, attempt)
+            except BaseException as exc:
+                self.events.put((token, raiser(exc), True))
+                return
+            self.events.put((token, lambda: value, True))
+
+        threading.Thread(target=run, name="evsys-tinker-retry", daemon=True).start()
+
+    def next_done(self) -> tuple[_Request, Any] | None:
+        """The next request done and its result; None when a wait ran out (that request is being retried)."""
+        deadlines = [r.deadline for r in self.live.values() if r.deadline is not None]
+        try:
+            token, get, final = self.events.get(timeout=max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
+        except queue.Empty:
+            now = time.monotonic()
+            for token, request in list(self.live.items()):
+                if request.deadline is not None and request.deadline <= now:
+                    self.retry(token, TimeoutError(f"no result in {self.calls.request_timeout_s}s"))
+            return None
+        request = self.live.get(token)
+        if request is None:
+            return None  # a result that came after its wait ran out: the retry answers instead
+        try:
+            value = get()
+        except Exception as exc:
+            if final:
+                raise
+            self.retry(token, exc)
+            return None
+        del self.live[token]
+        return request, value
+
+
+def waiters(backend: TinkerBackend) -> ThreadPoolExecutor:
+    """Threads that wait for futures without a done callback (test doubles; the SDK's futures have one)."""
+    if backend._pool is None:
+        backend._pool_size = backend._params.teacher_concurrency
+        backend._pool = ThreadPoolExecutor(max_workers=backend._pool_size, thread_name_prefix="evsys-tinker")
+    return backend._pool  # type: ignore[no-any-return]
 
 
 def sample_and_score(
@@ -42,51 +147,42 @@ def sample_and_score(
     teacher = backend._teacher_sampler()
     params = sampling_params(max_tokens, temperature, stop_for(backend, stop), seed)
     score_params = tinker.types.SamplingParams(max_tokens=1)
+    suffix_only = backend._params.teacher_suffix_only
+    heads = [[int(t) for t in prefix] for prefix in prefixes]
 
-    def score(prefix: list[int], tokens: list[int]) -> Callable[[], Any]:
-        sequence = prefix + tokens
-        extra: dict[str, Any] = {"prompt_logprobs_last_n": len(tokens)} if backend._params.teacher_suffix_only else {}
+    def sample(index: int) -> Callable[[], Any]:
+        model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompts[index]])
+        return lambda: sampler.sample(prompt=model_input, num_samples=n, sampling_params=params)
+
+    def score(index: int, tokens: list[int]) -> Callable[[], Any]:
+        model_input = tinker.types.ModelInput.from_ints(heads[index] + tokens)
+        extra: dict[str, Any] = {"prompt_logprobs_last_n": len(tokens)} if suffix_only else {}
         return lambda: teacher.sample(
-            prompt=tinker.types.ModelInput.from_ints(sequence), num_samples=1, sampling_params=score_params,
+            prompt=model_input, num_samples=1, sampling_params=score_params,
             include_prompt_logprobs=True, topk_prompt_logprobs=k, **extra,
         )
 
-    def rollout(index: int, future: Any) -> tuple[list[SampledSequence], list[TopKLogprobs | None]]:
-        queue = [future]
-
-        def attempt() -> Any:
-            item = queue.pop() if queue else None
-            if isinstance(item, BaseException):
-                raise item
-            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompts[index]])
-            return backend._calls.wait(item if item is not None else sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
-
-        response = backend._calls.retrying("sample from the policy", attempt)
-        samples = samples_of(backend, prompts[index], response, stop)
-        prefix = [int(t) for t in prefixes[index]]
-        asked = [j for j, sample in enumerate(samples) if sample.tokens]
-        answers = backend._calls.gather("score with the teacher (top-k prompt logprobs)", [score(prefix, samples[j].tokens) for j in asked])
-        scores: list[TopKLogprobs | None] = [None] * len(samples)
-        for j, answer in zip(asked, answers, strict=True):
-            length = len(prefix) + len(samples[j].tokens)
-            try:
-                scores[j] = topk_from_response(answer, length, len(prefix), k)
-            except RuntimeError as exc:
-                raise backend._calls.fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
-        return samples, scores
-
-    futures: list[Any] = []
-    for prompt in prompts:
-        model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
+    groups: list[list[SampledSequence]] = [[] for _ in prompts]
+    scores: list[list[TopKLogprobs | None]] = [[] for _ in prompts]
+    batch = _Batch(backend)
+    for index in range(len(prompts)):
+        batch.send("sample", index, 0, SAMPLE, sample(index))
+    while batch.live:
+        done = batch.next_done()
+        if done is None:
+            continue
+        request, response = done
+        i = request.index
+        if request.kind == "sample":
+            groups[i] = samples_of(backend, prompts[i], response, stop)
+            scores[i] = [None] * len(groups[i])
+            for j, sampled in enumerate(groups[i]):
+                if sampled.tokens:
+                    batch.send("score", i, j, SCORE, score(i, list(sampled.tokens)))
+            continue
+        length = len(heads[i]) + len(groups[i][request.slot].tokens)
         try:
-            futures.append(sampler.sample(prompt=model_input, num_samples=n, sampling_params=params))
-        except Exception as exc:
-            futures.append(exc)
-    if backend._pool is None or backend._pool_size < len(prompts):
-        if backend._pool is not None:
-            backend._pool.shutdown(wait=False)
-        backend._pool_size = min(max(len(prompts), 32), backend._params.teacher_concurrency)
-        backend._pool = ThreadPoolExecutor(max_workers=backend._pool_size, thread_name_prefix="evsys-tinker")
-    results = list(backend._pool.map(rollout, range(len(prompts)), futures))
-    return [r[0] for r in results], [r[1] for r in results]
-
+            scores[i][request.slot] = topk_from_response(response, length, len(heads[i]), k)
+        except RuntimeError as exc:
+            raise backend._calls.fail(EvsysError(f"Tinker: teacher scoring failed: {exc}")) from exc
+    return groups, scores

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import heapq
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,39 +86,121 @@ class Tally:
 
 
 class SimFuture:
-    """Shaped like the SDK's ``APIFuture``: ``result(timeout=None)`` waits until the simulated service is done.
+    """Shaped like the SDK's ``APIFuture``: ``result(timeout=None)`` waits until the simulated service is done,
+    and ``future()`` is a ``concurrent.futures.Future`` of the same outcome (done callbacks, ``wait``).
 
-    With an ``executor`` the response is computed there from submission on (the service works while the
-    client does other things); otherwise on the first ``result()``.
+    With a ``worker`` (a service with latencies) the response is computed there from submission on (the
+    service works while the client does other things) and the future completes at ``ready_at``; otherwise
+    the response is computed on the first ``result()`` (or ``future()``).
     """
 
     def __init__(
         self, name: str, log: Log, value: Any = None, error: BaseException | None = None, ready_at: float = 0.0,
-        executor: Any = None,
+        worker: SimWorker | None = None,
     ) -> None:
         self.name = name
         self._log = log
         self._value = value
         self._error = error
-        self._computed = False
+        self._computed = not callable(value) or error is not None
         self._ready_at = ready_at
-        self._task = executor.submit(value) if executor is not None and error is None and callable(value) else None
+        self._done = threading.Event()
+        self._notice: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._lazy = worker is None
         self.waits = 0
+        if worker is not None:
+            worker.add(self)
 
-    def result(self, timeout: float | None = None) -> Any:
-        """Compute the value once (the service's work, inside its latency), wait out the rest of the latency,
-        record the wait, then return the value or raise."""
-        self.waits += 1
-        if self._error is None and callable(self._value) and not self._computed:
-            self._value = self._task.result() if self._task is not None else self._value()
+    def _compute(self) -> None:
+        """The service's work: the response (or the error computing it raised), once."""
+        if not self._computed:
+            try:
+                self._value = self._value()
+            except Exception as exc:
+                self._error = exc
             self._computed = True
+
+    def _complete(self) -> None:
+        """The request is done: wake whoever waits, and complete :meth:`future`."""
+        if self._error is not None:
+            self._notice.set_exception(self._error)
+        else:
+            self._notice.set_result(self._value)
+        self._done.set()
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` that completes with the response when the service is done."""
+        if self._lazy and not self._done.is_set():
+            self._wait_lazily()
+        return self._notice
+
+    def _wait_lazily(self) -> None:
+        self._compute()
         delay = self._ready_at - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        if not self._done.is_set():
+            self._complete()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the service (its work, then the rest of the latency), record the wait, then return the
+        value or raise."""
+        self.waits += 1
+        if self._lazy:
+            if not self._done.is_set():
+                self._wait_lazily()
+        else:
+            self._done.wait()
         self._log.append(("result", self.name))
         if self._error is not None:
             raise self._error
         return self._value
+
+
+class SimWorker:
+    """The simulated service's one worker thread: it computes responses earliest ready time first, and
+    completes each future at its ready time (or as soon as it is computed, when that is later).
+
+    One thread rather than a pool: the pseudo-model is Python, so more threads would only contend for
+    the interpreter with the client being measured.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._to_compute: list[tuple[float, int, SimFuture]] = []
+        self._to_complete: list[tuple[float, int, SimFuture]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, future: SimFuture) -> None:
+        """Compute ``future``'s response (if any) and complete it at its ready time."""
+        with self._cond:
+            queue = self._to_complete if future._computed else self._to_compute
+            heapq.heappush(queue, (future._ready_at, next(self._order), future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="evsys-sim", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _next(self) -> tuple[bool, SimFuture]:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._to_complete and self._to_complete[0][0] <= now:
+                    return False, heapq.heappop(self._to_complete)[2]
+                if self._to_compute:
+                    return True, heapq.heappop(self._to_compute)[2]
+                self._cond.wait(self._to_complete[0][0] - now if self._to_complete else None)
+
+    def _run(self) -> None:
+        while True:
+            compute, future = self._next()
+            if compute:
+                future._compute()
+                with self._cond:
+                    heapq.heappush(self._to_complete, (future._ready_at, next(self._order), future))
+            else:
+                future._complete()
 
 
 class SimClock:

@@ -8,8 +8,11 @@ small seeded pseudo-model (:class:`PseudoModel`): deterministic from the seed, a
 prompt. :class:`Tally` counts requests and tokens sampled, scored and trained (the dry run's summary).
 
 Latencies (:class:`Latency`, zero by default) make futures resolve as a busy service would: sampling
-and scoring requests run in parallel; a training client's requests run one after another. The
-benchmark (benchmarks/test_tinker_throughput.py) measures step time against the critical path.
+and scoring requests run in parallel; a training client's requests run one after another. One worker
+thread (:class:`SimWorker`) computes the responses, earliest ready time first, and completes each
+future at its ready time (``future()`` gives done callbacks, as the SDK's). The benchmark
+(benchmarks/test_bench_tinker_throughput.py) measures step time against the critical path, from the
+latencies drawn (``Tally.drawn``) and which sample each scoring scores (``Tally.links``).
 
 For tests: every client records what it was asked in ``requests`` and appends ``(event, name)`` to one
 shared ``log`` (``"submit"`` when a request is made, ``"result"`` when its future is waited on);
@@ -18,6 +21,8 @@ shared ``log`` (``"submit"`` when a request is made, ``"result"`` when its futur
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +35,7 @@ from evsys.backends.tinker.catalog import model_limits
 from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.pseudo_model import PseudoModel, seeded_rng
 from evsys.backends.tinker.shapes import adam_args, datum_shape, sample_shape
-from evsys.backends.tinker.sim_clock import Faults, Latency, Log, SimClock, SimFuture, Tally
+from evsys.backends.tinker.sim_clock import Faults, Latency, Log, SimClock, SimFuture, SimWorker, Tally
 
 __all__ = ["Faults", "Latency", "PseudoModel", "SimFuture", "SimulatedSamplingClient", "SimulatedService",
            "SimulatedTrainingClient", "Tally"]
@@ -89,7 +94,7 @@ class SimulatedSamplingClient:
             service.link_scoring(index, tokens)
         else:
             self._drawn_index[serial] = index
-        return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, executor=service.executor)
+        return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, worker=service.worker)
 
     def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> SimFuture:
         """``log p(prompt[i] | prompt[:i])`` for every position (``None`` first, and with
@@ -111,10 +116,11 @@ class SimulatedSamplingClient:
         error = service.faults.next_result_error("compute_logprobs")
 
         def respond() -> list[float | None]:
-            return [None if i < first else service.model.logprob(tokens[:i], tokens[i], self.version) for i in range(len(tokens))]
+            rows = service.model.along(tokens, first, self.version)
+            return [None] * min(first, len(tokens)) + [row.logprob(t) for row, t in zip(rows, tokens[first:], strict=True)]
 
         ready = service.clock.ready_at("compute_logprobs", service.latency.teacher_s)
-        return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, executor=service.executor)
+        return SimFuture(name, service.log, value=respond, error=error, ready_at=ready, worker=service.worker)
 
 
 class SimulatedTrainingClient:
@@ -138,7 +144,7 @@ class SimulatedTrainingClient:
         self._busy_until = ready
         return SimFuture(
             method, service.log, value=value, error=service.faults.next_result_error(method), ready_at=ready,
-            executor=service.executor,
+            worker=service.worker,
         )
 
     def get_tokenizer(self) -> Any:
@@ -202,11 +208,7 @@ class SimulatedService:
         self._fixed_limits = limits is not None
         self.seed = seed
         self.latency = latency or Latency()
-        self.executor: Any = None
-        if self.latency != Latency():
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evsys-sim")
+        self.worker = SimWorker() if self.latency != Latency() else None
         self.tally = Tally()
         self.clock = SimClock(self.latency, self.tally)
         self.model = PseudoModel(seed, self.limits.vocab_size, getattr(tokenizer, "eos_token_id", None), self._decodable())
@@ -214,18 +216,27 @@ class SimulatedService:
         self.training_clients: list[SimulatedTrainingClient] = []
         self.sampling_clients: list[SimulatedSamplingClient] = []
         self.closed: list[str] = []
-        self._completions: dict[tuple[int, ...], int] = {}
+        self._completions: dict[tuple[int, ...], list[int]] = {}
+        """Sampled completion -> the sample requests (indices into ``tally.drawn``) not yet linked to a scoring."""
+        self._link_lock = threading.Lock()
         self.saved: dict[str, int] = {}
         """``tinker://`` path -> the weights version saved there."""
         self._longest = 0
 
     def link_scoring(self, index: int, sequence: Sequence[int]) -> None:
-        """Record which sampled completion the scoring request ``index`` scores (the longest that ends ``sequence``)."""
-        for length in range(min(len(sequence) - 1, self._longest), 0, -1):
-            origin = self._completions.get(tuple(sequence[-length:]))
-            if origin is not None:
-                self.tally.links.append((index, origin))
-                return
+        """Record which sampled completion the scoring request ``index`` scores: the longest that ends
+        ``sequence``; where several sample requests returned it, the earliest done by now not linked yet."""
+        drawn = self.tally.drawn
+        with self._link_lock:
+            for length in range(min(len(sequence) - 1, self._longest), 0, -1):
+                origins = self._completions.get(tuple(sequence[-length:]))
+                if origins:
+                    now = time.monotonic()
+                    done = [o for o in origins if drawn[o][1] + drawn[o][2] <= now] or origins
+                    origin = min(done, key=lambda o: drawn[o][1] + drawn[o][2])
+                    origins.remove(origin)
+                    self.tally.links.append((index, origin))
+                    return
 
     def _future(self, method: str, make: Callable[[], Any], **request: Any) -> SimFuture:
         self.log.append(("submit", method))
@@ -299,13 +310,16 @@ class SimulatedService:
         temperature = float(params.temperature)
         seed = params.seed if params.seed is not None else serial
         completions = []
+        start = self.model.context(prompt, version)
         for index in range(num_samples):
             rng = seeded_rng(self.seed, int(seed), index, len(prompt), *prompt[-8:])
+            context = start.copy()
             out: list[int] = []
             lps: list[float] = []
             reason = "length"
             for _ in range(int(params.max_tokens or 1)):
-                ids, logprobs = self.model.distribution(prompt + out, version)
+                found = context.next()
+                ids, logprobs = found.ids, found.logprobs
                 if temperature <= 0:
                     pick = 0
                 else:
@@ -313,6 +327,7 @@ class SimulatedService:
                     pick = int(rng.choice(len(ids), p=weights / weights.sum()))
                 out.append(int(ids[pick]))
                 lps.append(float(logprobs[pick]))
+                context.push(out[-1])
                 if out[-1] in stop_ids or (stop_texts and self._hits_text(out, stop_texts)):
                     reason = "stop"
                     break
@@ -325,11 +340,11 @@ class SimulatedService:
         tokens = [int(t) for t in sequence]
         ids_m = np.zeros((len(tokens), k), dtype=np.int32)
         lps_m = np.full((len(tokens), k), MASK_LOGPROB, dtype=np.float32)
-        for i in range(max(first, 1), len(tokens)):
-            ids, logprobs = self.model.distribution(tokens[:i], version)
-            width = min(k, len(ids))
-            ids_m[i, :width] = ids[:width]
-            lps_m[i, :width] = logprobs[:width]
+        start = max(first, 1)
+        for i, found in enumerate(self.model.along(tokens, start, version), start):
+            width = min(k, len(found.ids))
+            ids_m[i, :width] = found.ids[:width]
+            lps_m[i, :width] = found.logprobs[:width]
         return TopkLogprobs(token_ids=ids_m, logprobs=lps_m)
 
     def respond_sample(
@@ -343,8 +358,9 @@ class SimulatedService:
         for index, (out, lps, reason) in enumerate(self.draw_completions(prompt, num_samples, params, version, serial)):
             self.tally.add("tokens_sampled", len(out))
             if origin is not None and out:
-                self._completions[tuple(out)] = origin
-                self._longest = max(self._longest, len(out))
+                with self._link_lock:
+                    self._completions.setdefault(tuple(out), []).append(origin)
+                    self._longest = max(self._longest, len(out))
             sequences.append(types.SampledSequence(
                 stop_reason=reason, sequence_id=f"{client.kind}-{serial}-{index}",
                 tokens_np=np.asarray(out, dtype=np.int32), logprobs_np=np.asarray(lps, dtype=np.float32),
@@ -356,8 +372,8 @@ class SimulatedService:
         self.tally.add("tokens_scored", n - first)
         plp = np.full(n, np.nan, dtype=np.float32)
         if include_prompt_logprobs:
-            for i in range(first, n):
-                plp[i] = self.model.logprob(prompt[:i], prompt[i], version)
+            for i, found in enumerate(self.model.along(prompt, first, version), first):
+                plp[i] = found.logprob(prompt[i])
         return types.SampleResponse(
             sequences=sequences,
             prompt_logprobs_np=plp if include_prompt_logprobs else None,
@@ -396,8 +412,12 @@ class SimulatedService:
             live = np.asarray(weighed).reshape(len(tokens), -1).any(axis=1)
             flat = targets.reshape(len(tokens), -1)
             rows = np.zeros(flat.shape, dtype=np.float32)  # rows that carry no weight are not computed: 0.0
-            for i in np.flatnonzero(live):
-                rows[i] = self.model.logprobs_of(tokens[: i + 1], flat[i], version)
+            context = self.model.context((), version)
+            for i, token in enumerate(tokens):
+                context.push(token)
+                if live[i]:
+                    found = context.next()
+                    rows[i] = [found.logprob(t) for t in flat[i].tolist()]
             lp = rows.reshape(targets.shape)
             if loss_fn == "cross_entropy":
                 weights = np.asarray(datum.loss_fn_inputs["weights"].to_numpy(), dtype=np.float64)
