@@ -9,7 +9,7 @@ from evsys.algorithms.sdft.algorithm import SDFT
 from evsys.algorithms.sdft.params import SDFTParams
 from evsys.backends.tinker.simulator import Latency
 from evsys.backends.tinker.testing import simulated_backend
-from evsys.cli.pipeline import StepPipeline, pipeline_depth
+from evsys.engine.pipeline import StepPipeline, pipeline_depth
 from evsys.schema.rows import PromptExample
 
 BATCH = [PromptExample(inputs={"question": f"Capital of {i}?"}, expected=f"City {i}") for i in range(4)]

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from evsys.cli.api import RunResult, run
+from evsys.engine.api import RunResult, run
 from evsys.schema.errors import EvsysError
 
 __all__ = ["EvsysError", "RunResult", "run"]

@@ -326,7 +326,7 @@ def _run_chats(validated: ValidatedConfig, registry: PluginRegistry) -> tuple[di
     trained chats: each row's whole conversation for an algorithm that trains on chats (SFT's ``build_datums``).
     """
     from evsys.algorithms.common import user_messages
-    from evsys.cli.run_setup import load_training_examples
+    from evsys.engine.run_setup import load_training_examples
 
     params = validated.algorithm_params
     examples = load_training_examples(validated, registry)

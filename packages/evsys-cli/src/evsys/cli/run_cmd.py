@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from evsys.cli.api import run
-from evsys.cli.overrides import Override, override_options
-from evsys.cli.run_setup import DRY_RUN_REPORT
+from evsys.engine.api import run
+from evsys.engine.overrides import Override, override_options
+from evsys.engine.run_setup import DRY_RUN_REPORT
 from evsys.logging.console import ConsoleProgress, process_started
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from evsys.cli.errors import EXIT_INVALID, EXIT_OK, print_problems
-from evsys.cli.overrides import Override, load_config_with_overrides, override_options
+from evsys.engine.overrides import Override, load_config_with_overrides, override_options
 from evsys.schema.errors import ConfigError, Problem
 from evsys.schema.plugins import default_registry
 from evsys.schema.registry import PluginRegistry
@@ -113,7 +113,7 @@ def validate_config(
     """Validate the config at ``path`` (shallow, and with ``deep`` the offline deep checks); never raises for user errors.
 
     Relative paths inside the config are resolved against the current working directory.
-    ``overrides`` are ``--set`` texts or :class:`~evsys.cli.overrides.Override` objects, applied first.
+    ``overrides`` are ``--set`` texts or :class:`~evsys.engine.overrides.Override` objects, applied first.
     """
     registry = registry if registry is not None else default_registry()
     result = ValidationResult(path=str(path), deep=deep)

@@ -1,6 +1,6 @@
 """Score a config's benchmarks without training, on the base model or a checkpoint (``evsys eval``).
 
-The same scoring as in the run loop (:func:`evsys.cli.benchmarks.evaluate`) and the same files as a run
+The same scoring as in the run loop (:func:`evsys.engine.benchmarks.evaluate`) and the same files as a run
 (``local_logger``: ``metrics.jsonl``, ``predictions/<benchmark>.jsonl``, ``summary.md``), written to
 ``<output_dir>/<name>/eval/<label>/`` where label is ``base`` or the checkpoint's directory name.
 """
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evsys.cli.api import LOG_FILES
-from evsys.cli.benchmarks import describe_benchmarks, evaluate_and_notify, load_benchmarks
-from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
-from evsys.cli.overrides import Override, load_config_with_overrides
-from evsys.cli.run_setup import DRY_RUN_SUFFIX, announce, build_backend, check_dry_run
-from evsys.cli.rundir import DirectoryLock
+from evsys.engine.api import LOG_FILES
+from evsys.engine.benchmarks import describe_benchmarks, evaluate_and_notify, load_benchmarks
+from evsys.engine.checkpoints import FINAL, find_checkpoint, step_of
+from evsys.engine.overrides import Override, load_config_with_overrides
+from evsys.engine.run_setup import DRY_RUN_SUFFIX, announce, build_backend, check_dry_run
+from evsys.engine.rundir import DirectoryLock
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
 from evsys.logging.params import LocalLoggerParams
 from evsys.schema.errors import ConfigError, EvsysError, Location, Problem

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evsys.cli.loop import Runner
-from evsys.cli.overrides import Override, load_config_with_overrides
+from evsys.engine.loop import Runner
+from evsys.engine.overrides import Override, load_config_with_overrides
 from evsys.schema.errors import ConfigError, Problem
 from evsys.schema.plugins import default_registry
 from evsys.schema.protocols import Callback
@@ -59,7 +59,7 @@ def run(
     ``resume=True`` continues the run directory's last complete checkpoint (see docs/reliability.md);
     ``overwrite=True`` replaces an earlier run; without either, an existing run directory is an error.
     ``overrides`` (``"algorithm.params.max_steps=10"`` strings, as ``--set`` takes them) change keys of
-    a config path before validation (:mod:`evsys.cli.overrides`).
+    a config path before validation (:mod:`evsys.engine.overrides`).
     User mistakes raise :class:`evsys.schema.errors.EvsysError` before training starts; a failure
     during training is re-raised after ``summary.md`` records it. SIGINT / SIGTERM stop the run after
     the current step with a checkpoint: the result's status is ``interrupted`` and ``exit_code`` 130 / 143.

@@ -2,10 +2,10 @@
 
 Everything is reached through the plugin registry; nothing here knows a backend or algorithm by name.
 Reliability (docs/reliability.md): a checkpoint every ``save_every`` steps, on an interrupt and at
-the end, each recorded in ``checkpoints/latest`` only once complete (:mod:`evsys.cli.resume`);
+the end, each recorded in ``checkpoints/latest`` only once complete (:mod:`evsys.engine.resume`);
 ``--resume`` continues from it; SIGINT / SIGTERM stop after the current step
-(:mod:`evsys.cli.interrupts`); the run directory is checked before the model loads
-(:mod:`evsys.cli.rundir`).
+(:mod:`evsys.engine.interrupts`); the run directory is checked before the model loads
+(:mod:`evsys.engine.rundir`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from evsys.cli.benchmarks import LoadedBenchmark, describe_benchmarks, evaluate_and_notify, load_benchmarks
-from evsys.cli.errors import WRITE_ERRORS, describe_write_error
-from evsys.cli.interrupts import InterruptGuard
-from evsys.cli.metering import MeteredBackend, sampling_metrics
-from evsys.cli.pipeline import StepPipeline, pipeline_depth
-from evsys.cli.resume import (
+from evsys.engine.benchmarks import LoadedBenchmark, describe_benchmarks, evaluate_and_notify, load_benchmarks
+from evsys.engine.interrupts import InterruptGuard
+from evsys.engine.metering import MeteredBackend, sampling_metrics
+from evsys.engine.pipeline import StepPipeline, pipeline_depth
+from evsys.engine.resume import (
     FINAL_NAME,
     ResumePoint,
     python_random_state,
@@ -36,7 +35,7 @@ from evsys.cli.resume import (
     step_name,
     write_latest,
 )
-from evsys.cli.run_setup import (
+from evsys.engine.run_setup import (
     DRY_RUN_SUFFIX,
     announce,
     build_backend,
@@ -45,11 +44,13 @@ from evsys.cli.run_setup import (
     load_training_examples,
     plural,
 )
-from evsys.cli.rundir import (
+from evsys.engine.rundir import (
+    WRITE_ERRORS,
     DirectoryLock,
     check_run_dir,
     clear_outputs,
     config_snapshot,
+    describe_write_error,
     prepare_run_dir,
     read_snapshot,
     refuse_existing,
@@ -232,7 +233,7 @@ class Runner:
 
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
-        """Time one phase before training; its duration goes to the ``evsys.cli.loop`` logger (INFO)."""
+        """Time one phase before training; its duration goes to the ``evsys.engine.loop`` logger (INFO)."""
         started = time.perf_counter()
         yield
         logger.info("%s took %.2f s", name, time.perf_counter() - started)
@@ -428,7 +429,7 @@ class Runner:
     def _step_pipeline(
         self, algorithm: Any, backend: Backend, stream: Iterator[list[Any]], benchmarks: list[LoadedBenchmark], max_steps: int
     ) -> StepPipeline | None:
-        """Steps that overlap (evsys.cli.pipeline) when the backend samples off policy; ``None`` otherwise."""
+        """Steps that overlap (evsys.engine.pipeline) when the backend samples off policy; ``None`` otherwise."""
         if not pipeline_depth(backend):
             return None
         save_every = getattr(self.validated.algorithm_params, "save_every", None)

@@ -31,6 +31,16 @@ MIN_FREE_BYTES = 1 << 20
 RESUMABLE_CHANGES = frozenset({"max_steps", "save_every"})
 
 
+#: errno values that mean "the environment refused a write", reported as one line, not a traceback
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.ENOENT})
+
+
+def describe_write_error(exc: OSError) -> str:
+    """``cannot write <file>: No space left on device``."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write{where}: {exc.strerror or exc}"
+
+
 def refuse_existing(run_dir: Path, *, overwrite: bool, resume: bool = False) -> None:
     """A run directory that already holds something is an error unless ``--resume`` or ``--overwrite``."""
     if overwrite and resume:
@@ -175,7 +185,7 @@ def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
     for spec, params in zip(config.get("callbacks", []), validated.callback_params, strict=False):
         spec["params"] = params.model_dump(mode="json")
     redactor = Redactor.from_environment(config)
-    from evsys.cli.overrides import override_texts
+    from evsys.engine.overrides import override_texts
 
     snapshot: dict[str, Any] = {"evsys_version": _version(), "config_file": redactor.text(validated.path)}
     overrides = override_texts(validated)
