@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
+from evsys.cli.options import console_progress, override_options
 from evsys.engine.api import run
-from evsys.engine.overrides import Override, override_options
+from evsys.engine.overrides import Override
 from evsys.engine.run_setup import DRY_RUN_REPORT
-from evsys.logging.console import ConsoleProgress, process_started
 
 
 @click.command("run")
@@ -42,13 +42,8 @@ def run_command(
       evsys run examples/sdft_walkthrough/config.yaml --dry-run
       evsys run my_run.yaml --set algorithm.params.max_steps=10 --name my_run_10
     """
-    progress = None if quiet else ConsoleProgress(started=process_started())
-    extra = [progress] if progress is not None else []
-    try:
+    with console_progress(not quiet) as extra:
         result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, overrides=overrides, dry_run=dry_run)
-    finally:
-        if progress is not None:
-            progress.detach()
     click.echo(str(result))
     report = result.run_dir / DRY_RUN_REPORT
     if dry_run and report.is_file():

@@ -9,7 +9,8 @@ command (:mod:`evsys.cli`) parses arguments, calls this package and maps its err
 
 from __future__ import annotations
 
-from evsys.engine.api import RunResult, run
+from evsys.engine.api import run
+from evsys.engine.status import RunOutcome
 from evsys.schema.errors import EvsysError
 
-__all__ = ["EvsysError", "RunResult", "run"]
+__all__ = ["EvsysError", "RunOutcome", "run"]

@@ -86,11 +86,9 @@ def evaluate(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int)
 
 
 def evaluate_and_notify(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: Sequence[Callback]) -> EvalResult:
-    """:func:`evaluate`, announced to callbacks that have ``eval_started`` and reported to all by ``on_eval_end``."""
+    """:func:`evaluate`, announced to the callbacks by ``eval_started`` and reported by ``on_eval_end``."""
     for callback in callbacks:
-        announce = getattr(callback, "eval_started", None)
-        if callable(announce):
-            announce(benchmark.name, len(benchmark.tasks), step)
+        callback.eval_started(benchmark.name, len(benchmark.tasks), step)
     result = evaluate(backend, benchmark, step, seed)
     for callback in callbacks:
         callback.on_eval_end(result)

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evsys.schema.protocols import Backend
+from evsys.schema.plugin_bases import BaseBackend
+from evsys.schema.protocols import Backend, SampledSequence, TopKLogprobs
 
 
 class MeteredBackend:
@@ -44,6 +45,15 @@ class MeteredBackend:
         self.sampling_seconds += time.perf_counter() - started
         self.sampled_tokens += sum(len(sequence.tokens) for group in groups for sequence in group)
         return groups
+
+    def sample_and_score(
+        self, prompts: Any, prefixes: Any, k: int, **options: Any
+    ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
+        """The backend's own ``sample_and_score`` when it has one (its sampling is not metered apart from
+        its scoring); else the default, whose ``sample`` goes through this meter."""
+        if type(self.backend).sample_and_score is BaseBackend.sample_and_score:
+            return BaseBackend.sample_and_score(self, prompts, prefixes, k, **options)  # type: ignore[arg-type]
+        return self.backend.sample_and_score(prompts, prefixes, k, **options)
 
     def take(self) -> tuple[int, float]:
         """``(tokens, seconds)`` sampled since the last call, and start counting afresh."""

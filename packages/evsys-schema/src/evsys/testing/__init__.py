@@ -19,7 +19,9 @@ from evsys.testing.contracts import (
     check_algorithm,
     check_backend,
     check_callback,
+    check_conforms,
     check_verifier_function,
+    protocol_members,
 )
 
 __all__ = [
@@ -28,5 +30,7 @@ __all__ = [
     "check_algorithm",
     "check_backend",
     "check_callback",
+    "check_conforms",
     "check_verifier_function",
+    "protocol_members",
 ]
