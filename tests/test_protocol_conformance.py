@@ -137,6 +137,38 @@ def test_an_algorithm_lacking_declared_methods_fails_the_check_naming_them() -> 
     assert Fixed.total_steps(params, 10) == 2 and Fixed.chats(params, batch) == RenderedChats()
 
 
+def test_a_method_that_does_not_take_a_declared_parameter_fails_the_check() -> None:
+    class QuietCallback(BaseCallback):
+        def on_run_end(self, status: str, final_metrics: dict[str, float | None]) -> None: ...
+
+    with pytest.raises(ContractError, match=r"^QuietCallback\.on_run_end does not take error, which the Callback protocol passes$"):
+        check_conforms(QuietCallback, Callback)
+
+
+def test_a_run_refuses_an_algorithm_plugin_lacking_declared_methods_in_one_line(tmp_path: Path) -> None:
+    import dataclasses
+
+    from evsys.engine import run
+    from evsys.schema.errors import ConfigError
+    from evsys.schema.registry import PluginRegistry
+
+    registry = PluginRegistry()
+    for registration in default_registry().registrations():
+        registry.add(registration)
+    sdft = registry.get("algorithm", "sdft")
+    registry.add(dataclasses.replace(sdft, name="counting", target=f"{__name__}:CountingAlgorithm"))
+    config = Path(__file__).resolve().parents[1] / "examples" / "sdft_walkthrough" / "config.local.yaml"
+    with pytest.raises(ConfigError) as caught:
+        run(config, registry=registry, overrides=["algorithm.kind=counting", f"output_dir={tmp_path}"])
+    [problem] = caught.value.problems
+    assert problem.field == "algorithm.kind"
+    assert problem.message == (
+        f"algorithm 'counting' of evsys-algorithms ({__name__}:CountingAlgorithm) lacks total_steps, chats, state_dict, "
+        "load_state_dict of the Algorithm protocol: subclass evsys.schema.plugin_bases.BaseAlgorithm"
+    )
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_backend_lacking_declared_methods_fails_the_check_naming_them() -> None:
     class ModelOnly:
         def sample(self, *args: Any, **kwargs: Any) -> Any: ...

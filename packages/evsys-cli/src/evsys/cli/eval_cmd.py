@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from evsys.cli.options import console_progress, override_options
+from evsys.cli.options import console_progress, echo_outcome, override_options
 from evsys.engine.evaluation import evaluate_config
 from evsys.engine.overrides import Override
-from evsys.engine.run_setup import DRY_RUN_REPORT
 
 
 @click.command("eval")
@@ -57,7 +56,4 @@ def eval_command(
             config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite, overrides=overrides,
             dry_run=dry_run,
         )
-    click.echo(str(result))
-    report = result.logs / DRY_RUN_REPORT
-    if dry_run and report.is_file():
-        click.echo(report.read_text(encoding="utf-8").rstrip())
+    echo_outcome(result, result.logs, dry_run=dry_run)

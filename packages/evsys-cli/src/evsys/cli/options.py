@@ -1,15 +1,19 @@
-"""Options and helpers the ``evsys`` commands share: ``--set`` / ``--name`` / ``--output-dir``, and the console."""
+"""Options and helpers the ``evsys`` commands share: ``--set`` / ``--name`` / ``--output-dir``, the console,
+and how a run's or an evaluation's outcome is printed."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 
 from evsys.engine.overrides import parse_set, shorthand
+from evsys.engine.run_setup import DRY_RUN_REPORT
+from evsys.engine.status import Outcome
 from evsys.logging.console import process_started
 from evsys.schema.errors import ConfigError
 from evsys.schema.plugins import default_registry
@@ -67,3 +71,11 @@ def console_progress(enabled: bool) -> Iterator[list[Callback]]:
         yield [console]
     finally:
         console.detach()
+
+
+def echo_outcome(outcome: Outcome, directory: Path, *, dry_run: bool) -> None:
+    """Print Status / Metrics / Logs (and Error), then a dry run's report from ``directory``."""
+    click.echo(str(outcome))
+    report = directory / DRY_RUN_REPORT
+    if dry_run and report.is_file():
+        click.echo(report.read_text(encoding="utf-8").rstrip())

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from evsys.cli.options import console_progress, override_options
+from evsys.cli.options import console_progress, echo_outcome, override_options
 from evsys.engine.api import run
 from evsys.engine.overrides import Override
-from evsys.engine.run_setup import DRY_RUN_REPORT
 
 
 @click.command("run")
@@ -44,9 +43,6 @@ def run_command(
     """
     with console_progress(not quiet) as extra:
         result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, overrides=overrides, dry_run=dry_run)
-    click.echo(str(result))
-    report = result.run_dir / DRY_RUN_REPORT
-    if dry_run and report.is_file():
-        click.echo(report.read_text(encoding="utf-8").rstrip())
+    echo_outcome(result, result.run_dir, dry_run=dry_run)
     if result.exit_code:
         ctx.exit(result.exit_code)

@@ -14,7 +14,7 @@ from typing import Any
 from evsys.engine.benchmarks import describe_benchmarks, evaluate_and_notify, load_benchmarks
 from evsys.engine.checkpoints import FINAL, find_checkpoint, step_of
 from evsys.engine.overrides import Override, load_config_with_overrides
-from evsys.engine.run_setup import announce, build_backend, check_dry_run, training_params
+from evsys.engine.run_setup import announce, build_backend, check_callback_object, check_dry_run, training_params
 from evsys.engine.rundir import DRY_RUN_SUFFIX, DirectoryLock
 from evsys.engine.status import EvalOutcome, tracked_status
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
@@ -92,6 +92,8 @@ def evaluate_config(
     that run directory's lock (one elsewhere, its own directory's), so it never writes beside a live run.
     """
     registry = registry or default_registry()
+    for callback in callbacks:
+        check_callback_object(callback)
     if isinstance(config, ValidatedConfig):
         if overrides:
             raise ConfigError(Problem("evaluate_config() takes overrides only with a config path"))

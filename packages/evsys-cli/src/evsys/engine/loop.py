@@ -32,6 +32,7 @@ from evsys.engine.run_setup import (
     build_callbacks,
     check_callback_object,
     check_dry_run,
+    load_plugin_class,
     load_training_examples,
     plural,
     training_params,
@@ -147,7 +148,7 @@ class TrainingRun:
         with self._phase("benchmarks"):
             benchmarks = load_benchmarks(validated)
             self._announce(describe_benchmarks(benchmarks))
-        algorithm_class = registry.get("algorithm", config.algorithm.kind).load()
+        algorithm_class = load_plugin_class(validated, registry, "algorithm")
         with self.directory:
             point = self.directory.claim()
             self._check_data(point, len(examples))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from evsys.data.examples import load_examples, source_options
 from evsys.schema.errors import ConfigError, Location, Problem
 from evsys.schema.params import TrainingParams
-from evsys.schema.protocols import Backend, BackendSetup, Callback, missing_members
+from evsys.schema.protocols import Algorithm, Backend, BackendSetup, Callback, missing_members
 from evsys.schema.registry import PluginRegistry
 from evsys.schema.validation import ValidatedConfig
 
@@ -24,6 +25,7 @@ __all__ = [
     "build_backend",
     "build_callbacks",
     "check_dry_run",
+    "load_plugin_class",
     "load_training_examples",
     "plural",
     "template_checks",
@@ -54,6 +56,29 @@ def training_params(validated: ValidatedConfig) -> TrainingParams:
             )
         )
     return params
+
+
+_BASE_OF = {"algorithm": "evsys.schema.plugin_bases.BaseAlgorithm", "backend": "evsys.schema.plugin_bases.BaseBackend"}
+
+
+def load_plugin_class(validated: ValidatedConfig, registry: PluginRegistry, kind: str) -> type[Any]:
+    """The configured algorithm's or backend's class (imported now), checked against its protocol:
+    a class lacking a declared member is the plugin's mistake, one line at ``<kind>.kind``."""
+    name = validated.config.algorithm.kind if kind == "algorithm" else validated.config.backend.kind
+    registration = registry.get(kind, name)
+    loaded = registration.load()
+    protocol = Algorithm if kind == "algorithm" else Backend
+    missing = missing_members(loaded, protocol)
+    if missing:
+        raise ConfigError(
+            Problem(
+                f"{kind} '{name}' of {registration.distribution} ({registration.target}) lacks {', '.join(missing)} "
+                f"of the {protocol.__name__} protocol: subclass {_BASE_OF[kind]}",
+                validated.document.locate((kind, "kind")),
+                field=f"{kind}.kind",
+            )
+        )
+    return loaded
 
 
 def template_checks(validated: ValidatedConfig, registry: PluginRegistry) -> dict[str, frozenset[str]]:
@@ -91,7 +116,7 @@ DRY_RUN_REPORT = "dry_run.md"
 def check_dry_run(validated: ValidatedConfig, registry: PluginRegistry) -> None:
     """Refuse ``--dry-run`` with one line when the config's backend has no simulation (no ``supports_dry_run``)."""
     config = validated.config
-    backend_class = registry.get("backend", config.backend.kind).load()
+    backend_class = load_plugin_class(validated, registry, "backend")
     if not backend_class.supports_dry_run:
         raise ConfigError(
             Problem(
@@ -112,7 +137,7 @@ def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir:
     params = training_params(validated)
     if dry_run:
         check_dry_run(validated, registry)
-    backend_class = registry.get("backend", config.backend.kind).load()
+    backend_class = load_plugin_class(validated, registry, "backend")
     setup = BackendSetup(
         model_name=config.model.name,
         lora_rank=params.lora_rank,

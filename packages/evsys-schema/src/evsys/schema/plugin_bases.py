@@ -33,9 +33,9 @@ class BaseBackend:
         """Never called while :attr:`max_steps_off_policy` is 0."""
 
     @classmethod
-    def resolve_model(cls, name: str, revision: str | None = None) -> str:
-        """``name`` itself: a directory or a hub id transformers resolves on its own."""
-        return name
+    def resolve_model(cls, model_name: str, revision: str | None = None) -> str:
+        """``model_name`` itself: a directory or a hub id transformers resolves on its own."""
+        return model_name
 
     def render_chat_for_sft(self, messages: Sequence[Message]) -> list[tuple[list[int], list[float]]] | None:
         """None: SFT finds the assistant turns by rendering prefixes with :meth:`render_chat`."""

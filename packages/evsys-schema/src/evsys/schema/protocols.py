@@ -226,8 +226,8 @@ class Backend(Protocol):
         ...
 
     @classmethod
-    def resolve_model(cls, name: str, revision: str | None = None) -> str:
-        """Where the model ``name`` is on this machine (a directory or a hub id transformers finds),
+    def resolve_model(cls, model_name: str, revision: str | None = None) -> str:
+        """Where the model ``model_name`` is on this machine (a directory or a hub id transformers finds),
         for ``evsys export --merge``."""
         ...
 

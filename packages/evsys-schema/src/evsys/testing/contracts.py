@@ -37,13 +37,34 @@ class ContractError(AssertionError):
 
 def check_conforms(obj: object, protocol: type, what: str | None = None) -> None:
     """Raise :class:`ContractError` naming every member of ``protocol`` that ``obj`` (an instance or a
-    class) lacks, and the base class that gives their defaults."""
+    class) lacks, and the base class that gives their defaults; then one naming a method that does not
+    take a parameter the protocol declares for it (by name, or through ``**kwargs``)."""
+    name = what or (obj.__name__ if isinstance(obj, type) else type(obj).__name__)
     missing = missing_members(obj, protocol)
     if missing:
-        name = what or (obj.__name__ if isinstance(obj, type) else type(obj).__name__)
         base = _BASES.get(protocol.__name__)
         hint = f"; subclass {base}, which gives their defaults" if base else ""
         raise ContractError(f"{name} lacks {', '.join(missing)} of the {protocol.__name__} protocol{hint}")
+    for member in protocol_members(protocol):
+        declared = vars(protocol).get(member)
+        if isinstance(declared, (classmethod, staticmethod)):
+            declared = declared.__func__
+        if not inspect.isfunction(declared):
+            continue
+        lacking = _untaken_parameters(declared, getattr(obj, member))
+        if lacking:
+            raise ContractError(f"{name}.{member} does not take {', '.join(lacking)}, which the {protocol.__name__} protocol passes")
+
+
+def _untaken_parameters(declared: Callable[..., Any], implemented: Any) -> list[str]:
+    try:
+        have = inspect.signature(implemented).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to compare
+        return []
+    if any(p.kind == p.VAR_KEYWORD for p in have.values()):
+        return []
+    wanted = [p for p in inspect.signature(declared).parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return [p.name for p in wanted if p.name not in ("self", "cls") and p.name not in have]
 
 
 def _expect(condition: object, message: str) -> None:
