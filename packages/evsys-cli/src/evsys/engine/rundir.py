@@ -76,13 +76,6 @@ def clear_outputs(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse an existing run directory unless ``overwrite``; with it, clear the earlier outputs."""
-    refuse_existing(run_dir, overwrite=overwrite)
-    if overwrite:
-        clear_outputs(run_dir)
-
-
 class DirectoryLock:
     """An exclusive ``fcntl.flock`` on ``<directory>/.evsys.lock``, which holds the owner's pid.
 
