@@ -140,7 +140,7 @@ def test_bench_sdft_step_on_the_simulated_service(benchmark: Any) -> None:
 
 def run_steps(off_policy: bool, steps: int = 4) -> tuple[float, list[float]]:
     """Seconds for steps 2..``steps`` (step 1 warms up), one step off policy or not, and each step's staleness."""
-    from evsys.cli.pipeline import StepPipeline
+    from evsys.engine.pipeline import StepPipeline
 
     backend, _ = simulated_backend(latency=LATENCY, max_steps_off_policy=1 if off_policy else 0)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from evsys.backends.tinker.recording import replay
-from evsys.cli.api import run
 from evsys.cli.errors import report_errors
+from evsys.engine.api import run
 
 DEFAULT_CONFIG = "examples/sdft_walkthrough/config.yaml"
 

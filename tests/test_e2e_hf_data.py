@@ -92,7 +92,7 @@ def test_parquet_q_a_trains_two_sdft_steps_and_scores_a_dataset_benchmark(tmp_pa
 
 
 def test_parquet_save_to_disk_and_csv_give_the_same_examples(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from evsys.cli.run_setup import load_training_examples
+    from evsys.engine.run_setup import load_training_examples
     from evsys.schema.plugins import default_registry
     from evsys.schema.validation import load_config
 

@@ -4,28 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from evsys.algorithms.common import sample_and_score
 from evsys.backends.tinker.testing import simulated_backend
-from evsys.cli.metering import MeteredBackend, sampling_metrics
+from evsys.engine.metering import MeteredBackend, sampling_metrics
+from evsys.schema.plugin_bases import BaseBackend
 
 
-class WithoutSampleAndScore:
-    """A backend that samples, then scores (as the local backend does)."""
+class WithoutSampleAndScore(BaseBackend):
+    """A backend that keeps BaseBackend's ``sample_and_score`` (sample, then score), as the local backend does."""
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
 
     def __getattr__(self, name: str) -> Any:
-        if name == "sample_and_score":
-            raise AttributeError(name)
         return getattr(self._backend, name)
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        return self._backend.sample(*args, **kwargs)
+
+    def topk_logprobs(self, *args: Any, **kwargs: Any) -> Any:
+        return self._backend.topk_logprobs(*args, **kwargs)
 
 
 def test_tokens_sampled_through_sample_and_score_are_metered() -> None:
     backend, _ = simulated_backend()
     announced: list[str] = []
     meter = MeteredBackend(backend, announced.append)
-    groups, scores = sample_and_score(meter, [[11, 12], [13]], [[20], [21, 22]], k=2, n=3, max_tokens=5, temperature=1.0, seed=1)
+    groups, scores = meter.sample_and_score([[11, 12], [13]], [[20], [21, 22]], k=2, n=3, max_tokens=5, temperature=1.0, seed=1)
     sampled = sum(len(s.tokens) for g in groups for s in g)
     assert sampled > 0 and meter.sampled_tokens == sampled and meter.sampling_seconds > 0
     assert announced == ["2 prompts x 3 samples, up to 5 new tokens each"]
@@ -38,6 +42,5 @@ def test_tokens_sampled_through_sample_and_score_are_metered() -> None:
 def test_a_backend_without_sample_and_score_is_metered_through_sample() -> None:
     backend, _ = simulated_backend()
     meter = MeteredBackend(WithoutSampleAndScore(backend))
-    assert getattr(meter, "sample_and_score", None) is None  # algorithms then sample, then score
-    groups, _ = sample_and_score(meter, [[11, 12]], [[20]], k=2, n=2, max_tokens=5, temperature=1.0, seed=1)
+    groups, _ = meter.sample_and_score([[11, 12]], [[20]], k=2, n=2, max_tokens=5, temperature=1.0, seed=1)
     assert meter.sampled_tokens == sum(len(s.tokens) for g in groups for s in g) > 0

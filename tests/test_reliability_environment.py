@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from evsys.cli.api import run
 from evsys.cli.main import main
+from evsys.engine.api import run
 from evsys.schema.protocols import BaseCallback
 
 SECRETS = {

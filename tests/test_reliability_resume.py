@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from evsys.cli.api import run
 from evsys.cli.main import main
+from evsys.engine.api import run
 from evsys.schema.errors import ConfigError, EvsysError
 
 REL_TOL = 1e-6

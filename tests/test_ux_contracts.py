@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from evsys.schema.plugin_bases import BaseAlgorithm
 from evsys.schema.protocols import BackendSetup
 from evsys.schema.rows import ChatExample, PromptExample
 from evsys.testing import ContractError, check_algorithm, check_backend, check_callback, check_verifier_function
@@ -98,11 +99,8 @@ def test_builtin_algorithms_keep_the_algorithm_contract(backend: Any, kind: str,
     assert len(history) == 1 and "train/mean_loss" in history[0]
 
 
-class PeekingAlgorithm:
+class PeekingAlgorithm(BaseAlgorithm):
     """Reaches past the Backend protocol (backend.model): the check must refuse it."""
-
-    def __init__(self, params: Any, backend: Any, context: Any) -> None:
-        self.backend = backend
 
     def train_step(self, batch: Any, step: int) -> dict[str, float]:
         self.backend.model.train()

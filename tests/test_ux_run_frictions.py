@@ -140,7 +140,7 @@ def finished_run(in_workdir: Path) -> Iterator[Path]:
 def hold_lock(directory: Path) -> subprocess.Popen[str]:
     """Another live process holding ``directory``'s lock (as a running `evsys run` does)."""
     code = (
-        "import sys, time; from pathlib import Path; from evsys.cli.rundir import DirectoryLock\n"
+        "import sys, time; from pathlib import Path; from evsys.engine.rundir import DirectoryLock\n"
         f"DirectoryLock(Path({str(directory)!r})).acquire(); print('locked', flush=True); time.sleep(600)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -247,7 +247,7 @@ def test_a_run_says_what_it_does_before_step_one(
     import logging
 
     config = write_config(in_workdir, "talks", max_steps=1)
-    with caplog.at_level(logging.INFO, logger="evsys.cli.loop"):
+    with caplog.at_level(logging.INFO, logger="evsys.engine.loop"):
         code, _, err = evsys_cli(["--log-level", "info", "run", str(config), "--overwrite"])
     evsys_cli(["--log-level", "warning", "plugins", "--json"])
     assert code == 0, err
@@ -262,7 +262,7 @@ def test_a_run_says_what_it_does_before_step_one(
         "training: steps 1-1 of 1 ...",
         "step 1: first rollout, 1 prompt x 1 sample, up to 4 new tokens each ...",
     ]
-    durations = [r.getMessage() for r in caplog.records if r.name == "evsys.cli.loop"]  # --log-level info shows them
+    durations = [r.getMessage() for r in caplog.records if r.name == "evsys.engine.loop"]  # --log-level info shows them
     assert [message.split(" took ")[0] for message in durations] == ["data", "benchmarks", "model"]
     assert all(message.endswith(" s") for message in durations)
     step = next(line for line in lines if line.startswith("step 1/1 | "))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from evsys.schema.plugin_bases import BaseBackend
 from evsys.schema.protocols import Datum, ForwardBackwardResult, SampledSequence, TopKLogprobs
 
 
@@ -24,7 +25,7 @@ class CharTokenizer:
         return "".join(chr(t) for t in token_ids if t >= 32 or t == 10)
 
 
-class FakeBackend:
+class FakeBackend(BaseBackend):
     """A scripted Backend: chat rendering by a ChatML-like text template, canned samples and top-k.
 
     ``completions`` are the texts ``sample`` returns (cycled); ``topk_logprobs`` names ids

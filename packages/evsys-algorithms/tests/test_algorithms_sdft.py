@@ -158,7 +158,7 @@ def test_algorithms_sdft_train_step_calls_backend_in_order(make_backend) -> None
     assert metrics["train/teacher_entropy"] == pytest.approx(-sum(p * math.log(p) for p in q))
     assert metrics["train/grad_norm"] == 1.5
     assert all(key.startswith("train/") for key in metrics)
-    assert algo.state_dict() == {} and algo.total_steps(100) == 2
+    assert algo.state_dict() == {} and SDFT.total_steps(algo.params, 100) == 2
 
 
 def test_algorithms_sdft_num_rollouts_and_skip(make_backend) -> None:

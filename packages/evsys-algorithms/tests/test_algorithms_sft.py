@@ -99,7 +99,7 @@ def test_algorithms_sft_steps_from_epochs(make_backend) -> None:
     assert sft_total_steps(SFTParams(learning_rate=1e-3, epochs=2, batch_size=4), 10) == 5
     assert sft_total_steps(SFTParams(learning_rate=1e-3, epochs=0.5, batch_size=1), 3) == 2
     assert sft_total_steps(SFTParams(learning_rate=1e-3, epochs=3, max_steps=4), 10) == 4
-    assert SFT(SFTParams(learning_rate=1e-3, max_steps=7), make_backend()).total_steps(1000) == 7
+    assert SFT.total_steps(SFTParams(learning_rate=1e-3, max_steps=7), 1000) == 7
     with pytest.raises(ValidationError, match="max_steps or epochs"):
         SFTParams(learning_rate=1e-3)
     with pytest.raises(ValidationError, match="extra"):

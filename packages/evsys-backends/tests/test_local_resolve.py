@@ -46,9 +46,10 @@ def test_params_defaults_and_validation() -> None:
     params = LocalBackendParams()
     assert params.device == "auto" and params.dtype == "auto"
     assert params.target_modules == list(DEFAULT_TARGET_MODULES)
-    assert params.resolved_lora_alpha() == 32.0 and params.lora_dropout == 0.0
+    assert params.lora_dropout == 0.0
     assert LocalBackendParams(target_modules="all-linear").target_modules == "all-linear"
-    assert LocalBackendParams(lora_alpha=16).resolved_lora_alpha() == 16.0
+    with pytest.raises(ValidationError, match=r"lora_alpha is set as algorithm\.params\.lora_alpha, next to lora_rank"):
+        LocalBackendParams(lora_alpha=16)
     for bad in ({"device": "tpu"}, {"target_modules": []}, {"lora_dropout": 1.0}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             LocalBackendParams(**bad)

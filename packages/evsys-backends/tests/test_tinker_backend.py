@@ -545,3 +545,16 @@ def test_each_rollout_is_scored_as_soon_as_its_sample_returns() -> None:
     assert first_scoring < last_sample  # scoring started while other rollouts were still sampling
     assert events[:6] == [("submit", "sample:policy-1")] * 6  # every rollout in flight at once
     backend.close()
+
+
+def test_a_lora_alpha_the_service_does_not_use_is_refused_before_connecting() -> None:
+    from evsys.backends.tinker.backend import TinkerBackend
+    from evsys.schema.errors import EvsysError
+    from evsys.schema.protocols import BackendSetup
+
+    with pytest.raises(EvsysError) as caught:
+        TinkerBackend(BackendSetup(model_name="Qwen/Qwen3-8B", lora_rank=8, lora_alpha=16.0), service_client=object())
+    assert str(caught.value) == (
+        "algorithm.params.lora_alpha: the Tinker service scales every adapter with lora_alpha 32, got 16: "
+        "remove algorithm.params.lora_alpha (or use the local backend)"
+    )

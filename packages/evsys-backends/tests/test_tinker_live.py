@@ -21,7 +21,7 @@ CONFIG = REPO / "examples" / "sdft_walkthrough" / "config.yaml"
 
 
 def test_walkthrough_runs_two_steps_on_tinker(monkeypatch: pytest.MonkeyPatch) -> None:
-    api = pytest.importorskip("evsys.cli.api", reason="evsys.cli.api.run is not built yet")
+    api = pytest.importorskip("evsys.engine.api", reason="evsys.engine.api.run is not built yet")
     if not CONFIG.is_file():
         pytest.skip(f"{CONFIG} is not there yet")
     monkeypatch.chdir(REPO)  # the page's paths are relative to the repository root

@@ -9,7 +9,7 @@ from evsys.algorithms.sdft.algorithm import SDFT
 from evsys.algorithms.sdft.params import SDFTParams
 from evsys.backends.tinker.simulator import Latency
 from evsys.backends.tinker.testing import simulated_backend
-from evsys.cli.pipeline import StepPipeline, pipeline_depth
+from evsys.engine.pipeline import StepPipeline
 from evsys.schema.rows import PromptExample
 
 BATCH = [PromptExample(inputs={"question": f"Capital of {i}?"}, expected=f"City {i}") for i in range(4)]
@@ -24,7 +24,7 @@ def forever() -> Iterator[list[Any]]:
 
 def test_the_next_step_samples_while_this_one_trains_and_records_its_staleness() -> None:
     backend, service = simulated_backend(latency=LATENCY, max_steps_off_policy=1)
-    assert pipeline_depth(backend) == 1
+    assert backend.max_steps_off_policy == 1
     steps = StepPipeline(SDFT(PARAMS, backend, None), backend, forever(), overlap=lambda step: step < 4)
     metrics = [steps.run(step) for step in range(1, 5)]
     backend.close()
@@ -40,7 +40,7 @@ def test_the_next_step_samples_while_this_one_trains_and_records_its_staleness()
 
 def test_on_policy_by_default() -> None:
     backend, _ = simulated_backend()
-    assert pipeline_depth(backend) == 0
+    assert backend.max_steps_off_policy == 0
     steps = StepPipeline(SDFT(PARAMS, backend, None), backend, forever(), overlap=lambda step: False)
     assert "train/off_policy_steps" not in steps.run(1)
     backend.close()

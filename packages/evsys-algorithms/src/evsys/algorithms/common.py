@@ -1,4 +1,4 @@
-"""Helpers the three algorithms share: prompt rendering, datum shifting, the base class.
+"""Helpers the three algorithms share: prompt rendering, metrics, the base class.
 
 Everything here talks to a model only through :class:`evsys.schema.protocols.Backend`, so it runs
 unchanged on the local backend and on Tinker.
@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evsys.data.templates import render_template
-from evsys.schema.params import TrainingParams
-from evsys.schema.protocols import Backend, ForwardBackwardResult, Message, RunContext, SampledSequence, TopKLogprobs
+from evsys.schema.plugin_bases import BaseAlgorithm
+from evsys.schema.protocols import Backend, ForwardBackwardResult, Message, RenderedChats
+from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample
 
 
 def user_messages(template: str, inputs: Mapping[str, Any]) -> list[Message]:
@@ -20,13 +21,12 @@ def user_messages(template: str, inputs: Mapping[str, Any]) -> list[Message]:
     return [{"role": "user", "content": render_template(template, inputs)}]
 
 
-def prompt_messages(example: Any, user_template: str) -> list[Message]:
+def prompt_messages(example: PromptExample | ChatPromptExample | ChatExample, user_template: str) -> list[Message]:
     """The prompt turns of a training row: a chat row's ``messages`` (system and user turns, the last
     one the user's), or the one user turn ``user_template`` renders from a prompt row's ``inputs``."""
-    inputs = getattr(example, "inputs", None)
-    if inputs is None:
-        return [{"role": m.role, "content": m.content} for m in example.messages]
-    return user_messages(user_template, inputs)
+    if isinstance(example, PromptExample):
+        return user_messages(user_template, example.inputs)
+    return [{"role": m.role, "content": m.content} for m in example.messages]
 
 
 def render_prompt(backend: Backend, example: Any, user_template: str) -> list[int]:
@@ -102,26 +102,17 @@ def backend_metrics(result: ForwardBackwardResult, optim: Mapping[str, float] | 
     return out
 
 
-class AlgorithmBase:
-    """Shared construction, step counting, state and the optimizer step of the built-in algorithms."""
+class AlgorithmBase(BaseAlgorithm):
+    """:class:`~evsys.schema.plugin_bases.BaseAlgorithm` plus the optimizer step the built-in algorithms share."""
 
-    params: TrainingParams
-
-    def __init__(self, params: TrainingParams, backend: Backend, context: RunContext | None = None) -> None:
-        self.params = params
-        self.backend = backend
-        self.context = context
-
-    def total_steps(self, num_examples: int) -> int:
-        """How many optimizer steps the run takes; ``max_steps`` unless an algorithm counts epochs."""
-        return int(self.params.max_steps)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Algorithm state that must survive a resume (none: sampling seeds derive from the step)."""
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    @classmethod
+    def chats(cls, params: Any, examples: Sequence[Any]) -> RenderedChats:
+        """The student's prompt (the user turn ``user_template`` renders) of each prompt row."""
+        rows = [example for example in examples if isinstance(example, PromptExample)]
+        return RenderedChats(
+            prompts={"student": [user_messages(params.user_template, row.inputs) for row in rows]},
+            max_new_tokens=int(params.max_new_tokens),
+        )
 
     def optimizer_step(self) -> dict[str, float]:
         """One AdamW step with the params' learning rate, weight decay and gradient clipping."""
@@ -134,40 +125,3 @@ class AlgorithmBase:
             or {}
         )
 
-
-def sample_and_score(
-    backend: Backend,
-    prompts: Sequence[Sequence[int]],
-    prefixes: Sequence[Sequence[int]],
-    *,
-    k: int,
-    n: int,
-    max_tokens: int,
-    temperature: float,
-    seed: int,
-) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
-    """Sample ``n`` completions per prompt, then the base model's top-``k`` of each ``prefixes[i] + completion``
-    from ``len(prefixes[i])`` on (``None`` for an empty completion).
-
-    A backend with its own ``sample_and_score`` (Tinker: each rollout's scoring starts the moment it
-    returns) does both at once; otherwise :meth:`Backend.sample` then one :meth:`Backend.topk_logprobs`.
-    """
-    own = getattr(backend, "sample_and_score", None)
-    if callable(own):
-        groups, scores = own(prompts, prefixes, k, n=n, max_tokens=max_tokens, temperature=temperature, seed=seed)
-        return groups, scores
-    groups = backend.sample(prompts, n=n, max_tokens=max_tokens, temperature=temperature, seed=seed)
-    sequences: list[list[int]] = []
-    starts: list[int] = []
-    where: list[tuple[int, int]] = []
-    for i, (prefix, samples) in enumerate(zip(prefixes, groups, strict=True)):
-        for j, sample in enumerate(samples):
-            if sample.tokens:
-                sequences.append([*prefix, *sample.tokens])
-                starts.append(len(prefix))
-                where.append((i, j))
-    out: list[list[TopKLogprobs | None]] = [[None] * len(samples) for samples in groups]
-    if sequences:
-        for (i, j), topk in zip(where, backend.topk_logprobs(sequences, k=k, from_position=starts), strict=True):
-            out[i][j] = topk
-    return groups, out

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from evsys.cli.api import RunResult, run
+from evsys.engine.api import run
+from evsys.engine.status import RunOutcome
 from evsys.schema.errors import EvsysError
 
-__all__ = ["EvsysError", "RunResult", "run"]
+__all__ = ["EvsysError", "RunOutcome", "run"]

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evsys.schema.errors import EvsysError, Problem
+from evsys.schema.protocols import RenderedChats
 from evsys.schema.registry import PluginRegistry, Registration, load_object, metric_family
 from evsys.schema.validation import ValidatedConfig
 from evsys.schema.yaml_source import FieldPath, format_field_path
@@ -147,12 +148,12 @@ class _Checker:
     def templates(self, registration: Registration) -> dict[str, frozenset[str]]:
         """Template text -> extra allowed placeholders, from the algorithm's validated params."""
         declared: Mapping[str, frozenset[str]] = registration.meta.get("templates") or {}
-        params: BaseModel = self.validated.algorithm_params
+        values = self.validated.algorithm_params.model_dump(include=set(declared))
         checks: dict[str, frozenset[str]] = {}
         from evsys.data.templates import template_fields
 
         for name, extra in declared.items():
-            text = getattr(params, name, None)
+            text = values.get(name)
             if not isinstance(text, str):
                 continue
             try:
@@ -224,9 +225,8 @@ class _Checker:
             return
         try:
             checker = load_object(target)
-            prompts, trained = _run_chats(self.validated, self.registry)
-            max_new_tokens = int(getattr(self.validated.algorithm_params, "max_new_tokens", 0) or 0)
-            problems, summary = checker(self.config.model.name, self.validated.backend_params, prompts, trained, max_new_tokens)
+            chats = _run_chats(self.validated, self.registry)
+            problems, summary = checker(self.config.model.name, self.validated.backend_params, chats.prompts, chats.trained, chats.max_new_tokens)
         except EvsysError as exc:
             self.add(exc.problems, ("data", "path"))
             return
@@ -343,31 +343,13 @@ def _call_checker(checker: Callable[..., Any], model_name: str, params: BaseMode
     return checker(model_name, params)
 
 
-def _run_chats(validated: ValidatedConfig, registry: PluginRegistry) -> tuple[dict[str, list[Any]], list[Any]]:
-    """The chats a run renders, from its training examples: ``({kind: generation prompts}, trained chats)``.
+def _run_chats(validated: ValidatedConfig, registry: PluginRegistry) -> RenderedChats:
+    """The chats a run renders from its training examples, as the algorithm declares them (``Algorithm.chats``)."""
+    from evsys.engine.run_setup import load_training_examples
 
-    ``student``: each prompt row's user turn; ``teacher``: the algorithm's ``teacher_messages`` (SDFT);
-    trained chats: each row's whole conversation for an algorithm that trains on chats (SFT's ``build_datums``).
-    """
-    from evsys.algorithms.common import user_messages
-    from evsys.cli.run_setup import load_training_examples
-
-    params = validated.algorithm_params
     examples = load_training_examples(validated, registry)
-    algorithm = registry.get("algorithm", validated.config.algorithm.kind).load()(params, None, None)
-    template = getattr(params, "user_template", "{question}")
-    prompts: dict[str, list[Any]] = {}
-    trained: list[Any] = []
-    if hasattr(algorithm, "build_datums"):
-        from evsys.algorithms.sft.algorithm import example_messages
-
-        trained = [example_messages(example, template) for example in examples]
-        return prompts, trained
-    rows = [example for example in examples if hasattr(example, "inputs")]
-    prompts["student"] = [user_messages(template, example.inputs) for example in rows]
-    if hasattr(algorithm, "teacher_messages"):
-        prompts["teacher"] = [algorithm.teacher_messages(example) for example in rows]
-    return prompts, trained
+    algorithm = registry.get("algorithm", validated.config.algorithm.kind).load()
+    return algorithm.chats(validated.algorithm_params, examples)
 
 
 def _count_rows(path: Path) -> int:

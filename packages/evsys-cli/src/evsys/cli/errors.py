@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,16 +16,6 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
-
-#: errno values that mean "the environment refused a write", reported as one line, not a traceback
-WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.ENOENT})
-
-
-def describe_write_error(exc: OSError) -> str:
-    """``cannot write <file>: No space left on device``."""
-    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-    return f"cannot write{where}: {exc.strerror or exc}"
-
 
 def print_problems(problems: Iterable[Problem]) -> None:
     """Print each problem as one line on stderr (``file:line:col: field: message``)."""

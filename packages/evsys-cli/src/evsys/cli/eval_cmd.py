@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from evsys.cli.evaluation import evaluate_config
-from evsys.cli.overrides import Override, override_options
-from evsys.cli.run_setup import DRY_RUN_REPORT
-from evsys.logging.console import ConsoleProgress, process_started
+from evsys.cli.options import console_progress, echo_outcome, override_options
+from evsys.engine.evaluation import evaluate_config
+from evsys.engine.overrides import Override
 
 
 @click.command("eval")
@@ -52,17 +51,9 @@ def eval_command(
           --checkpoint examples/sdft_walkthrough/outputs/sdft_capitals         # after training
       evsys eval my_run.yaml -c outputs/my_run/checkpoints/step_000100 -o evals/step100
     """
-    progress = None if quiet else ConsoleProgress(started=process_started())
-    extra = [progress] if progress is not None else []
-    try:
+    with console_progress(not quiet) as extra:
         result = evaluate_config(
             config, checkpoint=checkpoint, output=output, step=step, callbacks=extra, overwrite=overwrite, overrides=overrides,
             dry_run=dry_run,
         )
-    finally:
-        if progress is not None:
-            progress.detach()
-    click.echo(str(result))
-    report = result.logs / DRY_RUN_REPORT
-    if dry_run and report.is_file():
-        click.echo(report.read_text(encoding="utf-8").rstrip())
+    echo_outcome(result, result.logs, dry_run=dry_run)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from evsys.cli.checkpoints import find_checkpoint
-from evsys.cli.export import export_adapter, merge_adapter
+from evsys.engine.checkpoints import find_checkpoint
+from evsys.engine.export import export_adapter, merge_adapter
 
 
 @click.command("export")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from evsys.cli.api import run
-from evsys.cli.overrides import Override, override_options
-from evsys.cli.run_setup import DRY_RUN_REPORT
-from evsys.logging.console import ConsoleProgress, process_started
+from evsys.cli.options import console_progress, echo_outcome, override_options
+from evsys.engine.api import run
+from evsys.engine.overrides import Override
 
 
 @click.command("run")
@@ -42,16 +41,8 @@ def run_command(
       evsys run examples/sdft_walkthrough/config.yaml --dry-run
       evsys run my_run.yaml --set algorithm.params.max_steps=10 --name my_run_10
     """
-    progress = None if quiet else ConsoleProgress(started=process_started())
-    extra = [progress] if progress is not None else []
-    try:
+    with console_progress(not quiet) as extra:
         result = run(config, callbacks=extra, overwrite=overwrite, resume=resume, overrides=overrides, dry_run=dry_run)
-    finally:
-        if progress is not None:
-            progress.detach()
-    click.echo(str(result))
-    report = result.run_dir / DRY_RUN_REPORT
-    if dry_run and report.is_file():
-        click.echo(report.read_text(encoding="utf-8").rstrip())
+    echo_outcome(result, result.run_dir, dry_run=dry_run)
     if result.exit_code:
         ctx.exit(result.exit_code)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from evsys.cli.api import run
+from evsys.engine.api import run
 from evsys.schema.errors import EvsysError
 
 

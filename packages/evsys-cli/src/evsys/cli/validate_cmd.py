@@ -14,8 +14,10 @@ from pathlib import Path
 import click
 
 from evsys.cli.errors import EXIT_INVALID, EXIT_OK, print_problems
-from evsys.cli.overrides import Override, load_config_with_overrides, override_options
+from evsys.cli.options import override_options
+from evsys.engine.overrides import Override, load_config_with_overrides
 from evsys.schema.errors import ConfigError, Problem
+from evsys.schema.params import TrainingParams
 from evsys.schema.plugins import default_registry
 from evsys.schema.registry import PluginRegistry
 from evsys.schema.validation import ValidatedConfig
@@ -65,7 +67,8 @@ class ValidationResult:
         assert self.validated is not None
         config = self.validated.config
         facts = [f"algorithm {config.algorithm.kind}", f"backend {config.backend.kind}"]
-        steps = getattr(self.validated.algorithm_params, "max_steps", None)
+        params = self.validated.algorithm_params
+        steps = params.max_steps if isinstance(params, TrainingParams) else None
         if isinstance(steps, int):
             facts.append(_plural(steps, "step"))
         text = ", ".join(facts)
@@ -113,7 +116,7 @@ def validate_config(
     """Validate the config at ``path`` (shallow, and with ``deep`` the offline deep checks); never raises for user errors.
 
     Relative paths inside the config are resolved against the current working directory.
-    ``overrides`` are ``--set`` texts or :class:`~evsys.cli.overrides.Override` objects, applied first.
+    ``overrides`` are ``--set`` texts or :class:`~evsys.engine.overrides.Override` objects, applied first.
     """
     registry = registry if registry is not None else default_registry()
     result = ValidationResult(path=str(path), deep=deep)

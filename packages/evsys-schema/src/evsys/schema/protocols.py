@@ -7,10 +7,10 @@ sequence a backend accepts, e.g. numpy arrays); this package never imports torch
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -67,7 +67,8 @@ class ForwardBackwardResult:
 
 @dataclass
 class BackendSetup:
-    """What the run hands a backend when it builds one."""
+    """What the run hands a backend when it builds one: the model, and the adapter's shape and seed
+    (``algorithm.params``' ``lora_rank``, ``lora_alpha`` and ``seed``, the one place a config sets them)."""
 
     model_name: str
     lora_rank: int
@@ -76,6 +77,8 @@ class BackendSetup:
     run_dir: Path | None = None
     dry_run: bool = False
     """``--dry-run``: a backend that supports it (``supports_dry_run = True``) runs against a simulation."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_rank``)."""
 
 
 @runtime_checkable
@@ -91,17 +94,15 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """What an algorithm may ask of a model. Implemented by ``local`` and ``tinker``.
+    """What an algorithm and the run loop may ask of a model. Implemented by ``local`` and ``tinker``.
 
-    Optional hooks, outside the structural check (read them with ``getattr(backend, name, None)``):
+    Subclass :class:`BaseBackend`, which gives every method that has a sensible default
+    (``sample_and_score``, ``render_chat_for_sft``, ``max_steps_off_policy``, ``on_training_submitted``,
+    ``supports_dry_run``, ``resolve_model``); a backend writes the model methods itself.
+    """
 
-    - ``sample_and_score(prompts, prefixes, k, n=..., max_tokens=..., temperature=..., seed=...)``:
-      :meth:`sample` and :meth:`topk_logprobs` of each ``prefix + completion`` in one call, so a remote
-      backend can score each rollout as soon as it returns (tinker). Algorithms call it through
-      ``evsys.algorithms.common.sample_and_score``, which falls back to the two methods.
-    - ``render_chat_for_sft(messages) -> list[(tokens, weights)] | None``: the training examples a
-      backend's own chat renderer lays out for a conversation (Tinker's ``render_for_sft``); SFT uses
-      them when given, and otherwise finds the assistant turns by rendering prefixes."""
+    supports_dry_run: ClassVar[bool]
+    """``--dry-run`` runs this backend against a simulation of its service (``BackendSetup.dry_run``)."""
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -110,6 +111,11 @@ class Backend(Protocol):
 
     def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Render chat ``messages`` with the model's chat template into token ids."""
+        ...
+
+    def render_chat_for_sft(self, messages: Sequence[Message]) -> list[tuple[list[int], list[float]]] | None:
+        """The ``(tokens, weights)`` training examples the backend's own chat renderer lays out for a
+        conversation (Tinker's ``render_for_sft``), or None: SFT then finds the assistant turns itself."""
         ...
 
     def sample(
@@ -137,6 +143,25 @@ class Backend(Protocol):
         For each sequence ``s`` and each position ``i`` in ``[from_position, len(s))``, returns the top-k
         of ``p(. | s[:i])`` — the distribution that predicts token ``s[i]`` (Tinker's prompt-logprob
         alignment). ``from_position`` is at least 1, one value for all sequences or one per sequence.
+        """
+        ...
+
+    def sample_and_score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        n: int = 1,
+        max_tokens: int = 64,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
+        """:meth:`sample` ``n`` completions per prompt, then the base model's top-``k`` of each
+        ``prefixes[i] + completion`` from ``len(prefixes[i])`` on (``None`` for an empty completion).
+
+        A remote backend scores each rollout the moment it returns (tinker); the default
+        (:class:`BaseBackend`) samples, then scores everything in one :meth:`topk_logprobs` call.
         """
         ...
 
@@ -189,13 +214,66 @@ class Backend(Protocol):
         """Release resources (threads, sessions, memory)."""
         ...
 
+    @property
+    def max_steps_off_policy(self) -> int:
+        """How many optimizer steps behind the policy sampling may run while training is in flight
+        (0: every step on-policy). With 1 or more the run loop overlaps consecutive steps
+        (:mod:`evsys.engine.pipeline`) and registers :meth:`on_training_submitted`."""
+        ...
+
+    def on_training_submitted(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the step's thread) once a step's ``forward_backward`` has gone out."""
+        ...
+
+    @classmethod
+    def resolve_model(cls, model_name: str, revision: str | None = None) -> str:
+        """Where the model ``model_name`` is on this machine (a directory or a hub id transformers finds),
+        for ``evsys export --merge``."""
+        ...
+
+
+@dataclass
+class RenderedChats:
+    """The conversations a run of an algorithm renders from its training rows (``evsys validate --deep``
+    measures them against the model's context window without loading the model)."""
+
+    prompts: dict[str, list[list[Message]]] = field(default_factory=dict)
+    """Generation prompts by role (``student``; SDFT's ``teacher``)."""
+    trained: list[list[Message]] = field(default_factory=list)
+    """Whole conversations trained on (SFT)."""
+    max_new_tokens: int = 0
+    """The longest completion sampled after a prompt (0: the algorithm does not sample)."""
+
 
 @runtime_checkable
 class Algorithm(Protocol):
-    """A post-training algorithm. Built as ``cls(params, backend, context)``."""
+    """A post-training algorithm, built as ``cls(params, backend, context)`` once the run knows its steps.
+
+    Subclass :class:`evsys.schema.plugin_bases.BaseAlgorithm`, which keeps ``params``, ``backend`` and
+    ``context`` and gives ``total_steps`` (``params.max_steps``) and an empty resumable state.
+    """
+
+    @classmethod
+    def total_steps(cls, params: Any, num_examples: int) -> int:
+        """How many optimizer steps a run of ``num_examples`` training examples takes with ``params``
+        (called before the algorithm is built: the count is part of its :class:`RunContext`)."""
+        ...
+
+    @classmethod
+    def chats(cls, params: Any, examples: Sequence[Any]) -> RenderedChats:
+        """The conversations a run with ``params`` renders from ``examples`` (no backend, no model)."""
+        ...
 
     def train_step(self, batch: Sequence[Any], step: int) -> dict[str, float]:
         """Run one optimizer step on ``batch`` (examples of the algorithm's row type); return ``train/...`` metrics."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume besides the backend's weights and optimizer (JSON values)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, before the first resumed step."""
         ...
 
 
@@ -224,14 +302,22 @@ class EvalResult:
 
 @runtime_checkable
 class Callback(Protocol):
-    """Observes a run. Every method is optional to implement (see :class:`BaseCallback`)."""
+    """Observes a run. Subclass :class:`BaseCallback`, which does nothing, and override what you need."""
 
     def on_run_start(self, context: RunContext) -> None:
         """Called once before the first step."""
         ...
 
+    def on_phase(self, text: str) -> None:
+        """What the run is doing now, one line (``model: loading ...``), before training and at the first rollout."""
+        ...
+
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         """Called after each training step with its ``train/...`` metrics."""
+        ...
+
+    def eval_started(self, benchmark: str, num_tasks: int, step: int) -> None:
+        """Called before a benchmark is scored at ``step``."""
         ...
 
     def on_eval_end(self, result: EvalResult) -> None:
@@ -240,6 +326,14 @@ class Callback(Protocol):
 
     def on_run_end(self, status: str, final_metrics: dict[str, float | None], error: str | None = None) -> None:
         """Called once at the end; ``status`` is 'completed', 'failed' or 'interrupted'."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the callback must keep across a resume (saved with each checkpoint; JSON values)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (an empty mapping when resuming from no checkpoint)."""
         ...
 
 
@@ -252,14 +346,39 @@ class BaseCallback:
     def on_run_start(self, context: RunContext) -> None:
         """Called once before the first step."""
 
+    def on_phase(self, text: str) -> None:
+        """What the run is doing now, one line."""
+
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         """Called after each training step."""
+
+    def eval_started(self, benchmark: str, num_tasks: int, step: int) -> None:
+        """Called before a benchmark is scored."""
 
     def on_eval_end(self, result: EvalResult) -> None:
         """Called after each benchmark scoring."""
 
     def on_run_end(self, status: str, final_metrics: dict[str, float | None], error: str | None = None) -> None:
         """Called once at the end."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to keep across a resume."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+def protocol_members(protocol: type) -> tuple[str, ...]:
+    """The public methods and attributes ``protocol`` declares (what a conforming object must have)."""
+    names = [name for name in vars(protocol) if not name.startswith("_")]
+    names += [name for name in vars(protocol).get("__annotations__", {}) if not name.startswith("_") and name not in names]
+    return tuple(names)
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``obj`` (an instance or a class) lacks, in declaration order."""
+    return [name for name in protocol_members(protocol) if not hasattr(obj, name)]
 
 
 class VerifierFunction(Protocol):

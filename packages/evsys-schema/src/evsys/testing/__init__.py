@@ -22,7 +22,9 @@ from evsys.testing.contracts import (
     check_algorithm,
     check_backend,
     check_callback,
+    check_conforms,
     check_verifier_function,
+    protocol_members,
 )
 from evsys.testing.plugins import check_plugin
 
@@ -32,6 +34,8 @@ __all__ = [
     "check_algorithm",
     "check_backend",
     "check_callback",
+    "check_conforms",
     "check_plugin",
     "check_verifier_function",
+    "protocol_members",
 ]

@@ -21,31 +21,50 @@ from evsys.schema.protocols import (
     EvalResult,
     ForwardBackwardResult,
     RunContext,
+    missing_members,
+    protocol_members,
 )
 from evsys.schema.registry import load_object
 
-#: the attributes an algorithm may use on a backend: the Backend protocol (with its optional
-#: ``render_chat_for_sft``, read with ``getattr(backend, name, None)``), nothing else
-BACKEND_API = (
-    "tokenizer",
-    "render_chat",
-    "render_chat_for_sft",
-    "sample",
-    "topk_logprobs",
-    "compute_logprobs",
-    "forward_backward",
-    "optim_step",
-    "save_checkpoint",
-    "load_checkpoint",
-    "close",
-)
-OPTIONAL_BACKEND_API = ("sample_and_score",)
-"""Methods a backend may offer beyond the protocol; algorithms reach them only through a fallback
-(``evsys.algorithms.common.sample_and_score``)."""
+#: what an algorithm and the run loop may use on a backend: the Backend protocol, nothing else
+BACKEND_API = protocol_members(Backend)
+_BASES = {"Backend": "evsys.schema.plugin_bases.BaseBackend", "Algorithm": "evsys.schema.plugin_bases.BaseAlgorithm", "Callback": "evsys.schema.protocols.BaseCallback"}
 
 
 class ContractError(AssertionError):
     """A plugin broke a promise of its protocol."""
+
+
+def check_conforms(obj: object, protocol: type, what: str | None = None) -> None:
+    """Raise :class:`ContractError` naming every member of ``protocol`` that ``obj`` (an instance or a
+    class) lacks, and the base class that gives their defaults; then one naming a method that does not
+    take a parameter the protocol declares for it (by name, or through ``**kwargs``)."""
+    name = what or (obj.__name__ if isinstance(obj, type) else type(obj).__name__)
+    missing = missing_members(obj, protocol)
+    if missing:
+        base = _BASES.get(protocol.__name__)
+        hint = f"; subclass {base}, which gives their defaults" if base else ""
+        raise ContractError(f"{name} lacks {', '.join(missing)} of the {protocol.__name__} protocol{hint}")
+    for member in protocol_members(protocol):
+        declared = vars(protocol).get(member)
+        if isinstance(declared, (classmethod, staticmethod)):
+            declared = declared.__func__
+        if not inspect.isfunction(declared):
+            continue
+        lacking = _untaken_parameters(declared, getattr(obj, member))
+        if lacking:
+            raise ContractError(f"{name}.{member} does not take {', '.join(lacking)}, which the {protocol.__name__} protocol passes")
+
+
+def _untaken_parameters(declared: Callable[..., Any], implemented: Any) -> list[str]:
+    try:
+        have = inspect.signature(implemented).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to compare
+        return []
+    if any(p.kind == p.VAR_KEYWORD for p in have.values()):
+        return []
+    wanted = [p for p in inspect.signature(declared).parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return [p.name for p in wanted if p.name not in ("self", "cls") and p.name not in have]
 
 
 def _expect(condition: object, message: str) -> None:
@@ -140,7 +159,7 @@ def check_backend(backend: Backend, *, checkpoints: bool = True, learning_rate: 
     The backend is trained a few steps by the check: pass a fresh one built for the test, with a
     tiny model. Raises :class:`ContractError` at the first broken promise.
     """
-    _expect(isinstance(backend, Backend), f"{type(backend).__name__} lacks methods of the Backend protocol: {[m for m in BACKEND_API if not hasattr(backend, m)]}")
+    check_conforms(backend, Backend)
     tokenizer = backend.tokenizer
     ids = tokenizer.encode("Hello world", add_special_tokens=False)
     _expect(isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids), "tokenizer.encode must return a non-empty list of ints")
@@ -264,9 +283,7 @@ class ProtocolOnlyBackend:
         self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
-        if name in OPTIONAL_BACKEND_API and not hasattr(self._backend, name):
-            raise AttributeError(name)
-        if name not in BACKEND_API and name not in OPTIONAL_BACKEND_API:
+        if name not in BACKEND_API:
             raise ContractError(f"an algorithm used backend.{name}, which is not part of the Backend protocol")
         self.calls.append(name)
         return getattr(self._backend, name)
@@ -293,9 +310,14 @@ def check_algorithm(
     Backend protocol fails. Each step must return ``{"train/...": finite float}`` including
     ``train/mean_loss``. Returns the steps' metrics.
     """
+    check_conforms(cls, Algorithm)
+    max_steps = cls.total_steps(params, len(batch))
+    _expect(isinstance(max_steps, int), f"{cls.__name__}.total_steps(params, num_examples) must return an int, got {max_steps!r}")
     guarded = ProtocolOnlyBackend(backend)
+    if context is None:
+        with tempfile.TemporaryDirectory(prefix="evsys-contract-") as tmp:
+            context = RunContext("contract", Path(tmp) / "contract", Path(tmp), None, max_steps)
     algorithm = cls(params, guarded, context)
-    _expect(isinstance(algorithm, Algorithm), f"{cls.__name__} has no train_step(batch, step)")
     history = []
     for step in range(1, steps + 1):
         metrics = algorithm.train_step(list(batch), step)
@@ -305,9 +327,9 @@ def check_algorithm(
             _expect(isinstance(key, str) and key.startswith("train/"), f"{cls.__name__}: metric names must start with 'train/', got {key!r}")
             _expect(_finite(value), f"{cls.__name__}: metric {key} must be a finite number, got {value!r}")
         history.append(dict(metrics))
-    counter = getattr(algorithm, "total_steps", None)
-    if callable(counter):
-        _expect(isinstance(counter(len(batch)), int), f"{cls.__name__}.total_steps(num_examples) must return an int")
+    state = algorithm.state_dict()
+    _expect(isinstance(state, Mapping), f"{cls.__name__}.state_dict() must return a dict, got {type(state).__name__}")
+    algorithm.load_state_dict(dict(state))
     return history
 
 
@@ -321,7 +343,7 @@ def check_callback(callback: Callback, *, run_dir: Path | None = None, config: A
     ``config`` is handed over as ``RunContext.config`` (default: a minimal stand-in with
     ``model.name``, ``backend.kind`` and ``algorithm.kind``).
     """
-    _expect(isinstance(callback, Callback), f"{type(callback).__name__} lacks methods of the Callback protocol")
+    check_conforms(callback, Callback)
     from types import SimpleNamespace
 
     config = config or SimpleNamespace(
@@ -330,11 +352,16 @@ def check_callback(callback: Callback, *, run_dir: Path | None = None, config: A
     with tempfile.TemporaryDirectory(prefix="evsys-contract-") as tmp:
         root = Path(run_dir) if run_dir is not None else Path(tmp)
         context = RunContext("contract", root / "contract", root, config, max_steps=2)
+        callback.load_state_dict({})
+        callback.on_phase("model: loading tiny on the local backend ...")
         callback.on_run_start(context)
         callback.on_step_end(1, {"train/mean_loss": 0.5, "train/step_seconds": 0.1})
         prediction = {"task_id": "t0", "prompt": "Q?", "answer": "A", "score": 1.0, "passed": True, "step": 1, "sample_index": 0, "expected": "A", "error": None}
+        callback.eval_started("val", 1, 1)
         callback.on_eval_end(EvalResult("val", "val", 1, {"val/val/pass@1": 1.0}, [prediction]))
         callback.on_step_end(2, {"train/mean_loss": float("nan")})
+        state = callback.state_dict()
+        _expect(isinstance(state, Mapping), f"{type(callback).__name__}.state_dict() must return a dict, got {type(state).__name__}")
         callback.on_eval_end(EvalResult("val", "val", 2, {"val/val/pass@1": None}, []))
         callback.on_run_end("completed", {"train/mean_loss": None, "val/val/pass@1": None})
 

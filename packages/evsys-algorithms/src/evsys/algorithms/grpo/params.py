@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from evsys.data.templates import template_fields
-from evsys.schema.params import TrainingParams
+from evsys.algorithms.params import AlgorithmParams
 
 
-class GRPOParams(TrainingParams):
+class GRPOParams(AlgorithmParams):
     """Params of ``grpo``: group sampling, verifier rewards, advantage normalization and the RL loss."""
 
     group_size: int = Field(
         default=4, ge=2, description="On-policy samples per prompt; advantages are relative within this group."
-    )
-    user_template: str = Field(
-        default="{question}",
-        description="str.format template over a PromptExample's inputs; renders the user turn (task rows are shown as-is).",
     )
     max_new_tokens: int = Field(default=64, ge=1, description="Longest sampled completion, in tokens.")
     temperature: float = Field(
@@ -57,12 +52,6 @@ class GRPOParams(TrainingParams):
             "folded into the advantages as tinker-cookbook's kl_penalty_coef; 0: off."
         ),
     )
-
-    @field_validator("user_template")
-    @classmethod
-    def _check_user_template(cls, value: str) -> str:
-        template_fields(value)
-        return value
 
     @model_validator(mode="after")
     def _check_clip(self) -> GRPOParams:

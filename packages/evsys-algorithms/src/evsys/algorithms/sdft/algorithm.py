@@ -7,7 +7,7 @@ for each PromptExample ``{inputs, expected}``:
 2. the teacher prompt (``teacher_template``, by default the paper's, one user turn) is rendered and the
    student's completion tokens are appended; ``backend.topk_logprobs(..., k=topk,
    from_position=len(teacher_prompt))`` gives the frozen base model's top-K next-token distribution at
-   every answer position (both steps through :func:`~evsys.algorithms.common.sample_and_score`, so a
+   every answer position (both steps through :meth:`Backend.sample_and_score <evsys.schema.protocols.Backend.sample_and_score>`, so a
    backend can score each rollout as soon as it returns);
 3. the student is trained by cross-entropy toward that distribution, its ids at or above the
    tokenizer's length dropped and the rest renormalized, skipping the first ``skip_first_tokens``
@@ -30,13 +30,12 @@ from evsys.algorithms.common import (
     prompt_messages,
     render_prompt,
     safe_div,
-    sample_and_score,
     sampling_seed,
     tokenizer_size,
 )
 from evsys.algorithms.sdft.params import SDFTParams, resolve_teacher_template
 from evsys.data.templates import render_template
-from evsys.schema.protocols import Backend, Datum, Message, RunContext, TopKLogprobs
+from evsys.schema.protocols import Backend, Datum, Message, RenderedChats, RunContext, TopKLogprobs
 from evsys.schema.rows import ChatPromptExample, PromptExample
 
 
@@ -100,6 +99,20 @@ def build_sdft_datum(
     return Datum(input_tokens=full[:-1], target_tokens=targets, weights=weights)
 
 
+def teacher_messages(params: SDFTParams, example: PromptExample | ChatPromptExample) -> list[Message]:
+    """The student's prompt turns with the last user turn replaced by ``teacher_template``, filled
+    from inputs, that turn's text (``{prompt}``) and the answer."""
+    answer = first_expected(example.expected)
+    turns = prompt_messages(example, params.user_template)
+    values: dict[str, Any] = {
+        **(example.inputs if isinstance(example, PromptExample) else {}),
+        "prompt": turns[-1]["content"],
+        "expected": answer,
+        "demo": answer,
+    }
+    return [*turns[:-1], {"role": "user", "content": render_template(resolve_teacher_template(params.teacher_template), values)}]
+
+
 class SDFT(AlgorithmBase):
     """Self-distillation fine-tuning (``algorithm.kind: sdft``); built as ``SDFT(params, backend, context)``."""
 
@@ -109,18 +122,17 @@ class SDFT(AlgorithmBase):
         super().__init__(params, backend, context)
         self.teacher_template = resolve_teacher_template(params.teacher_template)
 
+    @classmethod
+    def chats(cls, params: SDFTParams, examples: Sequence[Any]) -> RenderedChats:  # type: ignore[override]
+        """The student's prompts and the teacher's (:func:`teacher_messages`) of each prompt row."""
+        rendered = super().chats(params, examples)
+        rows = [example for example in examples if isinstance(example, PromptExample)]
+        rendered.prompts["teacher"] = [teacher_messages(params, row) for row in rows]
+        return rendered
+
     def teacher_messages(self, example: PromptExample | ChatPromptExample) -> list[Message]:
-        """The student's prompt turns with the last user turn replaced by ``teacher_template``, filled
-        from inputs, that turn's text (``{prompt}``) and the answer."""
-        answer = first_expected(example.expected)
-        turns = prompt_messages(example, self.params.user_template)
-        values: dict[str, Any] = {
-            **getattr(example, "inputs", {}),
-            "prompt": turns[-1]["content"],
-            "expected": answer,
-            "demo": answer,
-        }
-        return [*turns[:-1], {"role": "user", "content": render_template(self.teacher_template, values)}]
+        """:func:`teacher_messages` with this run's params."""
+        return teacher_messages(self.params, example)
 
     def train_step(self, batch: Sequence[PromptExample | ChatPromptExample], step: int) -> dict[str, float]:
         """Roll out, score with the teacher, distill, and take one optimizer step."""
@@ -129,8 +141,8 @@ class SDFT(AlgorithmBase):
         teacher_prompts = [
             list(self.backend.render_chat(self.teacher_messages(ex), add_generation_prompt=True)) for ex in batch
         ]
-        groups, scores = sample_and_score(
-            self.backend, prompts, teacher_prompts, k=p.topk, n=p.num_rollouts, max_tokens=p.max_new_tokens,
+        groups, scores = self.backend.sample_and_score(
+            prompts, teacher_prompts, p.topk, n=p.num_rollouts, max_tokens=p.max_new_tokens,
             temperature=p.temperature, seed=sampling_seed(p.seed, step),
         )
         student_prompts: list[list[int]] = []

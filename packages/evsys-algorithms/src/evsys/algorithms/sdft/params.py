@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from evsys.algorithms.params import AlgorithmParams
 from evsys.data.templates import template_fields
-from evsys.schema.params import TrainingParams
 
 #: The SDFT paper's teacher prompt, tinker-cookbook's ``DEFAULT_DEMO_TEMPLATE`` (the default).
 #: ``{prompt}`` is the rendered ``user_template`` (the question) and ``{demo}`` the gold answer, so
@@ -33,7 +33,7 @@ def resolve_teacher_template(value: str) -> str:
     return TEACHER_TEMPLATES.get(value.strip(), value)
 
 
-class SDFTParams(TrainingParams):
+class SDFTParams(AlgorithmParams):
     """Params of ``sdft``: the seed's six (learning_rate, max_steps, batch_size, lora_rank, topk,
     user_template) plus documented extras with defaults."""
 
@@ -41,10 +41,6 @@ class SDFTParams(TrainingParams):
         default=20,
         ge=1,
         description="How many teacher tokens are distilled per answer position (top-K of the teacher, renormalized).",
-    )
-    user_template: str = Field(
-        default="{question}",
-        description="str.format template over the row's inputs; renders the prompt the student rolls out on.",
     )
     teacher_template: str = Field(
         default=DEFAULT_TEACHER_TEMPLATE,
@@ -68,12 +64,6 @@ class SDFTParams(TrainingParams):
             "paper's reference code."
         ),
     )
-
-    @field_validator("user_template")
-    @classmethod
-    def _check_user_template(cls, value: str) -> str:
-        template_fields(value)
-        return value
 
     @field_validator("teacher_template")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from evsys.algorithms.common import (
     AlgorithmBase,
@@ -21,7 +22,7 @@ from evsys.algorithms.common import (
     safe_div,
 )
 from evsys.algorithms.sft.params import SFTParams
-from evsys.schema.protocols import Backend, Datum, Message, RunContext
+from evsys.schema.protocols import Backend, Datum, Message, RenderedChats, RunContext
 from evsys.schema.rows import ChatExample, ChatPromptExample, PromptExample
 
 
@@ -108,21 +109,26 @@ class SFT(AlgorithmBase):
     def __init__(self, params: SFTParams, backend: Backend, context: RunContext | None = None) -> None:
         super().__init__(params, backend, context)
 
-    def total_steps(self, num_examples: int) -> int:
+    @classmethod
+    def chats(cls, params: SFTParams, examples: Sequence[Any]) -> RenderedChats:  # type: ignore[override]
+        """Each row's whole conversation (:func:`example_messages`); SFT samples nothing."""
+        return RenderedChats(trained=[example_messages(example, params.user_template) for example in examples])
+
+    @classmethod
+    def total_steps(cls, params: SFTParams, num_examples: int) -> int:  # type: ignore[override]
         """``max_steps``, or the steps ``epochs`` passes over ``num_examples`` take (the smaller if both)."""
-        return sft_total_steps(self.params, num_examples)
+        return sft_total_steps(params, num_examples)
 
     def build_datums(self, example: PromptExample | ChatPromptExample | ChatExample) -> list[Datum]:
         """Render one row into its datums (answer tokens weighted, the rest 0; see ``reduction``).
 
-        A backend with ``render_chat_for_sft`` (Tinker's renderers) gives the examples and weights its
+        A backend whose ``render_chat_for_sft`` answers (Tinker's renderers) gives the examples and weights its
         renderer trains on — several for a chat whose history renders differently from where each
         assistant turn is trained; otherwise one datum, its assistant turns found by :func:`assistant_mask`.
         """
         p = self.params
         messages = example_messages(example, p.user_template)
-        render_for_sft = getattr(self.backend, "render_chat_for_sft", None)
-        examples = render_for_sft(messages) if render_for_sft is not None else None
+        examples = self.backend.render_chat_for_sft(messages)
         if examples is None:
             tokens, mask = assistant_mask(self.backend, messages)
             return [build_sft_datum(tokens, mask, p.max_length, p.reduction)]

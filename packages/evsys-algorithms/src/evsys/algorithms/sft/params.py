@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from evsys.data.templates import template_fields
-from evsys.schema.params import TrainingParams
+from evsys.algorithms.params import AlgorithmParams
 
 
-class SFTParams(TrainingParams):
+class SFTParams(AlgorithmParams):
     """Params of ``sft``: set ``max_steps``, ``epochs``, or both (the run stops at whichever comes first)."""
 
     max_steps: int | None = Field(  # type: ignore[assignment]
@@ -18,9 +17,6 @@ class SFTParams(TrainingParams):
     )
     epochs: float | None = Field(
         default=None, gt=0, description="Passes over the training data; steps = ceil(epochs * examples / batch_size)."
-    )
-    user_template: str = Field(
-        default="{question}", description="str.format template over a PromptExample's inputs; renders the user turn."
     )
     max_length: int | None = Field(
         default=None,
@@ -36,12 +32,6 @@ class SFTParams(TrainingParams):
             "token (a raw token sum, longer answers count more)."
         ),
     )
-
-    @field_validator("user_template")
-    @classmethod
-    def _check_user_template(cls, value: str) -> str:
-        template_fields(value)
-        return value
 
     @model_validator(mode="after")
     def _needs_a_length(self) -> SFTParams:

@@ -43,6 +43,7 @@ from evsys.backends.local.rollout import (
 )
 from evsys.backends.local.sampling import inverse_cdf_sample
 from evsys.schema.errors import EvsysError
+from evsys.schema.plugin_bases import BaseBackend
 from evsys.schema.protocols import (
     BackendSetup,
     Datum,
@@ -132,13 +133,15 @@ class TargetLogprobs(torch.autograd.Function):
         return grad_logits.scatter_add_(1, targets, grad), None
 
 
-class LocalBackend:
+class LocalBackend(BaseBackend):
     """A LoRA-adapted Hugging Face causal LM on this machine, behind the EvSys Backend protocol.
 
     Built as ``LocalBackend(setup, params)``. ``setup.model_name`` is resolved by
     :func:`evsys.backends.local.resolve.resolve_model_dir` (a local directory, a cached hub id or the
     bundled ``smollm2-135m-instruct``); ``setup.seed`` seeds torch, so CPU runs are reproducible.
     """
+
+    resolve_model = staticmethod(resolve_model_dir)
 
     def __init__(self, setup: BackendSetup, params: LocalBackendParams | None = None) -> None:
         self.setup = setup
@@ -180,7 +183,7 @@ class LocalBackend:
         target: list[str] | str = self.params.target_modules
         lora_config = LoraConfig(
             r=setup.lora_rank,
-            lora_alpha=self.params.resolved_lora_alpha(),
+            lora_alpha=setup.lora_alpha,
             lora_dropout=self.params.lora_dropout,
             target_modules=target,
             bias="none",

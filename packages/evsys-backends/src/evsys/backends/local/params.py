@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from evsys.schema.config import StrictModel
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_LORA_ALPHA = 32
 
 
 class LocalBackendParams(StrictModel):
@@ -21,14 +20,6 @@ class LocalBackendParams(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
         description="Weight dtype of the base model; 'auto' is bfloat16 on CUDA and float32 on CPU. LoRA weights stay float32.",
-    )
-    lora_alpha: float | None = Field(
-        default=None,
-        gt=0,
-        description=(
-            "LoRA scaling numerator (the update is scaled by lora_alpha / rank); null: 32, the fixed value "
-            "Tinker uses, so learning rates carry over between the local and tinker backends."
-        ),
     )
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
     target_modules: list[str] | Literal["all-linear"] = Field(
@@ -98,6 +89,13 @@ class LocalBackendParams(StrictModel):
             raise ValueError("target_modules must name at least one module (or be 'all-linear')")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_alpha_moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "lora_alpha" in data:
+            raise ValueError("lora_alpha is set as algorithm.params.lora_alpha, next to lora_rank (one place for the adapter shape, whatever the backend)")
+        return data
+
     @field_validator("gradient_checkpointing", mode="before")
     @classmethod
     def _checkpointing_setting(cls, value: object) -> object:
@@ -106,6 +104,3 @@ class LocalBackendParams(StrictModel):
             raise ValueError(f"gradient_checkpointing must be true, false or a number of layers >= 0, got {value!r}")
         return value
 
-    def resolved_lora_alpha(self) -> float:
-        """The LoRA alpha actually used (``lora_alpha``, or 32 when null)."""
-        return float(self.lora_alpha) if self.lora_alpha is not None else float(DEFAULT_LORA_ALPHA)

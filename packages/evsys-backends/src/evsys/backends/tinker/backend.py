@@ -42,7 +42,8 @@ from evsys.backends.tinker.params import TinkerBackendParams
 from evsys.backends.tinker.renderers import RendererChat, choose_renderer
 from evsys.backends.tinker.retry import RetryPolicy, describe
 from evsys.backends.tinker.service import check_model_offered, connect, import_tinker
-from evsys.schema.errors import EvsysError
+from evsys.schema.errors import EvsysError, Problem
+from evsys.schema.plugin_bases import BaseBackend
 from evsys.schema.protocols import (
     BackendSetup,
     Datum,
@@ -57,9 +58,11 @@ from evsys.schema.protocols import (
 logger = logging.getLogger("evsys.backends.tinker")
 
 LOSSES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo")
+#: the LoRA alpha the service uses (its LoraConfig takes a rank, no alpha)
+SERVICE_LORA_ALPHA = 32.0
 
 
-class TinkerBackend:
+class TinkerBackend(BaseBackend):
     """The Backend protocol on the Tinker service: a LoRA training client plus sampling clients.
 
     ``service_client`` replaces ``tinker.ServiceClient()`` (tests pass the simulator,
@@ -80,6 +83,14 @@ class TinkerBackend:
         sleep: Callable[[float], None] = time.sleep,
         fetch_capabilities: Callable[[], Any] | None = None,
     ) -> None:
+        if setup.lora_alpha != SERVICE_LORA_ALPHA:
+            raise EvsysError(
+                Problem(
+                    f"the Tinker service scales every adapter with lora_alpha {SERVICE_LORA_ALPHA:g}, got {setup.lora_alpha:g}: "
+                    "remove algorithm.params.lora_alpha (or use the local backend)",
+                    field="algorithm.params.lora_alpha",
+                )
+            )
         self._setup = setup
         self._params = params if params is not None else TinkerBackendParams()
         policy = RetryPolicy(

@@ -1,4 +1,9 @@
-"""The run directory: lock it, refuse to clobber one, clear it for ``--overwrite``, check it is writable, snapshot the config."""
+"""The run directory: lock it, refuse to clobber one, clear it for ``--overwrite``, check it is writable, snapshot the config.
+
+The run loop holds one :class:`RunDirectory` and asks it once per phase: :meth:`~RunDirectory.claim`
+(before the model loads), :meth:`~RunDirectory.begin` (once the backend is built) and
+:meth:`~RunDirectory.record` (each complete checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from evsys.engine.resume import ResumePoint, read_latest, remove_stale_temporaries, write_latest
 from evsys.logging.jsonl_writer import ORPHANED_SUFFIX, write_text_atomic
 from evsys.logging.redact import Redactor
 from evsys.schema.errors import ConfigError, Location, Problem
@@ -29,6 +35,16 @@ NOT_A_RUN = frozenset({LOCK_FILE, "eval"})
 MIN_FREE_BYTES = 1 << 20
 #: algorithm params a resumed run may change
 RESUMABLE_CHANGES = frozenset({"max_steps", "save_every"})
+
+
+#: errno values that mean "the environment refused a write", reported as one line, not a traceback
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.ENOENT})
+
+
+def describe_write_error(exc: OSError) -> str:
+    """``cannot write <file>: No space left on device``."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write{where}: {exc.strerror or exc}"
 
 
 def refuse_existing(run_dir: Path, *, overwrite: bool, resume: bool = False) -> None:
@@ -58,13 +74,6 @@ def clear_outputs(run_dir: Path) -> None:
         orphan.unlink(missing_ok=True)
     for name in OUTPUT_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
-def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse an existing run directory unless ``overwrite``; with it, clear the earlier outputs."""
-    refuse_existing(run_dir, overwrite=overwrite)
-    if overwrite:
-        clear_outputs(run_dir)
 
 
 class DirectoryLock:
@@ -175,7 +184,7 @@ def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
     for spec, params in zip(config.get("callbacks", []), validated.callback_params, strict=False):
         spec["params"] = params.model_dump(mode="json")
     redactor = Redactor.from_environment(config)
-    from evsys.cli.overrides import override_texts
+    from evsys.engine.overrides import override_texts
 
     snapshot: dict[str, Any] = {"evsys_version": _version(), "config_file": redactor.text(validated.path)}
     overrides = override_texts(validated)
@@ -240,3 +249,62 @@ def resume_conflicts(old: dict[str, Any], new: dict[str, Any], validated: Valida
                 )
             )
     return problems
+
+
+DRY_RUN_SUFFIX = "-dry-run"
+"""``--dry-run`` writes to ``<output_dir>/<name>-dry-run`` (replaced each time), never the real run's directory."""
+
+
+class RunDirectory:
+    """One run's directory, held (locked) from :meth:`claim` to the end of the ``with`` block.
+
+    ``resume=True`` continues its last complete checkpoint; ``overwrite=True`` replaces an earlier
+    run; without either, a directory that already holds a run is refused. ``dry_run`` runs go to
+    ``<name>-dry-run``, replaced each time.
+    """
+
+    def __init__(self, validated: ValidatedConfig, *, overwrite: bool = False, resume: bool = False, dry_run: bool = False) -> None:
+        config = validated.config
+        self.validated = validated
+        self.resume = resume
+        self.overwrite = overwrite or (dry_run and not resume)
+        self.output_dir = Path(config.output_dir)
+        self.path = self.output_dir / (config.name + (DRY_RUN_SUFFIX if dry_run else ""))
+        if self.overwrite and self.resume:
+            refuse_existing(self.path, overwrite=True, resume=True)
+        self._lock = DirectoryLock(self.path)
+
+    def __enter__(self) -> RunDirectory:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def claim(self) -> ResumePoint | None:
+        """Before the model loads: refuse a directory holding a run (unless ``resume`` / ``overwrite``),
+        check a resumed config changed only what resuming takes, prove the directory writable, and
+        return the checkpoint to continue from (None: start at step 0)."""
+        refuse_existing(self.path, overwrite=self.overwrite, resume=self.resume)
+        point = None
+        if self.resume:
+            old = read_snapshot(self.path)
+            if old is not None:
+                problems = resume_conflicts(old, config_snapshot(self.validated), self.validated)
+                if problems:
+                    raise ConfigError(problems)
+            point = read_latest(self.path)
+        prepare_run_dir(self.path)
+        return point
+
+    def begin(self) -> None:
+        """Once the backend is built (so a missing key or model never costs the previous run's outputs):
+        clear an overwritten run's outputs, drop half-written checkpoints, snapshot the resolved config."""
+        if self.overwrite:
+            clear_outputs(self.path)
+        remove_stale_temporaries(self.path)
+        write_snapshot(self.path, config_snapshot(self.validated))
+
+    def record(self, point: ResumePoint) -> None:
+        """Point ``checkpoints/latest`` at a complete checkpoint."""
+        write_latest(self.path, point)

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evsys.schema.protocols import Backend
+from evsys.schema.plugin_bases import BaseBackend
+from evsys.schema.protocols import Backend, SampledSequence, TopKLogprobs
 
 
 class MeteredBackend:
@@ -51,20 +52,19 @@ class MeteredBackend:
         self._count(started, groups)
         return groups
 
-    @property
-    def sample_and_score(self) -> Callable[..., Any]:
-        """The backend's ``sample_and_score``, timed, its sampled tokens counted; an AttributeError (so
-        algorithms sample, then score) where the backend has none."""
-        own = self.backend.sample_and_score  # type: ignore[attr-defined]
-
-        def timed(prompts: Any, prefixes: Any, k: int, *args: Any, **kwargs: Any) -> Any:
-            self._announce(len(prompts), kwargs.get("n", args[0] if args else 1), kwargs.get("max_tokens", args[1] if len(args) > 1 else 64))
-            started = time.perf_counter()
-            groups, scores = own(prompts, prefixes, k, *args, **kwargs)
-            self._count(started, groups)
-            return groups, scores
-
-        return timed
+    def sample_and_score(
+        self, prompts: Any, prefixes: Any, k: int, **options: Any
+    ) -> tuple[list[list[SampledSequence]], list[list[TopKLogprobs | None]]]:
+        """The backend's ``sample_and_score``, its sampled tokens counted. A backend with its own is timed
+        whole (its scoring overlaps its sampling); else the default runs, whose ``sample`` goes through
+        this meter."""
+        if type(self.backend).sample_and_score is BaseBackend.sample_and_score:
+            return BaseBackend.sample_and_score(self, prompts, prefixes, k, **options)  # type: ignore[arg-type]
+        self._announce(len(prompts), options.get("n", 1), options.get("max_tokens", 64))
+        started = time.perf_counter()
+        groups, scores = self.backend.sample_and_score(prompts, prefixes, k, **options)
+        self._count(started, groups)
+        return groups, scores
 
     def take(self) -> tuple[int, float]:
         """``(tokens, seconds)`` sampled since the last call, and start counting afresh."""

@@ -1,7 +1,7 @@
 """The config's benchmarks in a run: their tasks loaded before training, scored at a step.
 
 :func:`evaluate` is the one scoring path, shared by the run loop's in-loop and final benchmarks and
-by ``evsys eval`` (:mod:`evsys.cli.evaluation`), so their numbers are comparable.
+by ``evsys eval`` (:mod:`evsys.engine.evaluation`), so their numbers are comparable.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evsys.cli.run_setup import plural
 from evsys.data.benchmarks import load_dataset_tasks
+from evsys.engine.run_setup import plural
 from evsys.schema.protocols import Backend, Callback, EvalResult
 from evsys.schema.rows import TaskRow
 from evsys.schema.validation import ValidatedConfig
@@ -86,11 +86,9 @@ def evaluate(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int)
 
 
 def evaluate_and_notify(backend: Backend, benchmark: LoadedBenchmark, step: int, seed: int, callbacks: Sequence[Callback]) -> EvalResult:
-    """:func:`evaluate`, announced to callbacks that have ``eval_started`` and reported to all by ``on_eval_end``."""
+    """:func:`evaluate`, announced to the callbacks by ``eval_started`` and reported by ``on_eval_end``."""
     for callback in callbacks:
-        announce = getattr(callback, "eval_started", None)
-        if callable(announce):
-            announce(benchmark.name, len(benchmark.tasks), step)
+        callback.eval_started(benchmark.name, len(benchmark.tasks), step)
     result = evaluate(backend, benchmark, step, seed)
     for callback in callbacks:
         callback.on_eval_end(result)

@@ -8,25 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from evsys.data.examples import load_examples, source_options
-from evsys.schema.errors import ConfigError, Problem
-from evsys.schema.protocols import Backend, BackendSetup, Callback
+from evsys.schema.errors import ConfigError, Location, Problem
+from evsys.schema.params import TrainingParams
+from evsys.schema.protocols import Algorithm, Backend, BackendSetup, Callback, missing_members
 from evsys.schema.registry import PluginRegistry
 from evsys.schema.validation import ValidatedConfig
 
 __all__ = [
     "DRY_RUN_REPORT",
-    "DRY_RUN_SUFFIX",
     "announce",
     "build_backend",
     "build_callbacks",
     "check_dry_run",
+    "load_plugin_class",
     "load_training_examples",
     "plural",
     "template_checks",
+    "training_params",
 ]
 
 
@@ -35,18 +38,56 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def training_params(validated: ValidatedConfig) -> TrainingParams:
+    """The algorithm's params, which the run loop and the backend read (seed, batch size, steps, LoRA).
+
+    An algorithm's params model extends :class:`~evsys.schema.params.TrainingParams`; one that does
+    not is the plugin's mistake, named here before anything loads.
+    """
+    params = validated.algorithm_params
+    if not isinstance(params, TrainingParams):
+        kind = validated.config.algorithm.kind
+        raise ConfigError(
+            Problem(
+                f"algorithm '{kind}' declares params {type(params).__name__}, which does not extend "
+                "evsys.schema.params.TrainingParams (the run needs its seed, batch_size, max_steps and lora_rank)",
+                validated.document.locate(("algorithm", "kind")),
+                field="algorithm.kind",
+            )
+        )
+    return params
+
+
+_BASE_OF = {"algorithm": "evsys.schema.plugin_bases.BaseAlgorithm", "backend": "evsys.schema.plugin_bases.BaseBackend"}
+
+
+def load_plugin_class(validated: ValidatedConfig, registry: PluginRegistry, kind: str) -> type[Any]:
+    """The configured algorithm's or backend's class (imported now), checked against its protocol:
+    a class lacking a declared member is the plugin's mistake, one line at ``<kind>.kind``."""
+    name = validated.config.algorithm.kind if kind == "algorithm" else validated.config.backend.kind
+    registration = registry.get(kind, name)
+    loaded = registration.load()
+    protocol = Algorithm if kind == "algorithm" else Backend
+    missing = missing_members(loaded, protocol)
+    if missing:
+        raise ConfigError(
+            Problem(
+                f"{kind} '{name}' of {registration.distribution} ({registration.target}) lacks {', '.join(missing)} "
+                f"of the {protocol.__name__} protocol: subclass {_BASE_OF[kind]}",
+                validated.document.locate((kind, "kind")),
+                field=f"{kind}.kind",
+            )
+        )
+    return loaded
+
+
 def template_checks(validated: ValidatedConfig, registry: PluginRegistry) -> dict[str, frozenset[str]]:
-    """The algorithm's templates (params field -> extra names) as ``{template text: allowed extra names}``."""
+    """The algorithm's templates (the params fields its registration names, with the extra names each
+    may use) as ``{template text: allowed extra names}``."""
     registration = registry.get("algorithm", validated.config.algorithm.kind)
-    checks: dict[str, frozenset[str]] = {}
-    for field_name, extra in registration.meta.get("templates", {}).items():
-        text = getattr(validated.algorithm_params, field_name, None)
-        resolve = getattr(validated.algorithm_params, f"resolved_{field_name}", None)
-        if callable(resolve):
-            text = resolve()
-        if isinstance(text, str):
-            checks[text] = frozenset(extra)
-    return checks
+    templates = dict(registration.meta.get("templates", {}))
+    values = validated.algorithm_params.model_dump(include=set(templates))
+    return {values[name]: frozenset(extra) for name, extra in templates.items() if isinstance(values.get(name), str)}
 
 
 def load_training_examples(validated: ValidatedConfig, registry: PluginRegistry) -> list[BaseModel]:
@@ -64,18 +105,10 @@ def load_training_examples(validated: ValidatedConfig, registry: PluginRegistry)
 
 
 def announce(callbacks: Sequence[Callback], text: str) -> None:
-    """Tell the callbacks that have ``on_phase`` (the console) what the run is doing now, one line.
-
-    ``on_phase(text)`` is optional, like ``eval_started``; it is not part of the Callback protocol.
-    """
+    """Tell the callbacks (the console prints it) what the run is doing now, one line."""
     for callback in callbacks:
-        say = getattr(callback, "on_phase", None)
-        if callable(say):
-            say(text)
+        callback.on_phase(text)
 
-
-DRY_RUN_SUFFIX = "-dry-run"
-"""``--dry-run`` writes to ``<output_dir>/<name>-dry-run`` (replaced each time), never the real run's directory."""
 DRY_RUN_REPORT = "dry_run.md"
 """The file a backend's dry run leaves in the run directory: its summary of requests and tokens."""
 
@@ -83,8 +116,8 @@ DRY_RUN_REPORT = "dry_run.md"
 def check_dry_run(validated: ValidatedConfig, registry: PluginRegistry) -> None:
     """Refuse ``--dry-run`` with one line when the config's backend has no simulation (no ``supports_dry_run``)."""
     config = validated.config
-    backend_class = registry.get("backend", config.backend.kind).load()
-    if not getattr(backend_class, "supports_dry_run", False):
+    backend_class = load_plugin_class(validated, registry, "backend")
+    if not backend_class.supports_dry_run:
         raise ConfigError(
             Problem(
                 f"--dry-run simulates a remote service, and backend '{config.backend.kind}' has none to simulate: "
@@ -101,14 +134,15 @@ def build_backend(validated: ValidatedConfig, registry: PluginRegistry, run_dir:
     ``dry_run``: the backend runs against its simulation (:func:`check_dry_run` refuses one without).
     """
     config = validated.config
-    params = validated.algorithm_params
+    params = training_params(validated)
     if dry_run:
         check_dry_run(validated, registry)
-    backend_class = registry.get("backend", config.backend.kind).load()
+    backend_class = load_plugin_class(validated, registry, "backend")
     setup = BackendSetup(
         model_name=config.model.name,
-        lora_rank=int(getattr(params, "lora_rank", 8)),
-        seed=int(getattr(params, "seed", 0)),
+        lora_rank=params.lora_rank,
+        lora_alpha=params.lora_alpha,
+        seed=params.seed,
         model_revision=config.model.revision,
         run_dir=run_dir,
         dry_run=dry_run,
@@ -135,3 +169,16 @@ def build_callbacks(validated: ValidatedConfig, registry: PluginRegistry, extra:
         built.append(registration.load()(params))
     built.extend(extra)
     return built
+
+
+def check_callback_object(callback: object) -> None:
+    """A callback handed to ``run(callbacks=...)`` must have every method of the Callback protocol."""
+    missing = missing_members(callback, Callback)
+    if missing:
+        raise ConfigError(
+            Problem(
+                f"callback {type(callback).__name__} lacks {', '.join(missing)} of the Callback protocol: "
+                "subclass evsys.schema.protocols.BaseCallback",
+                Location("run(callbacks=...)"),
+            )
+        )

@@ -1,6 +1,6 @@
 """Score a config's benchmarks without training, on the base model or a checkpoint (``evsys eval``).
 
-The same scoring as in the run loop (:func:`evsys.cli.benchmarks.evaluate`) and the same files as a run
+The same scoring as in the run loop (:func:`evsys.engine.benchmarks.evaluate`) and the same files as a run
 (``local_logger``: ``metrics.jsonl``, ``predictions/<benchmark>.jsonl``, ``summary.md``), written to
 ``<output_dir>/<name>/eval/<label>/`` where label is ``base`` or the checkpoint's directory name.
 """
@@ -8,19 +8,18 @@ The same scoring as in the run loop (:func:`evsys.cli.benchmarks.evaluate`) and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evsys.cli.api import LOG_FILES
-from evsys.cli.benchmarks import describe_benchmarks, evaluate_and_notify, load_benchmarks
-from evsys.cli.checkpoints import FINAL, find_checkpoint, step_of
-from evsys.cli.overrides import Override, load_config_with_overrides
-from evsys.cli.run_setup import DRY_RUN_SUFFIX, announce, build_backend, check_dry_run
-from evsys.cli.rundir import DirectoryLock
+from evsys.engine.benchmarks import describe_benchmarks, evaluate_and_notify, load_benchmarks
+from evsys.engine.checkpoints import FINAL, find_checkpoint, step_of
+from evsys.engine.overrides import Override, load_config_with_overrides
+from evsys.engine.run_setup import announce, build_backend, check_callback_object, check_dry_run, training_params
+from evsys.engine.rundir import DRY_RUN_SUFFIX, DirectoryLock
+from evsys.engine.status import EvalOutcome, tracked_status
 from evsys.logging.local import METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, LocalLogger
 from evsys.logging.params import LocalLoggerParams
-from evsys.schema.errors import ConfigError, EvsysError, Location, Problem
+from evsys.schema.errors import ConfigError, Location, Problem
 from evsys.schema.plugins import default_registry
 from evsys.schema.protocols import Callback, RunContext
 from evsys.schema.registry import PluginRegistry
@@ -28,28 +27,6 @@ from evsys.schema.validation import ValidatedConfig
 
 EVAL_DIR = "eval"
 BASE_LABEL = "base"
-
-
-@dataclass
-class EvalRunResult:
-    """What ``evsys eval`` ends with: status, the benchmarks' metrics and where the files are."""
-
-    status: str
-    metrics: dict[str, float | None]
-    logs: Path
-    checkpoint: str | None
-    step: int
-    error: str | None = None
-
-    def __str__(self) -> str:
-        lines = [
-            f"Status:    {self.status}",
-            f"Metrics:   {self.metrics}",
-            f"Logs:      {self.logs} ({LOG_FILES})",
-        ]
-        if self.error:
-            lines.append(f"Error:     {self.error}")
-        return "\n".join(lines)
 
 
 def default_eval_dir(validated: ValidatedConfig, label: str, *, dry_run: bool = False) -> Path:
@@ -76,7 +53,7 @@ def default_step(validated: ValidatedConfig, checkpoint: str | None, label: str)
     if numbered is not None:
         return numbered
     if label == FINAL:
-        return int(getattr(validated.algorithm_params, "max_steps", None) or 0)
+        return training_params(validated).max_steps or 0
     return 0
 
 
@@ -106,7 +83,7 @@ def evaluate_config(
     overwrite: bool = False,
     dry_run: bool = False,
     overrides: Sequence[str | Override] = (),
-) -> EvalRunResult:
+) -> EvalOutcome:
     """Score every benchmark of ``config`` on the base model, or on ``checkpoint`` (a run or checkpoint directory).
 
     Nothing is trained. User mistakes raise :class:`EvsysError` before the model loads; a failure while
@@ -115,6 +92,8 @@ def evaluate_config(
     that run directory's lock (one elsewhere, its own directory's), so it never writes beside a live run.
     """
     registry = registry or default_registry()
+    for callback in callbacks:
+        check_callback_object(callback)
     if isinstance(config, ValidatedConfig):
         if overrides:
             raise ConfigError(Problem("evaluate_config() takes overrides only with a config path"))
@@ -157,40 +136,27 @@ def _score(
     at_step: int,
     callbacks: Sequence[Callback],
     dry_run: bool,
-) -> EvalRunResult:
+) -> EvalOutcome:
     observers: list[Callback] = [LocalLogger(LocalLoggerParams(dir=str(directory))), *callbacks]
     config_model = validated.config
     context = RunContext(
         f"{config_model.name}/{EVAL_DIR}/{label}", directory, Path(config_model.output_dir), config_model, at_step, at_step
     )
-    seed = int(getattr(validated.algorithm_params, "seed", 0))
+    seed = training_params(validated).seed
     announce(callbacks, describe_benchmarks(benchmarks))
     announce(callbacks, f"model: loading {config_model.model.name} on the {config_model.backend.kind} backend ...")
     backend = build_backend(validated, registry, directory, dry_run=dry_run)
     metrics: dict[str, float | None] = {}
-    status, error = "completed", None
     try:
         if checkpoint_path is not None:
             announce(callbacks, f"model: loading checkpoint {checkpoint_path} ...")
             backend.load_checkpoint(checkpoint_path)
         for observer in observers:
             observer.on_run_start(context)
-        try:
+        with tracked_status(observers, lambda: metrics, directory) as status:
             for benchmark in benchmarks:
                 result = evaluate_and_notify(backend, benchmark, at_step, seed, observers)
                 metrics.update(result.metrics)
-        except KeyboardInterrupt:
-            status, error = "interrupted", "interrupted by the user"
-            raise
-        except EvsysError as exc:
-            status, error = "failed", str(exc)
-            raise
-        except Exception as exc:
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            for observer in observers:
-                observer.on_run_end(status, dict(metrics), error)
     finally:
         backend.close()
-    return EvalRunResult(status, metrics, directory, checkpoint_path, at_step, error)
+    return EvalOutcome(status.value, metrics, directory, status.error, checkpoint=checkpoint_path, step=at_step)

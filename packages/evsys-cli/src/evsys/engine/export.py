@@ -1,7 +1,8 @@
 """Export a trained LoRA adapter: as a peft directory, or merged into a plain transformers model directory.
 
-Works on the local backend's checkpoints (``<run_dir>/checkpoints/<name>/``, a peft adapter plus
-EvSys's optimizer state). ``merge_adapter`` loads the base model, folds the adapter into its
+Works on checkpoints that are peft adapter directories (the local backend's
+``<run_dir>/checkpoints/<name>/``, a peft adapter plus EvSys's optimizer state); the base model is
+found by the backend that trained it (``Backend.resolve_model``), reached through the registry. ``merge_adapter`` loads the base model, folds the adapter into its
 weights and saves a directory that ``AutoModelForCausalLM.from_pretrained`` loads with no peft
 and no EvSys. torch, transformers and peft are imported only by the merge.
 """
@@ -15,7 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from evsys.engine.rundir import read_snapshot
 from evsys.schema.errors import EvsysError
+from evsys.schema.plugins import default_registry
+from evsys.schema.registry import PluginRegistry
 
 ADAPTER_CONFIG = "adapter_config.json"
 #: files of a checkpoint that make up a peft adapter directory (EvSys's training_state.pt stays behind)
@@ -79,12 +83,30 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def merge_adapter(checkpoint: Path, output: str | Path, *, base: str | None = None, overwrite: bool = False) -> Path:
-    """Fold the adapter into the base model's weights and save a standard transformers model directory (plus tokenizer)."""
-    from evsys.backends.local.resolve import resolve_model_dir
+def trained_by(checkpoint: Path) -> str | None:
+    """The backend kind of the run that wrote ``checkpoint`` (``<run_dir>/checkpoints/<name>``), from the
+    run's ``resolved_config.json``; None for a checkpoint outside a run directory."""
+    snapshot = read_snapshot(checkpoint.parent.parent) or {}
+    kind = dict(dict(snapshot.get("config", {})).get("backend", {})).get("kind")
+    return str(kind) if kind else None
 
+
+def base_model_dir(base_name: str, checkpoint: Path, registry: PluginRegistry | None = None) -> str:
+    """Where the base model is: resolved by the backend that trained the checkpoint (``Backend.resolve_model``:
+    the local backend finds aliases, hub cache entries and the bundled model), else ``base_name`` as given."""
+    kind = trained_by(checkpoint)
+    if kind is None:
+        return base_name
+    backend_class = (registry or default_registry()).get("backend", kind).load()
+    return str(backend_class.resolve_model(base_name, None))
+
+
+def merge_adapter(
+    checkpoint: Path, output: str | Path, *, base: str | None = None, overwrite: bool = False, registry: PluginRegistry | None = None
+) -> Path:
+    """Fold the adapter into the base model's weights and save a standard transformers model directory (plus tokenizer)."""
     base_name = base or adapter_base(checkpoint)
-    base_dir = resolve_model_dir(base_name, None)
+    base_dir = base_model_dir(base_name, checkpoint, registry)
     target = prepare_output(output, overwrite=overwrite)
 
     from peft import PeftModel

@@ -1,7 +1,8 @@
 """One-step-off-policy steps: step t+1 starts sampling while step t trains, on a backend that allows it.
 
 A backend opts in with ``max_steps_off_policy >= 1`` (the tinker backend's ``backend.params``, as
-tinker-cookbook's async option) and ``on_training_submitted(callback)``: it calls ``callback`` when a
+tinker-cookbook's async option; both are declared in the Backend protocol): through
+``on_training_submitted(callback)`` it calls ``callback`` when a
 step's ``forward_backward`` has gone out, lets ``sample`` use weights up to that many optimizer steps
 old while training is in flight, and submits the training requests of the steps in order.
 :class:`StepPipeline` then starts step t+1 (in a worker thread) the moment step t's training is
@@ -16,11 +17,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
+from evsys.schema.protocols import Algorithm, Backend
 
-def pipeline_depth(backend: Any) -> int:
-    """How many steps off policy the backend lets sampling run (0: none, every step on-policy)."""
-    depth = getattr(backend, "max_steps_off_policy", 0)
-    return int(depth) if isinstance(depth, int) and callable(getattr(backend, "on_training_submitted", None)) else 0
+
+class _StepOfThread(threading.local):
+    """The step a worker thread runs (None outside the pipeline's threads)."""
+
+    step: int | None = None
 
 
 class StepPipeline:
@@ -30,7 +33,7 @@ class StepPipeline:
     checkpoint after ``step``, not the last step, no stop requested).
     """
 
-    def __init__(self, algorithm: Any, backend: Any, batches: Iterator[Any], overlap: Callable[[int], bool]) -> None:
+    def __init__(self, algorithm: Algorithm, backend: Backend, batches: Iterator[Any], overlap: Callable[[int], bool]) -> None:
         self._algorithm = algorithm
         self._batches = batches
         self._overlap = overlap
@@ -38,7 +41,7 @@ class StepPipeline:
         self._running: dict[int, Future[dict[str, float]]] = {}
         self._submitted: set[int] = set()
         self._current = 0
-        self._local = threading.local()
+        self._local = _StepOfThread()
         backend.on_training_submitted(self._training_submitted)
 
     def _start(self, step: int) -> Future[dict[str, float]]:
@@ -61,7 +64,7 @@ class StepPipeline:
     def _training_submitted(self, step: int | None = None) -> None:
         """Called by the backend (in the step's thread) once the step's training requests are out."""
         with self._lock:
-            step = getattr(self._local, "step", None) if step is None else step
+            step = self._local.step if step is None else step
             if step is None:
                 return
             self._submitted.add(step)
