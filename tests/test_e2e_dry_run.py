@@ -127,3 +127,23 @@ def test_one_step_off_policy_run_records_its_staleness(repo_root: Path, tmp_path
     # trained (with no latency, the previous step may already be done: then 0, as recorded)
     assert staleness[0] == 0.0 and set(staleness) <= {0.0, 1.0}
     assert [row["split"] for row in rows][-1] == "val"
+
+
+def test_objects_from_before_training_stay_out_of_full_collections_while_it_runs(repo_root: Path, tmp_path: Path) -> None:
+    import gc
+
+    from evsys.engine import run
+    from evsys.schema.protocols import BaseCallback
+
+    class FreezeCount(BaseCallback):
+        def __init__(self) -> None:
+            self.during: list[int] = []
+
+        def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+            self.during.append(gc.get_freeze_count())
+
+    path, _ = copy_config(repo_root, "sdft_walkthrough", tmp_path)
+    seen = FreezeCount()
+    assert run(path, callbacks=[seen], dry_run=True).status == "completed"
+    assert len(seen.during) == 2 and min(seen.during) > 10_000  # imports, model and data were frozen at setup
+    assert gc.get_freeze_count() == 0  # handed back to the collector when the run ends

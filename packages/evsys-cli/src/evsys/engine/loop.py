@@ -11,6 +11,7 @@ is claimed before the model loads.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import time
@@ -78,6 +79,19 @@ def batches(examples: Sequence[Any], batch_size: int, seed: int, start_step: int
         produced += 1
         if produced > start_step:
             yield batch
+
+
+@contextmanager
+def setup_frozen() -> Iterator[None]:
+    """Keep the objects that exist before training (imports, model, data) out of the garbage collector's
+    full passes while training runs, then hand them back: a full pass over the ~10^5 objects of the
+    imported libraries costs ~0.3 s of CPU, which would otherwise land inside a step every few steps."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def callback_key(index: int, callback: Callback) -> str:
@@ -202,7 +216,7 @@ class TrainingRun:
             self._restore(point, meter, algorithm, callbacks)
             for callback in callbacks:
                 callback.on_run_start(context)
-            with tracked_status(callbacks, lambda: self.state.final_metrics, run_dir, self._kept) as status:
+            with tracked_status(callbacks, lambda: self.state.final_metrics, run_dir, self._kept) as status, setup_frozen():
                 self._announce(f"training: steps {start + 1}-{max_steps} of {max_steps} ...")
                 status.value = self._train(algorithm, meter, examples, benchmarks, callbacks, max_steps, start)
                 status.error = self.guard.reason if status.value == "interrupted" else None
