@@ -64,7 +64,7 @@ def test_target_logprobs_equals_log_softmax_gather() -> None:
 
 _PACK_SCRIPT = """
 import gc, sys, torch
-from evsys.backends.local import rollout
+from evsys.backends.local.engines import fused as rollout
 from evsys.backends.local.memory import release_freed_memory
 from concurrent.futures import ThreadPoolExecutor
 
@@ -92,7 +92,7 @@ def test_int8_copy_costs_about_its_own_size() -> None:
 
     import torch
 
-    from evsys.backends.local.rollout import int8_available
+    from evsys.backends.local.engines.fused import int8_available
 
     if not int8_available(torch.device("cpu")):
         pytest.skip("no fbgemm int8 kernels in this build")

@@ -1,4 +1,4 @@
-"""The fused rollout decoder (evsys.backends.local.rollout) against the generic transformers loop, on a tiny Llama."""
+"""The fused rollout decoder (evsys.backends.local.engines.fused) against the generic transformers loop, on a tiny Llama."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from evsys.backends.local.backend import LocalBackend
+from evsys.backends.local.engines.fused import int8_available, unsupported_reason
 from evsys.backends.local.params import LocalBackendParams
-from evsys.backends.local.rollout import int8_available, unsupported_reason
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import BackendSetup, Datum
 
@@ -142,7 +142,7 @@ def _plain(weights: list[torch.Tensor]) -> list[torch.nn.Linear]:
 
 @needs_int8
 def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused as rollout
 
     monkeypatch.setattr(rollout, "PACK_ROWS", 48)  # several packed pieces over a 3-weight fusion
     monkeypatch.setattr(rollout, "QUANT_ROWS", 16)
@@ -160,7 +160,7 @@ def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytes
 
 @needs_int8
 def test_int8_outlier_channels_stay_float() -> None:
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused as rollout
 
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(64, 96, generator=gen)
@@ -180,7 +180,7 @@ def test_int8_outlier_channels_stay_float() -> None:
 
 @needs_int8
 def test_int8_rows_get_their_own_activation_range() -> None:
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused as rollout
 
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(64, 96, generator=gen)
@@ -195,7 +195,7 @@ def test_int8_rows_get_their_own_activation_range() -> None:
 
 
 def test_rotary_in_three_ops_equals_rotate_half() -> None:
-    from evsys.backends.local.rollout import _rotary
+    from evsys.backends.local.engines.fused import _rotary
 
     gen = torch.Generator().manual_seed(3)
     x, cos, sin = (torch.randn(2, 3, 5, 16, generator=gen) for _ in range(3))
@@ -211,7 +211,7 @@ def test_int8_build_packs_on_its_own_thread(monkeypatch: pytest.MonkeyPatch, tin
     # their own malloc arena, apart from the build's temporaries (test_local_memory measures the effect)
     import threading
 
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused as rollout
 
     threads: list[str] = []
     quantized = torch.ops.quantized

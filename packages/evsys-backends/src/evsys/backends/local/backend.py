@@ -31,16 +31,16 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from evsys.backends.local.memory import release_freed_memory
-from evsys.backends.local.params import LocalBackendParams
-from evsys.backends.local.resolve import resolve_model_dir
-from evsys.backends.local.rollout import (
+from evsys.backends.local.engines.fused import (
     CALIBRATION_MESSAGES,
     FusedDecoder,
     int8_available,
     sliding_window_reason,
     unsupported_reason,
 )
+from evsys.backends.local.memory import release_freed_memory
+from evsys.backends.local.params import LocalBackendParams
+from evsys.backends.local.resolve import resolve_model_dir
 from evsys.backends.local.sampling import inverse_cdf_sample
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import (

@@ -1,0 +1,1 @@
+"""Rollout engines of the local backend: the decode loops behind ``sample``."""
