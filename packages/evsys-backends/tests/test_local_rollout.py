@@ -55,7 +55,7 @@ def test_fused_equals_the_transformers_engine(tiny_dir: Path) -> None:
 
 def test_fused_sees_every_optimizer_step(tiny_dir: Path) -> None:
     """The decoder reads the live LoRA parameters: after a training step its logprobs are the new policy's."""
-    backend = make(tiny_dir)
+    backend = make(tiny_dir, rollout_engine="fused")
     same_lora(backend, backend)
     [[first]] = backend.sample([PROMPTS[0]], max_tokens=6, seed=1)
     seq = PROMPTS[0] + first.tokens
@@ -110,7 +110,7 @@ def test_params_and_errors(tiny_dir: Path) -> None:
         LocalBackendParams(rollout_engine="generic")  # type: ignore[arg-type]
 
 
-def test_auto_falls_back_and_fused_refuses(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_and_fused_and_int8_refuse(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from evsys.backends.local.engines import fused as fused_engine
 
     monkeypatch.setattr(fused_engine, "unsupported_reason", lambda causal_lm, total_length=None: "model_type 'x'")

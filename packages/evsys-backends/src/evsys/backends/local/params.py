@@ -67,9 +67,9 @@ class LocalBackendParams(StrictModel):
         default="auto",
         description=(
             "Decode loop of sample: 'transformers' is transformers' own generate (any architecture); 'fused' "
-            "is EvSys' lean Llama/Mistral/Qwen2 decoder (static KV cache, LoRA added as a low-rank update, no "
-            "per-token transformers/peft dispatch; faster on CPU); 'auto' is 'fused' where the model supports "
-            "it, else 'transformers'. Both draw the same tokens from the same seed."
+            "is EvSys' lean Llama/Mistral/Qwen2 decoder (static KV cache, LoRA added as a low-rank update; "
+            "faster on CPU, and the one that reads int8 rollout weights); 'auto' is 'fused' where the model "
+            "supports it, else 'transformers'. Both draw the same tokens from the same seed."
         ),
     )
     rollout_weights: Literal["model", "int8"] = Field(
