@@ -132,3 +132,16 @@ def test_auto_picks_the_engine_by_architecture(arch_dirs: dict[str, Path]) -> No
         backend.close()
     with pytest.raises(EvsysError, match=r"cannot run .*model_type 'gpt2'"):
         make(arch_dirs["gpt2"], "gpt2", rollout_weights="int8")
+
+
+def test_the_transformers_engine_gives_the_same_rollouts_with_a_static_cache(arch_dirs: dict[str, Path]) -> None:
+    backend = make(arch_dirs["qwen3"], "qwen3", rollout_engine="transformers")
+    randomize_lora(backend)
+    dynamic = backend.sample(PROMPTS, n=2, max_tokens=6, temperature=1.0, seed=4)
+    backend.engines.library.cache = "static"
+    static = backend.sample(PROMPTS, n=2, max_tokens=6, temperature=1.0, seed=4)
+    for ga, gb in zip(dynamic, static, strict=True):
+        for sa, sb in zip(ga, gb, strict=True):
+            assert sa.tokens == sb.tokens
+            assert sa.logprobs == pytest.approx(sb.logprobs, rel=1e-5, abs=1e-5)
+    backend.close()

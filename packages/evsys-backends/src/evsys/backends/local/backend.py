@@ -45,7 +45,7 @@ from evsys.schema.protocols import (
     TopKLogprobs,
 )
 
-__all__ = ["LocalBackend", "pick_device", "pick_dtype"]
+__all__ = ["LocalBackend"]
 
 
 class LocalBackend:

@@ -49,11 +49,6 @@ class _Stop(StoppingCriteria):
         return done  # type: ignore[return-value]
 
 
-def static_cache_supported(causal_lm: Any) -> bool:
-    """Whether the model's class declares support for transformers' static KV cache."""
-    return bool(getattr(causal_lm, "_can_compile_fullgraph", False) or getattr(causal_lm, "_supports_static_cache", False))
-
-
 class TransformersEngine:
     """Rollouts through ``causal_lm.generate`` (the peft-wrapped model's base, adapter active)."""
 
@@ -63,7 +58,8 @@ class TransformersEngine:
         self.causal_lm = causal_lm
         self.tokenizer = tokenizer
         self.pad_token_id = pad_token_id
-        #: "static" (preallocated for the batch's prompt + max_tokens) or "dynamic" (grows per token)
+        #: "dynamic" (grows per token) or "static" (preallocated for the batch's prompt + max_tokens; slower
+        #: on CPU without torch.compile: docs/performance.md, "Rollout engines")
         self.cache = cache
 
     def refresh(self) -> None:
