@@ -62,8 +62,8 @@ def _policy_logprobs(backend: LocalBackend, prompt: list[int], tokens: list[int]
 @torch.inference_mode()
 def _forced(backend: LocalBackend, prompts: list[list[int]], rollouts: list[list[int]]) -> torch.Tensor:
     """The sampler's log-distributions [B, T, V] with ``rollouts`` forced, the prompts left-padded together."""
-    decoder = backend._rollout_decoder(max(map(len, prompts)) + NEW_TOKENS)
-    assert decoder is not None, "the fused engine is needed"
+    assert backend.engines.fused is not None, "the fused engine is needed"
+    decoder = backend.engines.fused.decoder
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), backend.pad_token_id, dtype=torch.long)
     valid = torch.zeros((len(prompts), width), dtype=torch.long)

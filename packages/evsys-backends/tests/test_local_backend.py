@@ -11,6 +11,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from evsys.backends.local.backend import LocalBackend
+from evsys.backends.local.loading import decoder_layers
 from evsys.backends.local.params import LocalBackendParams
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import Backend, BackendSetup, Datum
@@ -300,11 +301,12 @@ def test_cross_entropy_nk_gradient_equals_reference(tiny_dir: Path, params: dict
 @pytest.mark.parametrize("setting", [True, 1, 0, False])
 def test_gradient_checkpointing_covers_the_layers_asked_for(tiny_dir: Path, setting: bool | int) -> None:
     backend = make_backend(tiny_dir, gradient_checkpointing=setting)
-    layers = list(backend._decoder.layers)
+    layers = list(backend.policy.decoder.layers)
+    assert decoder_layers(backend._causal_lm) == layers
     checkpointed = [getattr(layer, "gradient_checkpointing", False) is True for layer in layers]
     want = len(layers) if setting is True else int(setting)
     assert checkpointed == [i < want for i in range(len(layers))]
-    with backend._training_mode():  # transformers checkpoints a layer only while it is in training mode
+    with backend.policy.training_mode(0.0):  # transformers checkpoints a layer only while it is in training mode
         assert [layer.training for layer in layers] == checkpointed
     # a checkpointed layer runs its attention twice in a step (the second time to recompute for the backward)
     calls = [0] * len(layers)

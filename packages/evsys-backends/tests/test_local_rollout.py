@@ -1,4 +1,4 @@
-"""The fused rollout decoder (evsys.backends.local.rollout) against the generic transformers loop, on a tiny Llama."""
+"""The fused rollout engine (evsys.backends.local.engines) against the transformers engine, on a tiny Llama."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from evsys.backends.local.backend import LocalBackend
+from evsys.backends.local.engines.fused_decoder import int8_available, unsupported_reason
 from evsys.backends.local.params import LocalBackendParams
-from evsys.backends.local.rollout import int8_available, unsupported_reason
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import BackendSetup, Datum
 
@@ -39,22 +39,23 @@ def policy_logprobs(backend: LocalBackend, prompt: list[int], tokens: list[int])
     return [float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(tokens)]
 
 
-def test_fused_equals_generic_loop(tiny_dir: Path) -> None:
-    fused, generic = make(tiny_dir, rollout_engine="fused"), make(tiny_dir, rollout_engine="generic")
-    same_lora(fused, generic)
+def test_fused_equals_the_transformers_engine(tiny_dir: Path) -> None:
+    """Same tokens (greedy, and the same seeded draws at temperature 1), logprobs within 1e-5 (float32)."""
+    fused, library = make(tiny_dir, rollout_engine="fused"), make(tiny_dir, rollout_engine="transformers")
+    same_lora(fused, library)
     for temperature in (0.0, 1.0):
         a = fused.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
-        b = generic.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
+        b = library.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
         for ga, gb in zip(a, b, strict=True):
             for sa, sb in zip(ga, gb, strict=True):
                 assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
                 assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
-    assert fused._fused is not None and generic._fused is None
+    assert fused.engines.fused is not None and fused.engines.fused.built and library.engines.fused is None
 
 
 def test_fused_sees_every_optimizer_step(tiny_dir: Path) -> None:
     """The decoder reads the live LoRA parameters: after a training step its logprobs are the new policy's."""
-    backend = make(tiny_dir)
+    backend = make(tiny_dir, rollout_engine="fused")
     same_lora(backend, backend)
     [[first]] = backend.sample([PROMPTS[0]], max_tokens=6, seed=1)
     seq = PROMPTS[0] + first.tokens
@@ -73,7 +74,7 @@ def test_fused_bfloat16_model_with_float32_lora(tiny_dir: Path) -> None:
     assert lora and all(p.dtype == torch.float32 for p in lora)
     [[out]] = backend.sample([PROMPTS[0]], max_tokens=8, seed=2)
     diffs = torch.tensor(out.logprobs) - torch.tensor(policy_logprobs(backend, PROMPTS[0], out.tokens))
-    assert backend._fused is not None
+    assert backend.engines.fused is not None and backend.engines.fused.built
     assert float(diffs.abs().max()) < 0.05, diffs  # bfloat16 rounding; without the update: ~3
 
 
@@ -100,23 +101,33 @@ def test_params_and_errors(tiny_dir: Path) -> None:
     assert not int8_available(torch.device("cuda"))
     backend = make(tiny_dir)
     assert unsupported_reason(backend._causal_lm) is None
+    assert backend.engines.fused is not None  # auto: fused for a Llama
     backend._causal_lm.config.model_type = "gpt2"  # pretend: an architecture the fused decoder does not know
     assert "model_type" in (unsupported_reason(backend._causal_lm) or "")
-    [[s]] = backend.sample([PROMPTS[0]], max_tokens=3, seed=0)  # auto falls back to the generic loop
-    assert len(s.tokens) >= 1 and backend._fused is None
     with pytest.raises(EvsysError, match="rollout_engine"):
-        make(tiny_dir, rollout_engine="generic", rollout_weights="int8")
-    strict = make(tiny_dir, rollout_engine="fused")
-    strict._causal_lm.config.model_type = "gpt2"
-    with pytest.raises(EvsysError, match="rollout_engine"):
-        strict.sample([PROMPTS[0]], max_tokens=3)
+        make(tiny_dir, rollout_engine="transformers", rollout_weights="int8")
+    with pytest.raises(ValueError):
+        LocalBackendParams(rollout_engine="generic")  # type: ignore[arg-type]
+
+
+def test_auto_falls_back_and_fused_and_int8_refuse(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evsys.backends.local.engines import fused as fused_engine
+
+    monkeypatch.setattr(fused_engine, "unsupported_reason", lambda causal_lm, total_length=None: "model_type 'x'")
+    backend = make(tiny_dir)
+    assert backend.engines.fused is None  # auto: the transformers engine
+    [[s]] = backend.sample([PROMPTS[0]], max_tokens=3, seed=0)
+    assert len(s.tokens) == 3
+    for strict in ({"rollout_engine": "fused"}, {"rollout_weights": "int8"}):
+        with pytest.raises(EvsysError, match=r"cannot run .*model_type 'x'.*rollout_engine 'transformers'"):
+            make(tiny_dir, **strict)
 
 
 def test_a_sliding_window_shorter_than_the_batch_is_caught_after_the_build(tiny_dir: Path) -> None:
     # the structural checks run once, when the decoder is built; the window depends on each batch's length
     strict = make(tiny_dir, rollout_engine="fused")
     strict.sample([PROMPTS[0]], max_tokens=2, seed=0)
-    assert strict._fused is not None
+    assert strict.engines.fused is not None and strict.engines.fused.built
     config = strict._causal_lm.config
     config.sliding_window, config.use_sliding_window = len(PROMPTS[0]) + 4, True
     strict.sample([PROMPTS[0]], max_tokens=4, seed=0)  # fits in the window
@@ -142,7 +153,7 @@ def _plain(weights: list[torch.Tensor]) -> list[torch.nn.Linear]:
 
 @needs_int8
 def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused_decoder as rollout
 
     monkeypatch.setattr(rollout, "PACK_ROWS", 48)  # several packed pieces over a 3-weight fusion
     monkeypatch.setattr(rollout, "QUANT_ROWS", 16)
@@ -160,7 +171,7 @@ def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytes
 
 @needs_int8
 def test_int8_outlier_channels_stay_float() -> None:
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused_decoder as rollout
 
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(64, 96, generator=gen)
@@ -180,7 +191,7 @@ def test_int8_outlier_channels_stay_float() -> None:
 
 @needs_int8
 def test_int8_rows_get_their_own_activation_range() -> None:
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused_decoder as rollout
 
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(64, 96, generator=gen)
@@ -195,7 +206,7 @@ def test_int8_rows_get_their_own_activation_range() -> None:
 
 
 def test_rotary_in_three_ops_equals_rotate_half() -> None:
-    from evsys.backends.local.rollout import _rotary
+    from evsys.backends.local.engines.fused_decoder import _rotary
 
     gen = torch.Generator().manual_seed(3)
     x, cos, sin = (torch.randn(2, 3, 5, 16, generator=gen) for _ in range(3))
@@ -211,7 +222,7 @@ def test_int8_build_packs_on_its_own_thread(monkeypatch: pytest.MonkeyPatch, tin
     # their own malloc arena, apart from the build's temporaries (test_local_memory measures the effect)
     import threading
 
-    from evsys.backends.local import rollout
+    from evsys.backends.local.engines import fused_decoder as rollout
 
     threads: list[str] = []
     quantized = torch.ops.quantized

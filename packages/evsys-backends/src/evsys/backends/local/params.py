@@ -54,12 +54,13 @@ class LocalBackendParams(StrictModel):
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         default="auto", description="Attention kernel; 'auto' lets transformers choose (sdpa when available)."
     )
-    rollout_engine: Literal["auto", "fused", "generic"] = Field(
+    rollout_engine: Literal["auto", "fused", "transformers"] = Field(
         default="auto",
         description=(
-            "Decode loop of sample: 'fused' is EvSys' lean Llama-family decoder (static KV cache, LoRA added "
-            "as a low-rank update, no per-token transformers/peft dispatch); 'generic' is the transformers "
-            "forward with its KV cache (any architecture); 'auto' is 'fused' when the model supports it."
+            "Decode loop of sample: 'transformers' is transformers' own generate (any architecture); 'fused' "
+            "is EvSys' lean Llama/Mistral/Qwen2 decoder (static KV cache, LoRA added as a low-rank update; "
+            "faster on CPU, and the one that reads int8 rollout weights); 'auto' is 'fused' where the model "
+            "supports it, else 'transformers'. Both draw the same tokens from the same seed."
         ),
     )
     rollout_weights: Literal["model", "int8"] = Field(

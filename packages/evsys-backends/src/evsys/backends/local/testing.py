@@ -1,7 +1,7 @@
-"""A tiny random Llama model and byte-level tokenizer, built offline, for tests of anything on the local backend.
+"""Tiny random models and a byte-level tokenizer, built offline, for tests of anything on the local backend.
 
 ``build_tiny_model_dir(path)`` writes a directory that ``model.name`` can point at: a two-layer
-Llama with random weights and a 259-token byte-level tokenizer (every byte, plus ``<|endoftext|>``,
+Llama (or, with ``architecture=``, any of :data:`ARCHITECTURES`) with random weights and a 259-token byte-level tokenizer (every byte, plus ``<|endoftext|>``,
 ``<|im_start|>`` and ``<|im_end|>``) with a ChatML chat template, whose EOS and pad token are both
 ``<|im_end|>`` (as in SmolLM2). It loads in well under a second and its text is gibberish.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: ``model_type`` values :func:`build_tiny_model_dir` can build
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "gpt2")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -49,32 +51,44 @@ def build_tiny_model_dir(
     num_layers: int = 2,
     initializer_range: float = 0.2,
     tie_word_embeddings: bool = False,
+    architecture: str = "llama",
 ) -> Path:
-    """Write a tiny random Llama (``save_pretrained`` layout) plus tokenizer to ``path``; return it."""
+    """Write a tiny random model of ``architecture`` (a ``model_type`` in :data:`ARCHITECTURES`;
+    ``save_pretrained`` layout) plus tokenizer to ``path``; return it."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")  # type: ignore[attr-defined]
     bos = tokenizer.convert_tokens_to_ids("<|im_start|>")  # type: ignore[attr-defined]
-    config = LlamaConfig(
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    shape: dict[str, object] = {
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    }
+    if architecture == "gpt2":  # GPT-2's own names for the same sizes
+        shape = {"n_embd": hidden_size, "n_inner": 2 * hidden_size, "n_layer": num_layers, "n_head": 4, "n_positions": 512}
+    if architecture in ("qwen3", "gemma2"):
+        shape["head_dim"] = hidden_size // 4
+    config = AutoConfig.for_model(
+        architecture,
         vocab_size=len(tokenizer),  # type: ignore[arg-type]
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         initializer_range=initializer_range,
         tie_word_embeddings=tie_word_embeddings,
         bos_token_id=bos,
         eos_token_id=eos,
         pad_token_id=eos,
+        **shape,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)  # type: ignore[attr-defined]

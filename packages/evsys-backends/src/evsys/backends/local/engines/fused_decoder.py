@@ -1,4 +1,4 @@
-"""A lean decode path for rollouts on Llama-family models (Llama, Mistral, Qwen2), with a static KV cache.
+"""EvSys' fused decode path for rollouts on Llama-family models (Llama, Mistral, Qwen2), with a static KV cache.
 
 Why: on a CPU at batch 1 each new token reads every weight once, and ``transformers``' generic forward
 plus peft's LoRA dispatch add per-token Python work on top. :class:`FusedDecoder` runs the same
