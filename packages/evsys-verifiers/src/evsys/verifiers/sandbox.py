@@ -62,6 +62,8 @@ __all__ = [
     "program_counts",
     "programs_line",
     "resolve_sandbox",
+    "sandbox_limits",
+    "sandbox_path",
     "sandbox_setting",
     "select_runner",
     "set_sandbox",
