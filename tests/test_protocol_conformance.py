@@ -180,3 +180,27 @@ def test_a_backend_lacking_declared_methods_fails_the_check_naming_them() -> Non
         "tokenizer", "render_chat", "sample", "topk_logprobs", "compute_logprobs", "forward_backward",
         "optim_step", "save_checkpoint", "load_checkpoint", "close",
     ]  # fmt: skip
+
+
+def test_algorithm_params_not_extending_training_params_is_named_at_algorithm_kind() -> None:
+    from types import SimpleNamespace
+
+    from pydantic import BaseModel
+
+    from evsys.engine.run_setup import training_params
+    from evsys.schema.errors import ConfigError
+    from evsys.schema.yaml_source import parse_yaml
+
+    class LooseParams(BaseModel):
+        learning_rate: float = 1e-3
+
+    document = parse_yaml("name: x\nalgorithm:\n  kind: loose\n", "config.yaml")
+    validated = SimpleNamespace(
+        algorithm_params=LooseParams(), config=SimpleNamespace(algorithm=SimpleNamespace(kind="loose")), document=document
+    )
+    with pytest.raises(ConfigError) as caught:
+        training_params(validated)  # type: ignore[arg-type]
+    assert caught.value.problems[0].format() == (
+        "config.yaml:3:3: algorithm.kind: algorithm 'loose' declares params LooseParams, which does not extend "
+        "evsys.schema.params.TrainingParams (the run needs its seed, batch_size, max_steps and lora_rank)"
+    )

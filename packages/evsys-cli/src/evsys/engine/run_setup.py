@@ -25,6 +25,7 @@ __all__ = [
     "build_backend",
     "build_callbacks",
     "check_dry_run",
+    "kind_error",
     "load_plugin_class",
     "load_training_examples",
     "plural",
@@ -38,6 +39,11 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def kind_error(validated: ValidatedConfig, section: str, message: str) -> ConfigError:
+    """The one-line error about the config's ``<section>.kind`` (``algorithm``, ``backend``), located in its file."""
+    return ConfigError(Problem(message, validated.document.locate((section, "kind")), field=f"{section}.kind"))
+
+
 def training_params(validated: ValidatedConfig) -> TrainingParams:
     """The algorithm's params, which the run loop and the backend read (seed, batch size, steps, LoRA).
 
@@ -47,13 +53,11 @@ def training_params(validated: ValidatedConfig) -> TrainingParams:
     params = validated.algorithm_params
     if not isinstance(params, TrainingParams):
         kind = validated.config.algorithm.kind
-        raise ConfigError(
-            Problem(
-                f"algorithm '{kind}' declares params {type(params).__name__}, which does not extend "
-                "evsys.schema.params.TrainingParams (the run needs its seed, batch_size, max_steps and lora_rank)",
-                validated.document.locate(("algorithm", "kind")),
-                field="algorithm.kind",
-            )
+        raise kind_error(
+            validated,
+            "algorithm",
+            f"algorithm '{kind}' declares params {type(params).__name__}, which does not extend "
+            "evsys.schema.params.TrainingParams (the run needs its seed, batch_size, max_steps and lora_rank)",
         )
     return params
 
@@ -70,13 +74,11 @@ def load_plugin_class(validated: ValidatedConfig, registry: PluginRegistry, kind
     protocol = Algorithm if kind == "algorithm" else Backend
     missing = missing_members(loaded, protocol)
     if missing:
-        raise ConfigError(
-            Problem(
-                f"{kind} '{name}' of {registration.distribution} ({registration.target}) lacks {', '.join(missing)} "
-                f"of the {protocol.__name__} protocol: subclass {_BASE_OF[kind]}",
-                validated.document.locate((kind, "kind")),
-                field=f"{kind}.kind",
-            )
+        raise kind_error(
+            validated,
+            kind,
+            f"{kind} '{name}' of {registration.distribution} ({registration.target}) lacks {', '.join(missing)} "
+            f"of the {protocol.__name__} protocol: subclass {_BASE_OF[kind]}",
         )
     return loaded
 
@@ -118,13 +120,11 @@ def check_dry_run(validated: ValidatedConfig, registry: PluginRegistry) -> None:
     config = validated.config
     backend_class = load_plugin_class(validated, registry, "backend")
     if not backend_class.supports_dry_run:
-        raise ConfigError(
-            Problem(
-                f"--dry-run simulates a remote service, and backend '{config.backend.kind}' has none to simulate: "
-                "check the config with `evsys validate --deep`, or run it for real with max_steps: 1",
-                validated.document.locate(("backend", "kind")),
-                field="backend.kind",
-            )
+        raise kind_error(
+            validated,
+            "backend",
+            f"--dry-run simulates a remote service, and backend '{config.backend.kind}' has none to simulate: "
+            "check the config with `evsys validate --deep`, or run it for real with max_steps: 1",
         )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evsys.schema.errors import DataError, Location, Problem
+from evsys.schema.errors import DataError, Location, Problem, unreadable_file
 
 #: file suffixes the ``hf`` source reads and the ``jsonl`` source does not
 DATASET_SUFFIXES = frozenset({".csv", ".tsv", ".parquet", ".arrow"})
@@ -39,12 +39,8 @@ def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
         raise DataError(Problem(f"a {suffix} file is not JSON lines; read it with data.source_kind: hf", Location(name)))
     try:
         handle = Path(path).open("rb")  # noqa: SIM115 - closed by the with-block below
-    except FileNotFoundError:
-        raise DataError(Problem("file not found", Location(name))) from None
-    except IsADirectoryError:
-        raise DataError(Problem("is a directory, expected a .jsonl file", Location(name))) from None
     except OSError as exc:
-        raise DataError(Problem(f"cannot read file: {exc.strerror}", Location(name))) from None
+        raise DataError(unreadable_file(exc, name, "is a directory, expected a .jsonl file")) from None
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     with handle:
         for number, raw in enumerate(handle, start=1):

@@ -47,6 +47,18 @@ class Problem:
         return f"{prefix}: {label}{self.message}" if prefix else f"{label}{self.message}"
 
 
+def unreadable_file(exc: OSError, path: str, directory: str) -> Problem:
+    """The problem a user's file that cannot be opened gives: not found, a directory (``directory`` says
+    what was expected instead), or the system's reason."""
+    if isinstance(exc, FileNotFoundError):
+        message = "file not found"
+    elif isinstance(exc, IsADirectoryError):
+        message = directory
+    else:
+        message = f"cannot read file: {exc.strerror}"
+    return Problem(message, Location(path))
+
+
 class EvsysError(Exception):
     """An error caused by the user's input or environment; the CLI prints it as one line per problem."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from evsys.schema.errors import ConfigError, Location, Problem
+from evsys.schema.errors import ConfigError, Location, Problem, unreadable_file
 
 FieldPath = tuple[str | int, ...]
 
@@ -127,12 +127,8 @@ def load_yaml_file(path: str | Path) -> YamlDocument:
     name = str(path)
     try:
         raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(Problem("file not found", Location(name))) from None
-    except IsADirectoryError:
-        raise ConfigError(Problem("is a directory, not a config file", Location(name))) from None
     except OSError as exc:
-        raise ConfigError(Problem(f"cannot read file: {exc.strerror}", Location(name))) from None
+        raise ConfigError(unreadable_file(exc, name, "is a directory, not a config file")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -39,15 +39,20 @@ Scores = Sequence[Sequence[float]]
 Passed = Sequence[Sequence[bool]]
 
 
+def _check_counts(n: int, c: int, k: int) -> None:
+    """Raise ValueError unless ``k >= 1`` and ``0 <= c <= n``."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if n < 0 or c < 0 or c > n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """The unbiased pass@k estimator (Chen et al. 2021): ``1 - C(n-c, k) / C(n, k)``.
 
     ``n`` samples of which ``c`` passed; NaN when ``n < k``; exactly ``c / n`` for ``k = 1``.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if n < 0 or c < 0 or c > n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    _check_counts(n, c, k)
     if n < k:
         return _NAN
     if k == 1:
@@ -62,10 +67,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def pass_hat_k(n: int, c: int, k: int) -> float:
     """pass^k (tau-bench): the chance that k samples drawn without replacement all pass, ``C(c, k) / C(n, k)``."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if n < 0 or c < 0 or c > n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    _check_counts(n, c, k)
     if n < k:
         return _NAN
     if c < k:
@@ -93,22 +95,26 @@ def _need_k(k: int | None, name: str) -> int:
     return k
 
 
+def _mean_estimate(
+    estimator: Callable[[int, int, int], float], name: str, per_task_scores: Scores, k: int | None, passed: Passed | None
+) -> float:
+    """The mean over tasks of ``estimator(samples, passing samples, k)`` (metric ``name`` needs k)."""
+    k = _need_k(k, name)
+    return _mean([estimator(len(f), sum(f), k) for f in _passed(per_task_scores, passed)])
+
+
 def pass_at_k_metric(
     per_task_scores: Scores, *, k: int | None = None, answers: Any = None, passed: Passed | None = None
 ) -> float:
     """Mean unbiased pass@k over the tasks with at least k samples."""
-    k = _need_k(k, "pass@k")
-    flags = _passed(per_task_scores, passed)
-    return _mean([pass_at_k(len(f), sum(f), k) for f in flags])
+    return _mean_estimate(pass_at_k, "pass@k", per_task_scores, k, passed)
 
 
 def pass_hat_k_metric(
     per_task_scores: Scores, *, k: int | None = None, answers: Any = None, passed: Passed | None = None
 ) -> float:
     """Mean pass^k over the tasks with at least k samples."""
-    k = _need_k(k, "pass^k")
-    flags = _passed(per_task_scores, passed)
-    return _mean([pass_hat_k(len(f), sum(f), k) for f in flags])
+    return _mean_estimate(pass_hat_k, "pass^k", per_task_scores, k, passed)
 
 
 def mean_at_k(

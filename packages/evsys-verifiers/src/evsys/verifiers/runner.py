@@ -117,8 +117,9 @@ class Runner(Protocol):
         ...
 
 
-def minimal_env(home: str) -> dict[str, str]:
-    """The environment a child gets: nothing from the parent's but what a program needs to start."""
+def minimal_env(home: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a child gets: nothing from the parent's but what a program needs to start,
+    then the run's own ``extra`` variables."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
@@ -128,6 +129,7 @@ def minimal_env(home: str) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONIOENCODING": "utf-8",
         "PYTHONHASHSEED": "0",
+        **(extra or {}),
     }
 
 
@@ -271,9 +273,7 @@ class LocalRunner:
                     target.write_bytes(content)
                 else:
                     target.write_text(content, encoding="utf-8")
-            child_env = minimal_env(workdir)
-            child_env.update(env or {})
-            return self._run(self._wrap(argv, limits, timeout), workdir, child_env, timeout, max_output)
+            return self._run(self._wrap(argv, limits, timeout), workdir, minimal_env(workdir, env), timeout, max_output)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

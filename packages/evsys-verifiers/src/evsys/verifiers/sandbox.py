@@ -62,6 +62,8 @@ __all__ = [
     "program_counts",
     "programs_line",
     "resolve_sandbox",
+    "sandbox_limits",
+    "sandbox_path",
     "sandbox_setting",
     "select_runner",
     "set_sandbox",
@@ -85,7 +87,6 @@ class SandboxUnavailable(EvsysError):
     """The sandbox was demanded (``sandbox: bwrap``) but bubblewrap cannot run here."""
 
 
-@functools.cache
 def _prefixes(executable: str) -> tuple[str, ...]:
     """The directories a Python interpreter needs: its venv, prefix and base prefix (asked once)."""
     real = os.path.realpath(executable)
@@ -180,9 +181,7 @@ class BwrapRunner(LocalRunner):
             uid = str(_UID_BASE + secrets.randbelow(1_000_000))
             drop = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]  # bwrap has set no_new_privs, dropped caps
             inner = [self.setpriv or "setpriv", *drop, "--", *inner]
-        if limits.processes is None:
-            limits = Limits(**{**limits.__dict__, "processes": DEFAULT_PROCESSES})
-        return cmd + self._wrap(inner, limits, timeout)
+        return cmd + self._wrap(inner, sandbox_limits(limits), timeout)
 
     def run(
         self,
@@ -199,17 +198,14 @@ class BwrapRunner(LocalRunner):
         fds: list[tuple[int, str]] = []
         try:
             for name, content in (files or {}).items():
-                target = PurePosixPath(os.path.normpath(PurePosixPath(WORKDIR, name)))
-                if not target.is_relative_to(WORKDIR) or str(target) == WORKDIR:
-                    raise ValueError(f"file name {name!r} leaves the run directory")
+                target = sandbox_path(name)
                 fd = os.memfd_create("evsys-file", 0)
                 fds.append((fd, str(target)))
                 data = memoryview(content if isinstance(content, bytes) else content.encode("utf-8"))
                 while data:
                     data = data[os.write(fd, data) :]
                 os.lseek(fd, 0, os.SEEK_SET)
-            child_env = minimal_env(WORKDIR)
-            child_env.update(env or {})
+            child_env = minimal_env(WORKDIR, env)
             cmd = self.command(argv, limits, timeout, fds)
             return self._run(cmd, None, child_env, timeout, max_output, pass_fds=tuple(fd for fd, _ in fds))
         finally:
@@ -235,6 +231,22 @@ def bwrap_problem() -> str | None:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         return f"bwrap cannot run here: {lines[-1] if lines else f'exit status {result.returncode}'}"
     return None
+
+
+def sandbox_path(name: str) -> PurePosixPath:
+    """Where file ``name`` of a run lies in the sandbox (under ``/tmp/work``); a name that leaves it is a ValueError."""
+    target = PurePosixPath(os.path.normpath(PurePosixPath(WORKDIR, name)))
+    if not target.is_relative_to(WORKDIR) or str(target) == WORKDIR:
+        raise ValueError(f"file name {name!r} leaves the run directory")
+    return target
+
+
+def sandbox_limits(limits: Limits | None) -> Limits:
+    """``limits`` for a run in a sandbox: unset processes become :data:`DEFAULT_PROCESSES`."""
+    limits = limits or Limits()
+    if limits.processes is None:
+        limits = Limits(**{**limits.__dict__, "processes": DEFAULT_PROCESSES})
+    return limits
 
 
 @functools.cache

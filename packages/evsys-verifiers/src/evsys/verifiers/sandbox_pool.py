@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from evsys.verifiers.runner import DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, limited_argv, minimal_env
-from evsys.verifiers.sandbox import _UID_BASE, DEFAULT_PROCESSES, WORKDIR, BwrapRunner, _binds
+from evsys.verifiers.sandbox import _UID_BASE, WORKDIR, BwrapRunner, _binds, sandbox_limits, sandbox_path
 
 __all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
 
@@ -250,18 +250,13 @@ class PooledBwrapRunner(BwrapRunner):
         env: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run ``argv`` in a pooled sandbox, in ``/tmp/work`` holding ``files``; see the module docs."""
-        limits = limits or Limits()
-        if limits.processes is None:
-            limits = Limits(**{**limits.__dict__, "processes": DEFAULT_PROCESSES})
+        limits = sandbox_limits(limits)
         encoded = []
         for name, content in (files or {}).items():
-            target = PurePosixPath(os.path.normpath(PurePosixPath(WORKDIR, name)))
-            if not target.is_relative_to(WORKDIR) or str(target) == WORKDIR:
-                raise ValueError(f"file name {name!r} leaves the run directory")
+            target = sandbox_path(name)
             data = content if isinstance(content, bytes) else content.encode("utf-8")
             encoded.append([str(target.relative_to(WORKDIR)), data.hex()])
-        child_env = minimal_env(WORKDIR)
-        child_env.update(env or {})
+        child_env = minimal_env(WORKDIR, env)
         rlimits = self._rlimits(limits, timeout)
         request = {
             # as root the program starts under prlimit; else the run's init sets the limits it starts with
