@@ -15,13 +15,12 @@ from evsys.backends.tinker.convert import (
     logprobs_from_prompt,
     loss_sum_from_output,
     sampling_params,
-    start_positions,
     to_sampled_sequence,
     to_tinker_datum,
     topk_from_response,
 )
 from evsys.backends.tinker.testing import ByteTokenizer
-from evsys.schema.protocols import Datum
+from evsys.schema.protocols import Datum, start_positions
 
 
 def teacher_topk(prompt: list[int], k: int) -> TopkLogprobs:
@@ -98,9 +97,11 @@ def test_prompt_logprobs_alignment_and_errors() -> None:
         logprobs_from_prompt([None, -0.5, -1.5], 4, 1)
     with pytest.raises(RuntimeError, match="no prompt logprob at position 2"):
         logprobs_from_prompt([None, None, None], 3, 2)
-    assert start_positions([[1, 2], [3]], [2, 1]) == [2, 1]
-    with pytest.raises(ValueError, match="2 values for 1"):
-        start_positions([[1, 2]], [1, 1])
+    assert start_positions([[1, 2], [3]], [2, 1], "topk_logprobs") == [2, 1]
+    with pytest.raises(ValueError, match="topk_logprobs got 2 from_position values for 1 sequences"):
+        start_positions([[1, 2]], [1, 1], "topk_logprobs")
+    with pytest.raises(ValueError, match=r"compute_logprobs from_position 3 is outside \[1, 2\]"):
+        start_positions([[1, 2]], 3, "compute_logprobs")
 
 
 @pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo"])

@@ -369,6 +369,18 @@ class BaseCallback:
         """Nothing to restore."""
 
 
+def start_positions(sequences: Sequence[Sequence[int]], from_position: int | Sequence[int], what: str) -> list[int]:
+    """``from_position`` of :meth:`Backend.topk_logprobs` / :meth:`Backend.compute_logprobs` as one start per
+    sequence, each checked to lie in ``[1, len(sequence)]``; ``what`` names the call in the ValueError."""
+    starts = [int(from_position)] * len(sequences) if isinstance(from_position, int) else [int(x) for x in from_position]
+    if len(starts) != len(sequences):
+        raise ValueError(f"{what} got {len(starts)} from_position values for {len(sequences)} sequences")
+    for sequence, start in zip(sequences, starts, strict=True):
+        if not 1 <= start <= len(sequence):
+            raise ValueError(f"{what} from_position {start} is outside [1, {len(sequence)}] for a sequence of length {len(sequence)}")
+    return starts
+
+
 def protocol_members(protocol: type) -> tuple[str, ...]:
     """The public methods and attributes ``protocol`` declares (what a conforming object must have)."""
     names = [name for name in vars(protocol) if not name.startswith("_")]

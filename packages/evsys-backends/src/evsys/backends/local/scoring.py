@@ -10,18 +10,7 @@ import torch
 
 from evsys.backends.local.loading import Policy, chunks
 from evsys.schema.errors import EvsysError
-from evsys.schema.protocols import TopKLogprobs
-
-
-def check_starts(sequences: Sequence[Sequence[int]], from_position: int | Sequence[int], what: str) -> list[int]:
-    """``from_position`` as one start per sequence, each checked to lie in ``[1, len(s)]``."""
-    starts = [int(from_position)] * len(sequences) if isinstance(from_position, int) else [int(x) for x in from_position]
-    if len(starts) != len(sequences):
-        raise EvsysError(f"{what} got {len(starts)} from_position values for {len(sequences)} sequences")
-    for s, start in zip(sequences, starts, strict=True):
-        if not 1 <= start <= len(s):
-            raise EvsysError(f"{what} from_position {start} is outside [1, {len(s)}] for a sequence of length {len(s)}")
-    return starts
+from evsys.schema.protocols import TopKLogprobs, start_positions
 
 
 def topk_logprobs(
@@ -35,7 +24,7 @@ def topk_logprobs(
 ) -> list[TopKLogprobs]:
     """Top-k of ``p(. | s[:i])`` for each ``i`` in ``[from_position, len(s))`` under the frozen base model
     (adapter disabled), from the hidden state at index ``i - 1``."""
-    starts = check_starts(sequences, from_position, "topk_logprobs")
+    starts = start_positions(sequences, from_position, "topk_logprobs")
     vocab = policy.causal_lm.get_output_embeddings().weight.shape[0]
     if not 1 <= k <= vocab:
         raise EvsysError(f"topk_logprobs k must be in [1, {vocab}], got {k}")
@@ -61,7 +50,7 @@ def compute_logprobs(
 ) -> list[list[float]]:
     """``log p(s[i] | s[:i])`` for ``i`` in ``[from_position, len(s))`` under the frozen base model
     (``base=True``) or the current policy (adapter on)."""
-    starts = check_starts(sequences, from_position, "compute_logprobs")
+    starts = start_positions(sequences, from_position, "compute_logprobs")
     results: list[list[float]] = [[] for _ in sequences]
     todo = [i for i, s in enumerate(sequences) if starts[i] < len(s)]
     for chunk in chunks(todo, micro_batch_size):

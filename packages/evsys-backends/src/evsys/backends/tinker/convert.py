@@ -154,17 +154,6 @@ def topk_from_response(response: Any, length: int, from_position: int, k: int) -
     )
 
 
-def start_positions(sequences: Sequence[Sequence[int]], from_position: int | Sequence[int]) -> list[int]:
-    """``from_position`` as one start per sequence, each checked to lie in ``[1, len(s)]``."""
-    starts = [int(from_position)] * len(sequences) if isinstance(from_position, int) else [int(x) for x in from_position]
-    if len(starts) != len(sequences):
-        raise ValueError(f"from_position has {len(starts)} values for {len(sequences)} sequences")
-    for seq, start in zip(sequences, starts, strict=True):
-        if not 1 <= start <= len(seq):
-            raise ValueError(f"from_position {start} is outside [1, {len(seq)}] for a sequence of {len(seq)}")
-    return starts
-
-
 def logprobs_from_prompt(values: Sequence[float | None] | None, length: int, from_position: int) -> list[float]:
     """The logprobs of positions ``[from_position, length)`` from ``SamplingClient.compute_logprobs``.
 

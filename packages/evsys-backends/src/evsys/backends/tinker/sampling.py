@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from evsys.backends.tinker.renderers import opens_thinking
 from evsys.backends.tinker.service import import_tinker
 from evsys.schema.errors import EvsysError
-from evsys.schema.protocols import SampledSequence, TopKLogprobs
+from evsys.schema.protocols import SampledSequence, TopKLogprobs, start_positions
 
 if TYPE_CHECKING:
     from evsys.backends.tinker.backend import TinkerBackend
@@ -74,12 +74,12 @@ def topk_logprobs(
     backend: TinkerBackend, sequences: Sequence[Sequence[int]], k: int, from_position: int | Sequence[int]
 ) -> list[TopKLogprobs]:
     """Top-k prompt logprobs of each sequence from ``from_position`` on, from the base-model sampling client."""
-    from evsys.backends.tinker.convert import start_positions, topk_from_response
+    from evsys.backends.tinker.convert import topk_from_response
 
     tinker = import_tinker()
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    starts = start_positions(sequences, from_position)
+    starts = start_positions(sequences, from_position, "topk_logprobs")
     asked = [i for i, (seq, start) in enumerate(zip(sequences, starts, strict=True)) if start < len(seq)]
     out = [TopKLogprobs(token_ids=[], logprobs=[]) for _ in sequences]
     if not asked:
@@ -114,10 +114,10 @@ def compute_logprobs(
     backend: TinkerBackend, sequences: Sequence[Sequence[int]], from_position: int | Sequence[int], base: bool
 ) -> list[list[float]]:
     """``SamplingClient.compute_logprobs`` of each sequence from ``from_position`` on (base model or policy)."""
-    from evsys.backends.tinker.convert import logprobs_from_prompt, start_positions
+    from evsys.backends.tinker.convert import logprobs_from_prompt
 
     tinker = import_tinker()
-    starts = start_positions(sequences, from_position)
+    starts = start_positions(sequences, from_position, "compute_logprobs")
     asked = [i for i, (seq, start) in enumerate(zip(sequences, starts, strict=True)) if start < len(seq)]
     out: list[list[float]] = [[] for _ in sequences]
     if not asked:
