@@ -204,7 +204,7 @@ def test_topk_is_the_frozen_base_model(tiny_dir: Path, params: dict[str, object]
     assert same[0].token_ids == out[0].token_ids
     assert any(p.abs().sum() > 0 for n, p in backend.model.named_parameters() if "lora_B" in n)
     assert backend.model.active_adapters == ["default"]
-    with pytest.raises(EvsysError, match="from_position"):
+    with pytest.raises(ValueError, match="from_position"):
         backend.topk_logprobs([[1, 2]], k=2, from_position=0)
     backend.close()
 
@@ -234,7 +234,7 @@ def test_compute_logprobs_is_exact_under_the_base_model_and_the_policy(tiny_dir:
             assert lps[ids.index(token)] == pytest.approx(base[0][offset], abs=1e-5)
     assert backend.compute_logprobs(seqs[:1], 3)[0] == pytest.approx(base[0], abs=1e-6)
     assert backend.model.active_adapters == ["default"]
-    with pytest.raises(EvsysError, match="compute_logprobs from_position"):
+    with pytest.raises(ValueError, match="compute_logprobs from_position"):
         backend.compute_logprobs([[1, 2]], 0)
     backend.close()
 
