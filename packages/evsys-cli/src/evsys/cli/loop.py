@@ -218,7 +218,7 @@ class Runner:
                 if self.overwrite:
                     clear_outputs(self.run_dir)
                 remove_stale_temporaries(self.run_dir)
-                write_snapshot(self.run_dir, config_snapshot(validated))
+                write_snapshot(self.run_dir, config_snapshot(validated, backend))
             except BaseException:
                 backend.close()
                 raise

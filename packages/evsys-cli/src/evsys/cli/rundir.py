@@ -167,8 +167,10 @@ def _version() -> str:
         return "unknown"
 
 
-def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
-    """The resolved config (every params model completed with its defaults), secrets redacted."""
+def config_snapshot(validated: ValidatedConfig, backend: Any = None) -> dict[str, Any]:
+    """The resolved config (every params model completed with its defaults), secrets redacted; with a
+    ``backend`` that has ``resolved_settings()`` (the local backend's ``auto`` choices), those too, as
+    ``backend_resolved``."""
     config = validated.config.model_dump(mode="json")
     config["algorithm"]["params"] = validated.algorithm_params.model_dump(mode="json")
     config["backend"]["params"] = validated.backend_params.model_dump(mode="json")
@@ -182,6 +184,9 @@ def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
     if overrides:
         snapshot["overrides"] = [redactor.text(text) for text in overrides]
     snapshot["config"] = redactor.config(config)
+    resolved = getattr(backend, "resolved_settings", None)
+    if callable(resolved):
+        snapshot["backend_resolved"] = resolved()
     return snapshot
 
 

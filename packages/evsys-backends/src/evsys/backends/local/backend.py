@@ -31,9 +31,11 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from evsys.backends.local import auto_settings
+from evsys.backends.local.cpu_features import detect as cpu_features
 from evsys.backends.local.memory import release_freed_memory
 from evsys.backends.local.params import LocalBackendParams
-from evsys.backends.local.resolve import resolve_model_dir
+from evsys.backends.local.resolve import progress, resolve_model_dir
 from evsys.backends.local.rollout import (
     CALIBRATION_MESSAGES,
     FusedDecoder,
@@ -150,6 +152,7 @@ class LocalBackend:
         self._saved_any = False
         self._step = 0
         self._fused: FusedDecoder | None = None
+        self._int8_bytes: int | None = None
         if self.params.rollout_weights == "int8" and self.params.rollout_engine == "generic":
             raise EvsysError(
                 "backend.params.rollout_weights 'int8' needs rollout_engine 'auto' or 'fused', not 'generic'"
@@ -194,8 +197,7 @@ class LocalBackend:
                 f"cannot put LoRA adapters on '{setup.model_name}' with target_modules={target!r}: {exc}; "
                 "set backend.params.target_modules to this architecture's module names, or to 'all-linear'"
             ) from None
-        if self.params.gradient_checkpointing:
-            self._enable_checkpointing(self.params.gradient_checkpointing)
+        self._resolve_auto_settings()
         self.model.eval()
         forward_params = inspect.signature(type(base).forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
@@ -242,6 +244,43 @@ class LocalBackend:
             )
         for layer in decoder_layers[layers:]:
             layer.gradient_checkpointing = False
+
+    def _resolve_auto_settings(self) -> None:
+        """Resolve ``rollout_weights`` and ``gradient_checkpointing`` (``auto``: per CPU and model, see
+        :mod:`evsys.backends.local.auto_settings`), enable checkpointing, log the choice in one line."""
+        p, layers = self.params, list(getattr(self._decoder, "layers", []))
+        auto_weights = p.rollout_weights == "auto" and p.rollout_engine != "generic"
+        unsupported = unsupported_reason(self._causal_lm) if auto_weights else None
+        self._weights = auto_settings.resolve_rollout_weights(
+            p.rollout_weights, device=self.device, engine=p.rollout_engine, features=cpu_features(), unsupported=unsupported
+        )
+        self.rollout_weights: str = self._weights.value
+        per_layer = len(layers) if all(hasattr(layer, "gradient_checkpointing") for layer in layers) else 0
+        self._checkpointing = auto_settings.resolve_checkpointing(p.gradient_checkpointing, self.rollout_weights, per_layer)
+        if self._checkpointing.value == "auto":
+            self._enable_checkpointing(0)  # installed on every layer, switched on per batch
+        elif self._checkpointing.value:
+            self._enable_checkpointing(self._checkpointing.value)
+        progress.info("%s", auto_settings.describe(self._weights, self._checkpointing))
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """The ``auto`` settings as resolved (resolved_config.json's ``backend_resolved``)."""
+        return {"rollout_weights": self._weights.as_json(), "gradient_checkpointing": self._checkpointing.as_json()}
+
+    def _auto_checkpointing(self, chunks: list[Sequence[dict[str, torch.Tensor]]]) -> None:
+        """``gradient_checkpointing: auto``: recompute the first layers whose kept activations, for the largest
+        micro-batch, add up to the int8 rollout copy's size (none before that copy exists)."""
+        if self._checkpointing.value != "auto":
+            return
+        layers = list(self._decoder.layers)
+        room = 0
+        if self._fused is not None and self._fused.int8:
+            if self._int8_bytes is None:
+                self._int8_bytes = auto_settings.int8_copy_bytes(self._causal_lm)
+            room = self._int8_bytes
+        tokens = max(len(c) * max(len(p["input"]) for p in c) for c in chunks)
+        per_token = auto_settings.activation_bytes_per_token(self._causal_lm.config, self.dtype)
+        auto_settings.set_checkpointed_layers(layers, auto_settings.auto_checkpoint_layers(tokens, len(layers), per_token, room))
 
     @property
     def _causal_lm(self) -> PreTrainedModel:
@@ -297,14 +336,14 @@ class LocalBackend:
             return None
         if self._fused is None:
             calibration = None
-            if self.params.rollout_weights == "int8":
+            if self.rollout_weights == "int8":
                 try:
                     ids = self.render_chat(list(CALIBRATION_MESSAGES), add_generation_prompt=False)
                 except EvsysError:  # no chat template: the plain text
                     ids = self._tokenizer.encode(" ".join(m["content"] for m in CALIBRATION_MESSAGES))
                 calibration = torch.as_tensor([ids], dtype=torch.long, device=self.device)
             with torch.inference_mode():
-                self._fused = FusedDecoder(self._causal_lm, self.params.rollout_weights, calibration)
+                self._fused = FusedDecoder(self._causal_lm, self.rollout_weights, calibration)
         else:
             self._fused.refresh_lora()
         return self._fused
@@ -587,6 +626,7 @@ class LocalBackend:
         totals = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0}
         if prepared:
             self._release_memory()  # what came before (e.g. a teacher pass) is not resident under the student's peak
+            self._auto_checkpointing(list(_chunks(prepared, self.params.micro_batch_size)))
             with self._training_mode():
                 for chunk in _chunks(prepared, self.params.micro_batch_size):
                     self._forward_backward_batch(chunk, loss_fn, config, totals)
