@@ -23,7 +23,7 @@ import torch
 from evsys.backends.local.cpu_features import detect, int8_available
 
 #: stated tolerance of the int8 sampler on the tiny test model: mean and max KL per token, nats
-MEAN_KL, MAX_KL = 0.02, 0.25
+MEAN_KL, MAX_KL = 0.005, 0.05  # measured: AVX2 kernels 0.0016 / 0.010, AVX-512 VNNI 0.0008 / 0.0052
 #: kernel caps that make a process run each CPU kind's int8 kernels
 KIND_ENV = {
     "avx2": {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
