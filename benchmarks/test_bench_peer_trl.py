@@ -368,7 +368,9 @@ def test_bench_sdft_step_vs_trl(benchmark, batch: int) -> None:
     print(
         f"[sdft step vs TRL SDFTTrainer] EvSys/TRL = {result['ratio_evsys_over_trl']:.2f} "
         f"({result['evsys_s_per_step']:.2f} s vs {result['trl_s_per_step']:.2f} s per step); peak RSS "
-        f"{result['evsys_alone_peak_rss_mib']} MiB vs {result['trl_alone_peak_rss_mib']} MiB"
+        f"{result['evsys_alone_peak_rss_mib']} MiB vs {result['trl_alone_peak_rss_mib']} MiB; batch {batch}: "
+        f"{result['rollout_tokens_per_s']} rollout tokens/s; decode {result.get('decode_ms_per_token')} ms/token "
+        f"against a bound of {result.get('decode_bound_ms')} ms ({result['copy_gbs']} GB/s copy)"
     )
 
 
