@@ -342,8 +342,10 @@ class LocalBackend:
                 except EvsysError:  # no chat template: the plain text
                     ids = self._tokenizer.encode(" ".join(m["content"] for m in CALIBRATION_MESSAGES))
                 calibration = torch.as_tensor([ids], dtype=torch.long, device=self.device)
-            with torch.inference_mode():
+            # calibrated on the frozen base weights (adapter off), so a copy built after a resume is the same copy
+            with torch.inference_mode(), self.model.disable_adapter():
                 self._fused = FusedDecoder(self._causal_lm, self.rollout_weights, calibration)
+            self._fused.refresh_lora()
         else:
             self._fused.refresh_lora()
         return self._fused
