@@ -28,20 +28,9 @@ def run_side(side: str, batch: int, steps: int) -> dict[str, float]:
     from evsys.schema.protocols import BackendSetup, Datum
     from evsys.schema.rows import PromptExample
 
-    examples = [
-        PromptExample(inputs={"question": f"What is the capital of country {i}?"}, expected="Paris")
-        for i in range(batch)
-    ]
+    examples = [PromptExample(inputs={"question": f"What is the capital of country {i}?"}, expected="Paris") for i in range(batch)]
     backend = LocalBackend(BackendSetup(model_name="smollm2-135m-instruct", lora_rank=1, seed=0), LocalBackendParams())
-    params = SDFTParams(
-        learning_rate=1e-4,
-        max_steps=steps,
-        batch_size=batch,
-        lora_rank=1,
-        topk=20,
-        user_template="{question}",
-        max_new_tokens=32,
-    )
+    params = SDFTParams(learning_rate=1e-4, max_steps=steps, batch_size=batch, lora_rank=1, topk=20, user_template="{question}", max_new_tokens=32)
     algorithm = SDFT(params, backend, None)
     started = time.perf_counter()
     for step in range(1, steps + 1):
@@ -57,12 +46,7 @@ def run_side(side: str, batch: int, steps: int) -> dict[str, float]:
             datums.append(Datum(input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=weights))
         backend.forward_backward(datums, "cross_entropy")
         backend.optim_step(learning_rate=1e-4)
-    return {
-        "side": side,
-        "batch": batch,
-        "s_per_step": (time.perf_counter() - started) / steps,
-        "peak_rss_mib": peak_rss_mib(),
-    }
+    return {"side": side, "batch": batch, "s_per_step": (time.perf_counter() - started) / steps, "peak_rss_mib": peak_rss_mib()}
 
 
 def main() -> None:

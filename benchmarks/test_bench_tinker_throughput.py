@@ -26,18 +26,10 @@ from evsys.schema.rows import PromptExample
 SCALE = float(os.environ.get("EVSYS_BENCH_TINKER_SCALE", "1"))
 """Latencies are the service's times this factor (default 1: the latencies above; ``EVSYS_BENCH_TINKER_SCALE=0.2``
 runs 5x faster, but then this machine's own per-step work, the same at every scale, weighs 5x more in the ratio)."""
-LATENCY = Latency(
-    sample_s=3 * SCALE, teacher_s=1 * SCALE, forward_backward_s=2 * SCALE, optim_s=0.5 * SCALE, jitter=0.2, seed=1
-)
+LATENCY = Latency(sample_s=3 * SCALE, teacher_s=1 * SCALE, forward_backward_s=2 * SCALE, optim_s=0.5 * SCALE, jitter=0.2, seed=1)
 BATCH = [PromptExample(inputs={"question": f"Capital of country {i}?"}, expected=f"City {i}") for i in range(32)]
 PARAMS = SDFTParams(
-    learning_rate=1e-4,
-    max_steps=3,
-    batch_size=32,
-    lora_rank=1,
-    topk=4,
-    num_rollouts=4,
-    max_new_tokens=8,
+    learning_rate=1e-4, max_steps=3, batch_size=32, lora_rank=1, topk=4, num_rollouts=4, max_new_tokens=8,
     user_template="{question}",
 )
 
@@ -98,10 +90,8 @@ def test_bench_sdft_step_on_the_simulated_service(benchmark: Any) -> None:
         wall_over_bound=round(ratio, 3),
         wall_over_bound_without_streaming=round(plain, 3),
     )
-    print(
-        f"\nSDFT step on the simulated service (latencies x{SCALE}): wall/bound {ratio:.3f} "
-        f"(without streaming the scoring: {plain:.3f}); walls {result['walls']}, bounds {result['bounds']}"
-    )
+    print(f"\nSDFT step on the simulated service (latencies x{SCALE}): wall/bound {ratio:.3f} "
+          f"(without streaming the scoring: {plain:.3f}); walls {result['walls']}, bounds {result['bounds']}")
     assert ratio <= 1.1
 
 
@@ -133,15 +123,8 @@ def test_bench_one_step_off_policy_pipeline(benchmark: Any) -> None:
     benchmark.pedantic(run, rounds=1, iterations=1)
     on, _ = run_steps(off_policy=False)
     gain = on / result["off"]
-    benchmark.extra_info.update(
-        scale=SCALE,
-        on_policy_s=round(on, 3),
-        off_policy_s=round(result["off"], 3),
-        speedup=round(gain, 3),
-        staleness=result["staleness"],
-    )
-    print(
-        f"\n3 SDFT steps on the simulated service (latencies x{SCALE}): on policy {on:.2f} s, one step off policy "
-        f"{result['off']:.2f} s (x{gain:.2f}); staleness {result['staleness']}"
-    )
+    benchmark.extra_info.update(scale=SCALE, on_policy_s=round(on, 3), off_policy_s=round(result["off"], 3),
+                                speedup=round(gain, 3), staleness=result["staleness"])
+    print(f"\n3 SDFT steps on the simulated service (latencies x{SCALE}): on policy {on:.2f} s, one step off policy "
+          f"{result['off']:.2f} s (x{gain:.2f}); staleness {result['staleness']}")
     assert result["staleness"] == [1.0, 1.0, 1.0]

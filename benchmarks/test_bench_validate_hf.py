@@ -29,10 +29,7 @@ def _write(directory: Path, bad_last: bool) -> None:
     answers = [str(i + 1) for i in range(ROWS)]
     if bad_last:
         answers[-1] = None  # type: ignore[call-overload]
-    pq.write_table(
-        pa.table({"q": questions, "a": pa.array(answers), "source": pa.array(["synthetic"] * ROWS)}),
-        directory / "train.parquet",
-    )
+    pq.write_table(pa.table({"q": questions, "a": pa.array(answers), "source": pa.array(["synthetic"] * ROWS)}), directory / "train.parquet")
     (directory / "config.yaml").write_text(
         "model: {name: Qwen/Qwen3.5-4B}\n"
         "backend: {kind: tinker}\n"
@@ -60,12 +57,7 @@ def test_validate_deep_1m_parquet_rows(benchmark, parquet_config: tuple[Path, bo
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*command, "validate", "config.yaml", "--deep"],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
+            [*command, "validate", "config.yaml", "--deep"], cwd=directory, capture_output=True, text=True, env=env, check=False
         )
 
     done = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
