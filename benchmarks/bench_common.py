@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from typing import Any
 
 NEW_TOKENS = 32
 RANK = 1
@@ -32,3 +33,70 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def copy_bandwidth_gbs(mib: int = 128, rounds: int = 5) -> float:
+    """The machine's memory copy bandwidth, GB/s: bytes read plus bytes written by ``torch``'s copy of a
+    ``mib`` MiB float32 buffer (far larger than any cache), best of ``rounds``, with torch's threads."""
+    import time
+
+    import torch
+
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # touch every page first
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def fused_decoder(backend: Any) -> Any:
+    """The local backend's fused decoder once a rollout has built it; None otherwise (the transformers engine)."""
+    fused = backend.engines.fused
+    return fused.decoder if fused is not None and fused.built else None
+
+
+def rollout_bytes_per_token(backend: object) -> int | None:
+    """Bytes one batch-1 decode step must read from the fused decoder's weights: every linear's base
+    weights (float, or the int8 copy plus its float outlier columns), the LoRA factors and the output
+    head. None without a fused decoder (the generic loop)."""
+    import torch
+
+    decoder = fused_decoder(backend)
+    if decoder is None:
+        return None
+    total = 0
+    for lin in [*(x for layer in decoder.layers for x in layer.linears()), decoder.head]:
+        tensors = [lin.weight, lin.outlier_weight_t, lin.lora_a, lin.lora_bt, lin.bias]
+        total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        for packed in lin.packed or []:
+            total += torch.ops.quantized.linear_unpack(packed)[0].numel()  # one byte per int8 weight
+    return total
+
+
+def decode_ms_per_token(backend: object, batch: int = 1, steps: int = 32, rounds: int = 3) -> float | None:
+    """Median milliseconds of one fused-decoder step (``batch`` rows) after a short prompt: the decode
+    loop's own cost, without sampling, tokenizing or the prompt's prefill. None without a fused decoder."""
+    import statistics
+    import time
+
+    import torch
+
+    decoder = fused_decoder(backend)
+    if decoder is None:
+        return None
+    prompt = torch.full((batch, 16), 1, dtype=torch.long)
+    times = []
+    with torch.inference_mode():
+        for _ in range(rounds):
+            decoder.start(prompt, torch.ones_like(prompt), torch.arange(16)[None].expand(batch, -1), 16 + steps)
+            token = torch.ones(batch, dtype=torch.long)
+            for i in range(steps):
+                start = time.perf_counter()
+                decoder.step(token, torch.full((batch,), 16 + i, dtype=torch.long))
+                times.append(time.perf_counter() - start)
+            decoder.finish()
+    return statistics.median(times) * 1e3

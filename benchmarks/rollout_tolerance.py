@@ -1,6 +1,8 @@
 """How far the rollout sampler is from the float32 policy, per ``rollout_weights`` (docs/performance.md).
 
     python benchmarks/rollout_tolerance.py int8      # or: model
+    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/rollout_tolerance.py int8
+                                                     # the AVX2 kernels' choice on an AVX-512 machine
 
 8 prompts x 32 tokens on the bundled SmolLM2-135M-Instruct with a random rank-1 LoRA on q_proj/v_proj.
 Two measurements:
@@ -101,6 +103,9 @@ def main(weights: str) -> None:
         logp = _policy_logprobs(backend, prompt, s.tokens)
         diffs += [a - float(logp[i, t]) for i, (a, t) in enumerate(zip(s.logprobs, s.tokens, strict=True))]
     d = torch.tensor(diffs)
+    from evsys.backends.local.cpu_features import detect
+
+    print(f"{weights}: int8 kernels for {detect().label} (7-bit activations: {detect().int8_reduce_range})")
     print(
         f"{weights}: KL(float32 policy || sampler) per token, mean (p99): "
         + ", ".join(f"{label} {v.mean():.4f} ({v.quantile(0.99):.3f})" for label, v in kl.items())

@@ -10,7 +10,7 @@ Run (the workspace's addopts skip benchmarks by default)::
 The setup is docs/performance.md's benchmark: LoRA rank 1 (alpha 32) on q_proj/v_proj, 32 new tokens per
 rollout with EOS not ending it (the backend's EOS set is emptied, so every rollout is 32 tokens),
 sampling at temperature 1, AdamW lr 1e-4. ``EVSYS_BENCH_THREADS`` sets torch threads (default: torch's
-choice; use 1 on a shared machine). ``EVSYS_BENCH_ROLLOUT_WEIGHTS`` (``model`` — the default — or
+choice; use 1 on a shared machine). ``EVSYS_BENCH_ROLLOUT_WEIGHTS`` (``auto`` — the default —, ``model`` or
 ``int8``) picks ``backend.params.rollout_weights`` for the step benchmarks; the sampling benchmark runs
 both. Peak RSS (``ru_maxrss``) is process-wide and only grows: read the first test's figure for the
 smallest configuration, or run one test alone (``-k``). The peer comparison with TRL is
@@ -117,7 +117,7 @@ def make_algorithm(kind: str, backend, batch: int):
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("kind", ["sdft", "sft", "grpo"])
 def test_bench_step(benchmark, kind: str, batch: int) -> None:
-    weights = os.environ.get("EVSYS_BENCH_ROLLOUT_WEIGHTS", "model")
+    weights = os.environ.get("EVSYS_BENCH_ROLLOUT_WEIGHTS", "auto")
     backend = get_backend(weights)
     algorithm, count = make_algorithm(kind, backend, batch)
     data = rows(count)

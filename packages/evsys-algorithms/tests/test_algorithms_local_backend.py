@@ -62,7 +62,8 @@ def local_backend(tiny_model_dir: Path) -> Iterator[Recording]:
     from evsys.backends.local.params import LocalBackendParams
 
     backend = LocalBackend(
-        BackendSetup(model_name=str(tiny_model_dir), lora_rank=2, seed=0), LocalBackendParams(device="cpu")
+        BackendSetup(model_name=str(tiny_model_dir), lora_rank=2, seed=0),
+        LocalBackendParams(device="cpu", rollout_weights="model"),  # exact on-policy ratios (1) are checked
     )
     assert isinstance(backend, Backend)
     try:

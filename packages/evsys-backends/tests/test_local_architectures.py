@@ -104,7 +104,7 @@ def test_architecture_samples_scores_trains_and_checkpoints(
 def test_fused_engine_equals_the_transformers_engine(arch_dirs: dict[str, Path], architecture: str) -> None:
     """Same tokens under greedy and under the same seeded draws; logprobs within 1e-5 absolute or relative
     (float32 rounding: the two engines sum the same products in different orders)."""
-    fused = make(arch_dirs[architecture], architecture, rollout_engine="fused")
+    fused = make(arch_dirs[architecture], architecture, rollout_engine="fused", rollout_weights="model")
     library = make(arch_dirs[architecture], architecture, rollout_engine="transformers")
     randomize_lora(fused)
     library.model.load_state_dict(fused.model.state_dict())

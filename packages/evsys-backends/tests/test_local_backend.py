@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make_backend(model_dir: Path, seed: int = 0, run_dir: Path | None = None, **params: object) -> LocalBackend:
     setup = BackendSetup(model_name=str(model_dir), lora_rank=RANK, seed=seed, run_dir=run_dir)
+    params.setdefault("rollout_weights", "model")  # these tests check the exact float path; auto: test_local_auto_settings
     return LocalBackend(setup, LocalBackendParams(**params))
 
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(model_dir: Path, **params: object) -> LocalBackend:
+    params.setdefault("rollout_weights", "model")  # the exact float path unless a test asks for int8
     return LocalBackend(BackendSetup(model_name=str(model_dir), lora_rank=4, seed=0), LocalBackendParams(**params))
 
 
@@ -95,7 +96,7 @@ def test_int8_rollouts_stay_close_to_the_float_policy(tiny_dir: Path) -> None:
 
 
 def test_params_and_errors(tiny_dir: Path) -> None:
-    assert LocalBackendParams().rollout_engine == "auto" and LocalBackendParams().rollout_weights == "model"
+    assert LocalBackendParams().rollout_engine == "auto" and LocalBackendParams().rollout_weights == "auto"
     with pytest.raises(ValueError):
         LocalBackendParams(rollout_weights="int4")  # type: ignore[arg-type]
     assert not int8_available(torch.device("cuda"))

@@ -172,7 +172,7 @@ class TrainingRun:
                 self._announce(f"model: loading {config.model.name} on the {config.backend.kind} backend ...")
                 backend = build_backend(validated, registry, self.directory.path, dry_run=self.dry_run)
             try:
-                self.directory.begin()
+                self.directory.begin(backend)
             except BaseException:
                 backend.close()
                 raise

@@ -21,6 +21,7 @@ from evsys.engine.resume import ResumePoint, read_latest, remove_stale_temporari
 from evsys.logging.jsonl_writer import ORPHANED_SUFFIX, write_text_atomic
 from evsys.logging.redact import Redactor
 from evsys.schema.errors import ConfigError, Location, Problem
+from evsys.schema.protocols import Backend
 from evsys.schema.validation import ValidatedConfig
 from evsys.schema.yaml_source import format_field_path
 
@@ -176,8 +177,10 @@ def _version() -> str:
         return "unknown"
 
 
-def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
-    """The resolved config (every params model completed with its defaults), secrets redacted."""
+def config_snapshot(validated: ValidatedConfig, backend: Backend | None = None) -> dict[str, Any]:
+    """The resolved config (every params model completed with its defaults), secrets redacted; with a
+    ``backend``, the settings it chose itself (:meth:`Backend.resolved_settings`: the local backend's
+    ``auto`` values) as ``backend_resolved``."""
     config = validated.config.model_dump(mode="json")
     config["algorithm"]["params"] = validated.algorithm_params.model_dump(mode="json")
     config["backend"]["params"] = validated.backend_params.model_dump(mode="json")
@@ -191,6 +194,9 @@ def config_snapshot(validated: ValidatedConfig) -> dict[str, Any]:
     if overrides:
         snapshot["overrides"] = [redactor.text(text) for text in overrides]
     snapshot["config"] = redactor.config(config)
+    resolved = backend.resolved_settings() if backend is not None else {}
+    if resolved:
+        snapshot["backend_resolved"] = resolved
     return snapshot
 
 
@@ -297,13 +303,14 @@ class RunDirectory:
         prepare_run_dir(self.path)
         return point
 
-    def begin(self) -> None:
+    def begin(self, backend: Backend) -> None:
         """Once the backend is built (so a missing key or model never costs the previous run's outputs):
-        clear an overwritten run's outputs, drop half-written checkpoints, snapshot the resolved config."""
+        clear an overwritten run's outputs, drop half-written checkpoints, snapshot the resolved config
+        with the settings the backend chose."""
         if self.overwrite:
             clear_outputs(self.path)
         remove_stale_temporaries(self.path)
-        write_snapshot(self.path, config_snapshot(self.validated))
+        write_snapshot(self.path, config_snapshot(self.validated, backend))
 
     def record(self, point: ResumePoint) -> None:
         """Point ``checkpoints/latest`` at a complete checkpoint."""

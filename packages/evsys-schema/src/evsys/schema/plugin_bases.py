@@ -37,6 +37,10 @@ class BaseBackend:
         """``model_name`` itself: a directory or a hub id transformers resolves on its own."""
         return model_name
 
+    def resolved_settings(self) -> dict[str, Any]:
+        """Nothing chosen by the backend itself."""
+        return {}
+
     def render_chat_for_sft(self, messages: Sequence[Message]) -> list[tuple[list[int], list[float]]] | None:
         """None: SFT finds the assistant turns by rendering prefixes with :meth:`render_chat`."""
         return None

@@ -231,6 +231,11 @@ class Backend(Protocol):
         for ``evsys export --merge``."""
         ...
 
+    def resolved_settings(self) -> dict[str, Any]:
+        """The settings this backend chose for itself (its ``auto`` values), each as ``{"requested",
+        "value", "reason"}``; ``resolved_config.json`` records them as ``backend_resolved``."""
+        ...
+
 
 @dataclass
 class RenderedChats:

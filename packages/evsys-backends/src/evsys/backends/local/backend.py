@@ -28,12 +28,21 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from evsys.backends.local import checkpoints, losses, scoring
+from evsys.backends.local import auto_settings, checkpoints, losses, scoring
+from evsys.backends.local.cpu_features import detect as cpu_features
 from evsys.backends.local.engines import DecodeRequest, EngineChoice
-from evsys.backends.local.engines.fused_decoder import CALIBRATION_MESSAGES, int8_available
-from evsys.backends.local.loading import Policy, chunks, load_policy, pick_device, pick_dtype
+from evsys.backends.local.engines.fused_decoder import CALIBRATION_MESSAGES, int8_available, unsupported_reason
+from evsys.backends.local.loading import (
+    Policy,
+    chunks,
+    decoder_layers,
+    enable_checkpointing,
+    load_policy,
+    pick_device,
+    pick_dtype,
+)
 from evsys.backends.local.params import LocalBackendParams
-from evsys.backends.local.resolve import resolve_model_dir
+from evsys.backends.local.resolve import progress, resolve_model_dir
 from evsys.schema.errors import EvsysError
 from evsys.schema.plugin_bases import BaseBackend
 from evsys.schema.protocols import (
@@ -83,16 +92,56 @@ class LocalBackend(BaseBackend):
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._optimizer = torch.optim.AdamW(self._trainable, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
         self._generator = torch.Generator(device=self.device).manual_seed(setup.seed)
+        self._int8_bytes: int | None = None
+        self._resolve_auto_settings()
         #: the rollout engines ``sample`` runs on (``params.rollout_engine``)
         self.engines = EngineChoice(
             self._causal_lm,
             self._tokenizer,
             self.pad_token_id,
             engine=self.params.rollout_engine,
-            weights=self.params.rollout_weights,
+            weights=self.rollout_weights,
             model_name=setup.model_name,
             calibration=self._calibration_ids,
+            peft_model=self.model,
         )
+
+    def _resolve_auto_settings(self) -> None:
+        """Resolve ``rollout_weights`` and ``gradient_checkpointing`` (``auto``: per CPU and model, see
+        :mod:`evsys.backends.local.auto_settings`), install checkpointing, log the choice in one line."""
+        p, layers = self.params, decoder_layers(self._causal_lm)
+        auto_weights = p.rollout_weights == "auto" and p.rollout_engine != "transformers"
+        unsupported = unsupported_reason(self._causal_lm) if auto_weights else None
+        self._weights = auto_settings.resolve_rollout_weights(
+            p.rollout_weights, device=self.device, engine=p.rollout_engine, features=cpu_features(), unsupported=unsupported
+        )
+        #: ``rollout_weights`` as resolved: ``model`` or ``int8``
+        self.rollout_weights: str = self._weights.value
+        per_layer = len(layers) if all(hasattr(layer, "gradient_checkpointing") for layer in layers) else 0
+        self._checkpointing = auto_settings.resolve_checkpointing(p.gradient_checkpointing, self.rollout_weights, per_layer)
+        if self._checkpointing.value == "auto":  # installed on every layer, switched on per batch
+            enable_checkpointing(self._causal_lm, 0, self.setup.model_name)
+        progress.info("%s", auto_settings.describe(self._weights, self._checkpointing))
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """The ``auto`` settings as resolved: ``{name: {requested, value, reason}}``."""
+        return {"rollout_weights": self._weights.as_json(), "gradient_checkpointing": self._checkpointing.as_json()}
+
+    def _auto_checkpointing(self, micro_batches: list[Sequence[dict[str, torch.Tensor]]]) -> None:
+        """``gradient_checkpointing: auto``: recompute the first layers whose kept activations, for the largest
+        micro-batch, add up to the int8 rollout copy's size (none before that copy exists)."""
+        if self._checkpointing.value != "auto":
+            return
+        layers = decoder_layers(self._causal_lm)
+        room = 0
+        fused = self.engines.fused
+        if fused is not None and fused.built and fused.weights == "int8":
+            if self._int8_bytes is None:
+                self._int8_bytes = auto_settings.int8_copy_bytes(self._causal_lm)
+            room = self._int8_bytes
+        tokens = max(len(c) * max(len(p["input"]) for p in c) for c in micro_batches)
+        per_token = auto_settings.activation_bytes_per_token(self._causal_lm.config, self.dtype)
+        auto_settings.set_checkpointed_layers(layers, auto_settings.auto_checkpoint_layers(tokens, len(layers), per_token, room))
 
     @property
     def _causal_lm(self) -> PreTrainedModel:
@@ -238,6 +287,7 @@ class LocalBackend(BaseBackend):
             micro_batch_size=self.params.micro_batch_size,
             logits_chunk_size=self.params.logits_chunk_size,
             lora_dropout=self.params.lora_dropout,
+            before_chunks=self._auto_checkpointing,
         )
 
     def optim_step(

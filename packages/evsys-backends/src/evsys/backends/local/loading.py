@@ -193,7 +193,7 @@ def load_policy(
             f"cannot put LoRA adapters on '{setup.model_name}' with target_modules={target!r}: {exc}; "
             "set backend.params.target_modules to this architecture's module names, or to 'all-linear'"
         ) from None
-    if params.gradient_checkpointing:
+    if params.gradient_checkpointing and params.gradient_checkpointing != "auto":  # auto: the backend resolves it
         enable_checkpointing(model.get_base_model(), params.gradient_checkpointing, setup.model_name)
     model.eval()
     eos = _eos_ids(tokenizer, base)

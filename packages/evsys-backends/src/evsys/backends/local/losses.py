@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +49,7 @@ def forward_backward(
     micro_batch_size: int | None,
     logits_chunk_size: int,
     lora_dropout: float,
+    before_chunks: Callable[[list[Sequence[dict[str, torch.Tensor]]]], None] | None = None,
 ) -> ForwardBackwardResult:
     """Accumulate the gradients of ``loss_fn`` summed over ``batch`` into the policy's LoRA parameters.
 
@@ -57,7 +58,8 @@ def forward_backward(
     ``ppo``: ``-sum(min(r * A, clip(r, clip_low_threshold, clip_high_threshold) * A))`` with
     ``r = exp(logp - sampler_logp)`` (defaults 0.8 and 1.2). The RL losses take no weights: positions
     with a zero advantage contribute nothing. Metrics: ``loss:sum``, ``tokens``, ``sequences`` (and
-    ``ratio:mean``, plus ``clip:fraction`` for ppo).
+    ``ratio:mean``, plus ``clip:fraction`` for ppo). ``before_chunks`` sees the micro-batches (prepared
+    tensors) before the first forward pass (``gradient_checkpointing: auto`` sizes itself by them).
     """
     if loss_fn not in LOSSES:
         raise EvsysError(f"unknown loss_fn '{loss_fn}'; the local backend supports: {', '.join(LOSSES)}")
@@ -67,6 +69,8 @@ def forward_backward(
     totals = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0}
     if prepared:
         policy.release_memory()  # what came before (e.g. a teacher pass) is not resident under the student's peak
+        if before_chunks is not None:
+            before_chunks(list(chunks(prepared, micro_batch_size)))
         with policy.training_mode(lora_dropout):
             for chunk in chunks(prepared, micro_batch_size):
                 _forward_backward_chunk(policy, chunk, loss_fn, config, totals, logits_chunk_size)

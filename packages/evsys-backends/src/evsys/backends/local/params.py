@@ -43,12 +43,14 @@ class LocalBackendParams(StrictModel):
         ge=1,
         description="Token positions sent through the output head at once (bounds the [positions, vocab] logits in memory).",
     )
-    gradient_checkpointing: bool | Annotated[int, Field(ge=0)] = Field(
-        default=False,
+    gradient_checkpointing: bool | Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
         description=(
             "Recompute activations in the backward pass instead of keeping them: less memory, more compute. "
             "true: every decoder layer (about 30% more compute); an integer N: the first N decoder layers only, "
-            "the others keep their activations (a dial between the two; 0 is false)."
+            "the others keep their activations (a dial between the two; 0 is false). 'auto': with int8 rollout "
+            "weights, each forward_backward recomputes just enough of the first layers to make room for the "
+            "int8 copy (all of them at small batches); otherwise none."
         ),
     )
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
@@ -63,14 +65,15 @@ class LocalBackendParams(StrictModel):
             "supports it, else 'transformers'. Both draw the same tokens from the same seed."
         ),
     )
-    rollout_weights: Literal["model", "int8"] = Field(
-        default="model",
+    rollout_weights: Literal["auto", "model", "int8"] = Field(
+        default="auto",
         description=(
             "Base weights read by sample: 'model' (the training weights; sampler logprobs equal the policy's "
-            "up to float rounding) or 'int8' (CPU, fused engine: a per-channel int8 copy of the frozen base "
-            "linears, ~4x less memory traffic per token, +~28% of the float32 model in memory; the LoRA update "
-            "stays float32; sampler logprobs differ from the float32 policy's by a measured tolerance, see "
-            "docs/performance.md)."
+            "up to float rounding) or 'int8' (CPU with AVX2, fused engine: a per-channel int8 copy of the frozen "
+            "base linears, ~4x less memory traffic per token, +~28% of the float32 model in memory; the LoRA "
+            "update stays float32; sampler logprobs differ from the float32 policy's by a measured tolerance, "
+            "see docs/performance.md). 'auto': 'int8' on a CPU with AVX2 when the fused engine runs the model, "
+            "else 'model'; the run logs the choice and resolved_config.json records it."
         ),
     )
 
@@ -101,7 +104,9 @@ class LocalBackendParams(StrictModel):
     @classmethod
     def _checkpointing_setting(cls, value: object) -> object:
         # one message for the bool-or-count union (pydantic would report each branch on its own line)
-        if not isinstance(value, bool) and (not isinstance(value, int) or value < 0):
-            raise ValueError(f"gradient_checkpointing must be true, false or a number of layers >= 0, got {value!r}")
+        if value != "auto" and not isinstance(value, bool) and (not isinstance(value, int) or value < 0):
+            raise ValueError(
+                f"gradient_checkpointing must be 'auto', true, false or a number of layers >= 0, got {value!r}"
+            )
         return value
 

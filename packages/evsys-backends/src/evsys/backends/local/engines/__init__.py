@@ -44,6 +44,7 @@ class EngineChoice:
         weights: str,
         model_name: str,
         calibration: Callable[[], torch.Tensor] | None = None,
+        peft_model: Any = None,
     ) -> None:
         if weights == "int8" and engine == "transformers":
             raise EvsysError(
@@ -55,7 +56,7 @@ class EngineChoice:
         #: the fused engine, unless this run decodes with the library engine only
         self.fused: FusedEngine | None = None
         if engine != "transformers":
-            fused = FusedEngine(causal_lm, tokenizer, weights, calibration)
+            fused = FusedEngine(causal_lm, tokenizer, weights, calibration, peft_model)
             reason = fused.unsupported(1)  # the structure only: each batch checks its own length
             self._refuse(reason)
             self.fused = fused if reason is None else None

@@ -6,6 +6,7 @@ Finished rows leave the batch and its KV cache after every step, so completed ro
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +23,17 @@ class FusedEngine:
     name = "fused"
 
     def __init__(
-        self, causal_lm: Any, tokenizer: Any, weights: str = "model", calibration: Callable[[], torch.Tensor] | None = None
+        self,
+        causal_lm: Any,
+        tokenizer: Any,
+        weights: str = "model",
+        calibration: Callable[[], torch.Tensor] | None = None,
+        peft_model: Any = None,
     ) -> None:
         self.causal_lm = causal_lm
         self.tokenizer = tokenizer
+        #: the peft wrapper whose adapter is switched off while the int8 copy is calibrated
+        self.peft_model = peft_model
         self.weights = weights
         #: the calibration ids ``[1, L]`` of the int8 copy, asked for once when it is built
         self.calibration = calibration
@@ -42,9 +50,15 @@ class FusedEngine:
         """The fused decoder (built on first use: for int8, the quantized copy of the base weights)."""
         if self._decoder is None:
             calibration = self.calibration() if self.weights == "int8" and self.calibration is not None else None
-            with torch.inference_mode():
+            # calibrated on the frozen base weights (adapter off), so a copy built after a resume is the same copy
+            with torch.inference_mode(), self._adapter_off():
                 self._decoder = FusedDecoder(self.causal_lm, self.weights, calibration)
+            self._decoder.refresh_lora()
         return self._decoder
+
+    def _adapter_off(self) -> Any:
+        """The peft model's ``disable_adapter()`` context (a no-op without one)."""
+        return self.peft_model.disable_adapter() if self.peft_model is not None else contextlib.nullcontext()
 
     @property
     def built(self) -> bool:

@@ -20,8 +20,8 @@ layer over a preallocated KV cache, and can read the frozen base weights from an
   importance weights ``exp(logp - sampler_logp)`` need.
 
 Anything else (another architecture, a LoRA variant such as DoRA, sliding-window attention shorter
-than the sequence) is refused by :func:`unsupported_reason`, and the backend falls back to the generic
-``transformers`` decode loop.
+than the sequence) is refused by :func:`unsupported_reason`, and the backend falls back to the
+``transformers`` engine.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from evsys.backends.local.cpu_features import detect
+from evsys.backends.local.cpu_features import int8_available as int8_available  # re-exported
 from evsys.backends.local.memory import release_freed_memory
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
@@ -64,25 +66,8 @@ CALIBRATION_MESSAGES = (
 _MLP = ("gate_proj", "up_proj")
 
 
-def _has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 #: fbgemm's AVX2 int8 kernels can saturate 16-bit sums with full-range activations; VNNI ones cannot.
-REDUCE_RANGE = not _has_vnni()
-
-
-def int8_available(device: torch.device) -> bool:
-    """fbgemm/x86 dynamic-quantization kernels exist on this build (CPU only)."""
-    if device.type != "cpu":
-        return False
-    engines = getattr(torch.backends.quantized, "supported_engines", [])
-    return any(e in engines for e in ("fbgemm", "x86")) and hasattr(torch.ops.quantized, "linear_dynamic")
+REDUCE_RANGE = detect().int8_reduce_range
 
 
 def sliding_window_reason(config: Any, total_length: int | None = None) -> str | None:
