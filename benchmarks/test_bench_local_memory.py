@@ -42,7 +42,7 @@ def test_release_hands_free_heap_pages_back() -> None:
 
 _PACK_SCRIPT = """
 import gc, sys, torch
-from evsys.backends.local.engines import fused_decoder as rollout
+from evsys.backends.local.engines.fused_linear import pack_int8
 from evsys.backends.local.memory import release_freed_memory
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,7 +55,7 @@ weights = [torch.randn(960, 576) for _ in range(30)]  # SmolLM2's fused q|k|v, o
 with ThreadPoolExecutor(1) as packer:
     packer.submit(lambda: None).result()
     gc.collect(); release_freed_memory(); before = anon_kib()
-    packed = [rollout._pack_int8([w], None, packer) for w in weights]
+    packed = [pack_int8([w], None, packer) for w in weights]
     gc.collect(); release_freed_memory(); after = anon_kib()
 print((after - before) / (30 * 960 * 576 / 1024))
 """

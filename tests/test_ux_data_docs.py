@@ -68,17 +68,23 @@ def test_error_lines_are_real(tmp_path: Path) -> None:
             assert problem in lines, (name, problem)
 
 
-def test_gsm8k_benchmark_block_is_a_valid_config(tmp_path: Path) -> None:
-    from evsys.schema.plugins import default_registry
+def test_gsm8k_benchmark_block_is_a_valid_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evsys.schema import plugins
+    from evsys.schema.plugins import default_registry, reset_default_registry
     from evsys.schema.validation import load_config
 
-    code = next(body for lang, body in BLOCKS if lang == "python" and "gsm8k_final" in body)
-    namespace: dict[str, object] = {}
-    exec(compile(code, "docs/data.md", "exec"), namespace)  # registers the page's transform
-    assert namespace["gsm8k_final"]({"question": "q", "answer": "so 72\n#### 72"})["final"] == "72"  # type: ignore[operator]
-    block = next(body for lang, body in BLOCKS if lang == "yaml" and "openai/gsm8k" in body and "benchmark" in body)
-    config = yaml.safe_load(SDFT + "data: { path: train.jsonl }\n" + block)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    validated = load_config(tmp_path / "c.yaml", default_registry())
-    bench = validated.config.metadata.benchmark[0]
-    assert bench.data is not None and bench.data.columns == {"question": "question", "expected": "final"}
+    monkeypatch.setattr(plugins, "_IN_PROCESS", [])  # the page's transform lasts for this test only
+    reset_default_registry(None)
+    try:
+        code = next(body for lang, body in BLOCKS if lang == "python" and "gsm8k_final" in body)
+        namespace: dict[str, object] = {}
+        exec(compile(code, "docs/data.md", "exec"), namespace)  # registers the page's transform
+        assert namespace["gsm8k_final"]({"question": "q", "answer": "so 72\n#### 72"})["final"] == "72"  # type: ignore[operator]
+        block = next(body for lang, body in BLOCKS if lang == "yaml" and "openai/gsm8k" in body and "benchmark" in body)
+        config = yaml.safe_load(SDFT + "data: { path: train.jsonl }\n" + block)
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+        validated = load_config(tmp_path / "c.yaml", default_registry())
+        bench = validated.config.metadata.benchmark[0]
+        assert bench.data is not None and bench.data.columns == {"question": "question", "expected": "final"}
+    finally:
+        reset_default_registry(None)  # the next registry is built without it

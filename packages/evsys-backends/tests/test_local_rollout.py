@@ -154,13 +154,13 @@ def _plain(weights: list[torch.Tensor]) -> list[torch.nn.Linear]:
 
 @needs_int8
 def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evsys.backends.local.engines import fused_decoder as rollout
+    from evsys.backends.local.engines import fused_linear
 
-    monkeypatch.setattr(rollout, "PACK_ROWS", 48)  # several packed pieces over a 3-weight fusion
-    monkeypatch.setattr(rollout, "QUANT_ROWS", 16)
+    monkeypatch.setattr(fused_linear, "PACK_ROWS", 48)  # several packed pieces over a 3-weight fusion
+    monkeypatch.setattr(fused_linear, "QUANT_ROWS", 16)
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(rows, 32, generator=gen) for rows in (40, 24, 56)]
-    lin = rollout._build_linear(_plain(weights), int8=True)
+    lin = fused_linear.build_linear(_plain(weights), int8=True)
     assert len(lin.packed) == 3  # 120 rows in pieces of at most 48
     x = torch.randn(5, 32, generator=gen)
     with torch.inference_mode():
@@ -172,7 +172,7 @@ def test_int8_pack_is_blockwise_and_matches_the_float_product(monkeypatch: pytes
 
 @needs_int8
 def test_int8_outlier_channels_stay_float() -> None:
-    from evsys.backends.local.engines import fused_decoder as rollout
+    from evsys.backends.local.engines.fused_linear import build_linear
 
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(64, 96, generator=gen)
@@ -183,7 +183,7 @@ def test_int8_outlier_channels_stay_float() -> None:
     want = x @ weight.T
     errors = {}
     for outliers in (0, 2):
-        lin = rollout._build_linear(_plain([weight]), int8=True, act_max=act_max, outliers=outliers)
+        lin = build_linear(_plain([weight]), int8=True, act_max=act_max, outliers=outliers)
         with torch.inference_mode():
             errors[outliers] = float((lin(x) - want).abs().mean())
     assert lin.outliers is not None and lin.outliers.tolist() == [3, 50]
@@ -192,11 +192,11 @@ def test_int8_outlier_channels_stay_float() -> None:
 
 @needs_int8
 def test_int8_rows_get_their_own_activation_range() -> None:
-    from evsys.backends.local.engines import fused_decoder as rollout
+    from evsys.backends.local.engines.fused_linear import build_linear
 
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(64, 96, generator=gen)
-    lin = rollout._build_linear(_plain([weight]), int8=True)
+    lin = build_linear(_plain([weight]), int8=True)
     x = torch.randn(2, 96, generator=gen)
     x[1] *= 1000.0  # a loud row must not cost the quiet row its precision
     with torch.inference_mode():
