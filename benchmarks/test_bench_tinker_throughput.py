@@ -25,6 +25,7 @@ from evsys.algorithms.sdft.algorithm import SDFT
 from evsys.algorithms.sdft.params import SDFTParams
 from evsys.backends.tinker.simulator import Latency
 from evsys.backends.tinker.testing import simulated_backend
+from evsys.schema.plugin_bases import BaseBackend
 from evsys.schema.rows import PromptExample
 
 SCALE = float(os.environ.get("EVSYS_BENCH_TINKER_SCALE", "1"))
@@ -38,16 +39,20 @@ PARAMS = SDFTParams(
 )
 
 
-class WithoutStreaming:
-    """The backend with ``sample_and_score`` hidden: the algorithm samples the whole batch, then scores it."""
+class WithoutStreaming(BaseBackend):
+    """The backend with :class:`BaseBackend`'s ``sample_and_score``: the whole batch is sampled, then scored."""
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
 
     def __getattr__(self, name: str) -> Any:
-        if name == "sample_and_score":
-            raise AttributeError(name)
         return getattr(self._backend, name)
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        return self._backend.sample(*args, **kwargs)
+
+    def topk_logprobs(self, *args: Any, **kwargs: Any) -> Any:
+        return self._backend.topk_logprobs(*args, **kwargs)
 
 
 def critical_path(tally: Any, since: int) -> float:
