@@ -24,7 +24,6 @@ import math
 import os
 import resource
 import secrets
-import selectors
 import shutil
 import signal
 import subprocess
@@ -35,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast, runtime_checkable
+
+from evsys.verifiers.output_pump import pump_output
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -300,47 +301,24 @@ class LocalRunner:
             pass_fds=pass_fds,
         )
         pgid = proc.pid
-        chunks: dict[int, list[bytes]] = {1: [], 2: []}
-        timed_out = exceeded = False
-        selector = selectors.DefaultSelector()
+        assert proc.stdout is not None and proc.stderr is not None
         try:
-            assert proc.stdout is not None and proc.stderr is not None
-            selector.register(proc.stdout, selectors.EVENT_READ, 1)
-            selector.register(proc.stderr, selectors.EVENT_READ, 2)
-            total = 0
-            exited_at: float | None = None
-            while selector.get_map():
-                now = time.monotonic()
-                if now >= deadline:
-                    timed_out = True
-                    break
-                if exited_at is not None and now - exited_at > 0.2:
-                    break  # the program is gone but a descendant holds its output open
-                for key, _ in selector.select(min(deadline - now, 0.1)):
-                    data = os.read(key.fd, 65536)
-                    if not data:
-                        selector.unregister(key.fileobj)
-                        continue
-                    chunks[key.data].append(data)
-                    total += len(data)
-                    if total > max_output:
-                        exceeded = True
-                if exceeded:
-                    break
-                if exited_at is None and _has_exited(proc):
-                    exited_at = time.monotonic()
+            out, err, timed_out, exceeded = pump_output(
+                proc.stdout.fileno(),
+                proc.stderr.fileno(),
+                deadline=deadline,
+                max_output=max_output,
+                exited=lambda: _has_exited(proc),
+            )
         finally:
             _kill_group(pgid)
             proc.wait()
             _wait_group_gone(pgid)
-            selector.close()
-            if proc.stdout is not None:
-                proc.stdout.close()
-            if proc.stderr is not None:
-                proc.stderr.close()
+            proc.stdout.close()
+            proc.stderr.close()
         duration = time.monotonic() - start
-        stdout = b"".join(chunks[1])[:max_output].decode("utf-8", "replace")
-        stderr = b"".join(chunks[2])[:max_output].decode("utf-8", "replace")
+        stdout = out[:max_output].decode("utf-8", "replace")
+        stderr = err[:max_output].decode("utf-8", "replace")
         return RunResult(
             returncode=proc.returncode,
             stdout=stdout,

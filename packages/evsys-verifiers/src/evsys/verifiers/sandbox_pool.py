@@ -58,7 +58,11 @@ STASH = "/.evsys-stash"  # the supervisor's name for it too
 SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 _HEADER = struct.Struct("!I")
 
-SUPERVISOR = (Path(__file__).parent / "sandbox_supervisor.py").read_text(encoding="utf-8")
+SUPERVISOR = (Path(__file__).parent / "output_pump.py").read_text(encoding="utf-8") + (
+    Path(__file__).parent / "sandbox_supervisor.py"
+).read_text(encoding="utf-8").replace("from __future__ import annotations\n", "", 1)
+"""The supervisor's source: :mod:`evsys.verifiers.output_pump` (standard library only) ahead of
+``sandbox_supervisor.py``, which runs inside the sandbox where evsys cannot be imported."""
 
 
 def _merged_binds(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:

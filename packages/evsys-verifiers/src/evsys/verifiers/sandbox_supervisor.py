@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import resource
-import selectors
 import shutil
 import signal
 import struct
@@ -26,7 +25,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # in the sandbox, output_pump.py's source runs ahead of this one (sandbox_pool.SUPERVISOR)
+    from evsys.verifiers.output_pump import pump_output
 
 HEADER = struct.Struct("!I")
 WORK = "/tmp/work"
@@ -333,40 +335,20 @@ def run(request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     assert proc.stdout is not None and proc.stderr is not None
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     status = getattr(proc, "status", None)  # Nested: the exit status arrives on a pipe of its own
-    chunks: dict[int, list[bytes]] = {out: [], err: []}
-    total, timed_out, exceeded = 0, False, False
-    exited_at: float | None = None
-    with selectors.DefaultSelector() as selector:
-        for fd in (out, err, 0, status):
-            if fd is not None:
-                selector.register(fd, selectors.EVENT_READ)
-        while out in selector.get_map() or err in selector.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                timed_out = True
-                break
-            if exited_at is not None and now - exited_at > 0.2:
-                break  # the program is gone but a descendant holds its output open
-            for key, _ in selector.select(min(deadline - now, 0.05)):
-                if key.fd == 0:
-                    if not os.read(0, 1):
-                        kill_all(proc)
-                        os._exit(0)
-                    continue
-                if key.fd == status:
-                    selector.unregister(status)  # poll() below reads it
-                    continue
-                data = os.read(key.fd, 65536)
-                if not data:
-                    selector.unregister(key.fd)
-                    continue
-                chunks[key.fd].append(data)
-                total += len(data)
-                exceeded = exceeded or total > request["max_output"]
-            if exceeded:
-                break
-            if exited_at is None and proc.poll() is not None:
-                exited_at = time.monotonic()
+
+    def control() -> bool:
+        if not os.read(0, 1):  # the scorer is gone: so is every run
+            kill_all(proc)
+            os._exit(0)
+        return True
+
+    others: dict[int, Callable[[], bool]] = {0: control}
+    if status is not None:
+        others[status] = lambda: False  # readable once the exit status is in: poll() reads it
+    stdout, stderr, timed_out, exceeded = pump_output(
+        out, err, deadline=deadline, max_output=request["max_output"], exited=lambda: proc.poll() is not None,
+        others=others, poll_s=0.05,
+    )
     if not timed_out and not exceeded:
         until = min(deadline, time.monotonic() + 0.2)
         while proc.poll() is None and time.monotonic() < until:
@@ -380,8 +362,8 @@ def run(request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         "returncode": -signal.SIGKILL if returncode is None else returncode,
         "timed_out": timed_out,
         "exceeded": exceeded,
-        "stdout": b"".join(chunks[out]).hex(),
-        "stderr": b"".join(chunks[err]).hex(),
+        "stdout": stdout.hex(),
+        "stderr": stderr.hex(),
     }
     return reply, proc
 
