@@ -24,8 +24,7 @@ from typing import Any
 from evsys.algorithms.sdft.algorithm import SDFT
 from evsys.algorithms.sdft.params import SDFTParams
 from evsys.backends.tinker.simulator import Latency
-from evsys.backends.tinker.testing import simulated_backend
-from evsys.schema.plugin_bases import BaseBackend
+from evsys.backends.tinker.testing import SampleThenScore, simulated_backend
 from evsys.schema.rows import PromptExample
 
 SCALE = float(os.environ.get("EVSYS_BENCH_TINKER_SCALE", "1"))
@@ -39,20 +38,6 @@ PARAMS = SDFTParams(
 )
 
 
-class WithoutStreaming(BaseBackend):
-    """The backend with :class:`BaseBackend`'s ``sample_and_score``: the whole batch is sampled, then scored."""
-
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def sample(self, *args: Any, **kwargs: Any) -> Any:
-        return self._backend.sample(*args, **kwargs)
-
-    def topk_logprobs(self, *args: Any, **kwargs: Any) -> Any:
-        return self._backend.topk_logprobs(*args, **kwargs)
 
 
 def critical_path(tally: Any, since: int) -> float:
@@ -86,7 +71,7 @@ def measure(streaming: bool, steps: int = 3) -> tuple[list[float], list[float], 
     """Wall time and critical-path bound of ``steps`` SDFT steps (the first one, which warms up, dropped),
     and the longest delay from a sample's return to its scoring's submission."""
     backend, service = simulated_backend(latency=LATENCY)
-    algorithm = SDFT(PARAMS, backend if streaming else WithoutStreaming(backend), None)  # type: ignore[arg-type]
+    algorithm = SDFT(PARAMS, backend if streaming else SampleThenScore(backend), None)  # type: ignore[arg-type]
     walls, bounds, delays = [], [], [0.0]
     for step in range(1, steps + 1):
         since = len(service.tally.drawn)

@@ -2,27 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from evsys.backends.tinker.testing import simulated_backend
+from evsys.backends.tinker.testing import SampleThenScore, simulated_backend
 from evsys.engine.metering import MeteredBackend, sampling_metrics
-from evsys.schema.plugin_bases import BaseBackend
-
-
-class WithoutSampleAndScore(BaseBackend):
-    """A backend that keeps BaseBackend's ``sample_and_score`` (sample, then score), as the local backend does."""
-
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def sample(self, *args: Any, **kwargs: Any) -> Any:
-        return self._backend.sample(*args, **kwargs)
-
-    def topk_logprobs(self, *args: Any, **kwargs: Any) -> Any:
-        return self._backend.topk_logprobs(*args, **kwargs)
 
 
 def test_tokens_sampled_through_sample_and_score_are_metered() -> None:
@@ -41,6 +22,6 @@ def test_tokens_sampled_through_sample_and_score_are_metered() -> None:
 
 def test_a_backend_without_sample_and_score_is_metered_through_sample() -> None:
     backend, _ = simulated_backend()
-    meter = MeteredBackend(WithoutSampleAndScore(backend))
+    meter = MeteredBackend(SampleThenScore(backend))
     groups, _ = meter.sample_and_score([[11, 12]], [[20]], k=2, n=2, max_tokens=5, temperature=1.0, seed=1)
     assert meter.sampled_tokens == sum(len(s.tokens) for g in groups for s in g) > 0

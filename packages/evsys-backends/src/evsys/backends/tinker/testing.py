@@ -1,4 +1,5 @@
-"""Testing helpers for the tinker backend (documented; not used by runs): a byte tokenizer and a simulated backend.
+"""Testing helpers for the tinker backend (documented; not used by runs): a byte tokenizer, a simulated
+backend, and :class:`SampleThenScore` (a backend without its own ``sample_and_score``).
 
     backend, service = simulated_backend(tmp_path)
     backend.sample([[11, 12]])
@@ -14,6 +15,7 @@ from typing import Any
 from evsys.backends.tinker.models import ModelLimits
 from evsys.backends.tinker.renderers import HF_TEMPLATE
 from evsys.backends.tinker.simulator import Faults, Latency, SimulatedService
+from evsys.schema.plugin_bases import BaseBackend
 
 BYTE_LIMITS = ModelLimits(vocab_size=300, context_length=512, max_lora_rank=32)
 """Limits that fit :class:`ByteTokenizer` (ids 1..265): a vocabulary of 300 and a 512-token window."""
@@ -88,3 +90,22 @@ def simulated_backend(
     backend = TinkerBackend(setup, TinkerBackendParams(**params), service_client=service, sleep=sleeps.append)
     backend.sleeps = sleeps  # type: ignore[attr-defined]
     return backend, service
+
+
+class SampleThenScore(BaseBackend):
+    """``backend`` with :class:`~evsys.schema.plugin_bases.BaseBackend`'s ``sample_and_score`` (the whole
+    batch sampled, then scored in one call), for comparing a backend's own ``sample_and_score`` with it."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped backend's ``sample``."""
+        return self._backend.sample(*args, **kwargs)
+
+    def topk_logprobs(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped backend's ``topk_logprobs``."""
+        return self._backend.topk_logprobs(*args, **kwargs)
