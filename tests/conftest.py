@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,37 @@ def build_tiny_workdir(directory: Path) -> Path:
     (data / "train.jsonl").write_text((REPO_ROOT / "examples/sdft_walkthrough/data/train.jsonl").read_text())
     (data / "val" / "tasks.jsonl").write_text((REPO_ROOT / "examples/sdft_walkthrough/data/val/tasks.jsonl").read_text())
     return directory
+
+
+def write_tiny_config(directory: Path, name: str = "tiny_run", *, max_steps: int = 2, run_every: int = 1, tasks: int = 2) -> Path:
+    """``directory/<name>.yaml``: a small SDFT config on :func:`build_tiny_workdir`'s model and data, with a
+    benchmark of the first ``tasks`` val tasks every ``run_every`` steps."""
+    config = directory / f"{name}.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            name: {name}
+            output_dir: outputs
+            model: {{name: tiny}}
+            backend: {{kind: local, params: {{device: cpu}}}}
+            algorithm:
+              kind: sdft
+              params: {{learning_rate: 1.0e-2, max_steps: {max_steps}, batch_size: 1, lora_rank: 2, topk: 4, max_new_tokens: 4}}
+            data: {{path: data/train.jsonl}}
+            metadata:
+              benchmark:
+                - {{name: val, path: data/val, run_every: {run_every}, metrics: [pass@1], max_new_tokens: 4, limit: {tasks}}}
+            """
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Path]:
+    """:func:`write_tiny_config`."""
+    return write_tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,37 +22,15 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_config(directory: Path, name: str = "tiny_run", learning_rate: str = "1.0e-2") -> Path:
-    """A 2-step sdft config on the tiny model with a 3-task benchmark scored every step."""
-    config = directory / f"{name}.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            name: {name}
-            output_dir: outputs
-            model: {{name: tiny}}
-            backend: {{kind: local, params: {{device: cpu}}}}
-            algorithm:
-              kind: sdft
-              params: {{learning_rate: {learning_rate}, max_steps: 2, batch_size: 1, lora_rank: 2, topk: 4, max_new_tokens: 4}}
-            data: {{path: data/train.jsonl}}
-            metadata:
-              benchmark:
-                - {{name: val, path: data/val, run_every: 1, metrics: [pass@1], max_new_tokens: 4, limit: 3}}
-            """
-        ),
-        encoding="utf-8",
-    )
-    return config
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_workdir: Callable[[Path], Path]) -> Iterator[Path]:
+def workdir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_workdir: Callable[[Path], Path], tiny_config: Callable[..., Path]
+) -> Iterator[Path]:
     """A directory with a tiny model, the walkthrough's data and one finished 2-step run (the cwd of each test)."""
     from evsys.cli import run
 
     directory = tiny_workdir(tmp_path_factory.mktemp("ux"))
-    config = write_config(directory)
+    config = tiny_config(directory, tasks=3)
     old = Path.cwd()
     os.chdir(directory)
     try:

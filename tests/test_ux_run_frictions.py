@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,30 +15,6 @@ import pytest
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_config(directory: Path, name: str = "tiny_run", *, max_steps: int = 2, run_every: int = 1) -> Path:
-    """A small sdft config on the tiny model, the walkthrough's data, a 2-task benchmark every ``run_every`` steps."""
-    config = directory / f"{name}.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            name: {name}
-            output_dir: outputs
-            model: {{name: tiny}}
-            backend: {{kind: local, params: {{device: cpu}}}}
-            algorithm:
-              kind: sdft
-              params: {{learning_rate: 1.0e-2, max_steps: {max_steps}, batch_size: 1, lora_rank: 2, topk: 4, max_new_tokens: 4}}
-            data: {{path: data/train.jsonl}}
-            metadata:
-              benchmark:
-                - {{name: val, path: data/val, run_every: {run_every}, metrics: [pass@1], max_new_tokens: 4, limit: 2}}
-            """
-        ),
-        encoding="utf-8",
-    )
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +30,8 @@ def rows(run_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------- overrides
 
 
-def test_set_round_trips_through_resolved_config(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
-    config = write_config(in_workdir, "base_name", max_steps=5)
+def test_set_round_trips_through_resolved_config(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "base_name", max_steps=5)
     code, out, err = evsys_cli(
         ["run", str(config), "-q", "--set", "algorithm.params.max_steps=1", "--set", "metadata.benchmark[0].limit=1",
          "--set", "algorithm.params.user_template=Q: {question}", "--name", "2024", "--output-dir", "elsewhere"],
@@ -82,8 +57,8 @@ def test_set_round_trips_through_resolved_config(in_workdir: Path, evsys_cli: Ca
     assert code == 0 and out.startswith(f"OK: {config} (algorithm sdft, backend local, 1 step"), err
 
 
-def test_a_bad_override_points_at_its_argument(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
-    config = write_config(in_workdir, "bad_set")
+def test_a_bad_override_points_at_its_argument(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "bad_set")
     code, out, err = evsys_cli(["run", str(config), "--set", "algorithm.params.max_stpes=10"])
     assert (code, out) == (1, "")
     assert err == "--set algorithm.params.max_stpes=10: unknown key 'max_stpes' (did you mean 'max_steps'?)\n"
@@ -103,8 +78,8 @@ def test_a_bad_override_points_at_its_argument(in_workdir: Path, evsys_cli: Call
 # ------------------------------------------------------------------------------------ error order
 
 
-def test_config_and_data_errors_come_before_the_run_directory(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
-    config = write_config(in_workdir, "order")
+def test_config_and_data_errors_come_before_the_run_directory(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "order")
     Path("outputs/order").mkdir(parents=True, exist_ok=True)
     Path("outputs/order/metrics.jsonl").write_text("")  # an earlier run
     code, _, err = evsys_cli(["run", str(config), "--set", "algorithm.params.topk=0"])
@@ -127,11 +102,11 @@ def test_config_and_data_errors_come_before_the_run_directory(in_workdir: Path, 
 
 
 @pytest.fixture
-def finished_run(in_workdir: Path) -> Iterator[Path]:
+def finished_run(in_workdir: Path, tiny_config: Callable[..., Path]) -> Iterator[Path]:
     """A completed 2-step run, its config path."""
     from evsys.cli import run
 
-    config = write_config(in_workdir, "locked")
+    config = tiny_config(in_workdir, "locked")
     result = run(config, overwrite=True)
     assert result.status == "completed"
     yield config
@@ -173,8 +148,8 @@ def test_a_directory_in_use_is_refused_naming_the_pid_and_a_dead_holder_blocks_n
     assert (run_dir / ".evsys.lock").read_text() == ""  # released: no pid left behind
 
 
-def test_two_runs_started_together_one_is_refused(in_workdir: Path) -> None:
-    config = write_config(in_workdir, "twice", max_steps=2)
+def test_two_runs_started_together_one_is_refused(in_workdir: Path, tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "twice", max_steps=2)
     env = {**os.environ, "EVSYS_PROGRESS": "off"}
     command = [sys.executable, "-m", "evsys.cli.main", "run", str(config), "-q"]
     first = subprocess.Popen(command, cwd=in_workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -191,8 +166,8 @@ def test_two_runs_started_together_one_is_refused(in_workdir: Path) -> None:
 # -------------------------------------------------------------- the last step's benchmark, summary steps
 
 
-def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
-    config = write_config(in_workdir, "every2", max_steps=3, run_every=2)
+def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "every2", max_steps=3, run_every=2)
     code, _, err = evsys_cli(["run", str(config), "--overwrite", "-q"])
     assert code == 0, err
     run_dir = Path("outputs/every2")
@@ -202,7 +177,7 @@ def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(in_
     assert [line.rsplit(" ", 2)[-2:] for line in final] == [["(step", "3)"], ["(step", "3)"]]
     assert final[0].startswith("- train/mean_loss: ") and final[1].startswith("- val/val/pass@1: ")
     # max_steps a multiple of run_every: no second evaluation of the last step
-    config = write_config(in_workdir, "every2", max_steps=2, run_every=2)
+    config = tiny_config(in_workdir, "every2", max_steps=2, run_every=2)
     code, _, err = evsys_cli(["run", str(config), "--overwrite", "-q"])
     assert code == 0, err
     assert [(r["step"], r["split"]) for r in rows(run_dir)] == [(1, "train"), (2, "train"), (2, "val")]
@@ -211,8 +186,8 @@ def test_in_loop_benchmark_also_scores_the_last_step_and_summary_names_steps(in_
 # ------------------------------------------------------------------------------------- --overwrite
 
 
-def test_overwrite_clears_what_evsys_wrote_and_nothing_else(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
-    config = write_config(in_workdir, "cleared", max_steps=1)
+def test_overwrite_clears_what_evsys_wrote_and_nothing_else(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "cleared", max_steps=1)
     assert evsys_cli(["run", str(config), "--overwrite", "-q"])[0] == 0
     run_dir = Path("outputs/cleared")
     assert evsys_cli(["eval", str(config), "-q"])[0] == 0
@@ -230,8 +205,8 @@ def test_overwrite_clears_what_evsys_wrote_and_nothing_else(in_workdir: Path, ev
     assert (run_dir / "notes.txt").read_text() == "mine"
 
 
-def test_an_evaluation_of_the_base_model_does_not_make_the_run_directory_used(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]]) -> None:
-    config = write_config(in_workdir, "base_first", max_steps=1)
+def test_an_evaluation_of_the_base_model_does_not_make_the_run_directory_used(in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], tiny_config: Callable[..., Path]) -> None:
+    config = tiny_config(in_workdir, "base_first", max_steps=1)
     assert evsys_cli(["eval", str(config), "-q"])[0] == 0
     code, _, err = evsys_cli(["run", str(config), "-q"])
     assert code == 0, err
@@ -242,11 +217,14 @@ def test_an_evaluation_of_the_base_model_does_not_make_the_run_directory_used(in
 
 
 def test_a_run_says_what_it_does_before_step_one(
-    in_workdir: Path, evsys_cli: Callable[[list[str]], tuple[int, str, str]], caplog: pytest.LogCaptureFixture
+    in_workdir: Path,
+    evsys_cli: Callable[[list[str]], tuple[int, str, str]],
+    caplog: pytest.LogCaptureFixture,
+    tiny_config: Callable[..., Path],
 ) -> None:
     import logging
 
-    config = write_config(in_workdir, "talks", max_steps=1)
+    config = tiny_config(in_workdir, "talks", max_steps=1)
     with caplog.at_level(logging.INFO, logger="evsys.engine.loop"):
         code, _, err = evsys_cli(["--log-level", "info", "run", str(config), "--overwrite"])
     evsys_cli(["--log-level", "warning", "plugins", "--json"])

@@ -109,7 +109,9 @@ class LocalBackend(BaseBackend):
     def _resolve_auto_settings(self) -> None:
         """Resolve ``rollout_weights`` and ``gradient_checkpointing`` (``auto``: per CPU and model, see
         :mod:`evsys.backends.local.auto_settings`), install checkpointing, log the choice in one line."""
-        p, layers = self.params, decoder_layers(self._causal_lm)
+        p = self.params
+        #: the decoder layers (``gradient_checkpointing: auto`` switches them per batch)
+        self._layers = layers = decoder_layers(self._causal_lm)
         auto_weights = p.rollout_weights == "auto" and p.rollout_engine != "transformers"
         unsupported = unsupported_reason(self._causal_lm) if auto_weights else None
         self._weights = auto_settings.resolve_rollout_weights(
@@ -132,7 +134,7 @@ class LocalBackend(BaseBackend):
         micro-batch, add up to the int8 rollout copy's size (none before that copy exists)."""
         if self._checkpointing.value != "auto":
             return
-        layers = decoder_layers(self._causal_lm)
+        layers = self._layers
         room = 0
         fused = self.engines.fused
         if fused is not None and fused.built and fused.weights == "int8":
