@@ -54,28 +54,31 @@ def each_runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 def _nothing_left(result: runner.RunResult) -> bool:
     """No process of the run is alive: its process group (a run of its own), else (pooled sandbox) nothing in
-    any pooled sandbox but its init and supervisor."""
+    any pooled sandbox but its supervisor (the first process under ``bwrap``)."""
     if result.pgid is not None:
         return runner.leftover_processes(result.pgid) == []
     from evsys.verifiers.sandbox_pool import PooledBwrapRunner
 
-    def children(pid: int) -> list[int]:
+    def descendants(pid: int) -> list[int]:
         found = []
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found += [int(child) for child in handle.read().split()]
+                for child in map(int, handle.read().split()):
+                    found += [child, *descendants(child)]
         return found
+
+    def stat(pid: int) -> tuple[str, str]:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+        return text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()[0]
 
     pools = [pool for pool in sandbox._RUNNERS.values() if isinstance(pool, PooledBwrapRunner)]
     assert pools
     for pool in pools:
         for box in (box for idle in pool._idle.values() for box in idle):
-            (init,) = children(box.proc.pid)
-            (supervisor,) = children(init)
-            for pid in children(supervisor) + [pid for pid in children(init) if pid != supervisor]:
-                with open(f"/proc/{pid}/stat") as handle:
-                    if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
-                        return False
+            _supervisor, *rest = [pid for pid in descendants(box.proc.pid) if stat(pid)[0] != "bwrap"]
+            if any(stat(pid)[1] != "Z" for pid in rest):
+                return False
     return True
 
 

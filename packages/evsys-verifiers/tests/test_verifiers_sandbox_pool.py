@@ -2,9 +2,9 @@
 
 Each test runs programs in one :class:`PooledBwrapRunner` one after another (so they share its one
 sandbox, checked) and has the later program look for what the earlier one left. Every program is
-bounded (a few processes, a few MiB, seconds). Run as root, the suite checks the pool that gives each
-program a uid of its own; run as an ordinary user (test_verifiers_sandbox_unprivileged.py runs it so
-from root), the pool that gives each program namespaces of its own.
+bounded (a few processes, a few MiB, seconds). Run as root, the suite checks the pool whose supervisor
+switches to a fresh uid; run as an ordinary user (test_verifiers_sandbox_unprivileged.py runs it so
+from root), the pool in a user namespace of its own.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ shm = libc.shmget(0x5EED, 4096, 0o1666)  # IPC_CREAT | 0666
 sem = libc.semget(0x5EEE, 1, 0o1666)
 msg = libc.msgget(0x5EEF, 0o1666)
 assert min(shm, sem, msg) >= 0, ctypes.get_errno()
+if os.uname().machine == 'x86_64':  # a key in the uid's own keyring, which outlives its processes
+    assert libc.syscall(248, b'user', b'evsys-leftover', b'secret', 6, -4) > 0, ctypes.get_errno()  # add_key
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(('127.0.0.1', 47011))
@@ -89,6 +91,8 @@ seen = {
     'processes': others,
     'connected': connected,
     'sysv': [libc.shmget(0x5EED, 0, 0), libc.semget(0x5EEE, 0, 0), libc.msgget(0x5EEF, 0)],
+    # keyctl(KEYCTL_SEARCH, the user keyring, ...): -1 where no such key
+    'key': libc.syscall(250, 10, -4, b'user', b'evsys-leftover', 0) if os.uname().machine == 'x86_64' else -1,
 }
 print('SEEN ' + json.dumps(seen))
 """
@@ -123,7 +127,7 @@ def _one_sandbox(pool: sandbox_pool.PooledBwrapRunner) -> sandbox_pool._Sandbox:
 
 @pytest.mark.parametrize("ending", ["exits", "times_out"])
 def test_nothing_of_a_run_reaches_the_next_run(pool: sandbox_pool.PooledBwrapRunner, ending: str) -> None:
-    """Files in /tmp and /dev/shm, a daemon holding a listening socket, SysV IPC: all gone for the next run."""
+    """Files in /tmp and /dev/shm, a daemon holding a listening socket, SysV IPC, a key: all gone for the next run."""
     tail = "" if ending == "exits" else "time.sleep(30)"
     program = LEAVE_BEHIND % {"sleep": 30, "tail": tail}
     first = run_python(program, runner=pool, limits=LIMITS, timeout=3 if ending == "exits" else 5)
@@ -137,21 +141,25 @@ def test_nothing_of_a_run_reaches_the_next_run(pool: sandbox_pool.PooledBwrapRun
     assert seen["processes"] == []
     assert seen["connected"] is False
     assert seen["sysv"] == [-1, -1, -1]
+    assert seen["key"] == -1
 
 
-def test_each_run_has_its_own_uid_or_user_namespace_and_no_capabilities(
+def test_programs_run_as_the_sandboxs_uid_and_nothing_in_the_sandbox_holds_a_capability(
     pool: sandbox_pool.PooledBwrapRunner,
 ) -> None:
-    """As root each run gets a fresh uid; else the sandbox's uid, in a user namespace of its own (not the scorer's)."""
+    """As root the sandbox's supervisor and its programs run as a fresh uid; else as yours, in a user
+    namespace of their own (not the scorer's). Neither the program nor the supervisor (pid 1) holds a capability."""
     program = (
-        "import os\nstatus = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
-        "print('CAPS', os.getuid(), os.getgid(), os.getgroups(), status['CapEff'].strip(), status['CapPrm'].strip(),"
-        " status['CapInh'].strip(), status['CapAmb'].strip(), status['NoNewPrivs'].strip(),"
-        " os.readlink('/proc/self/ns/user').replace(' ', ''))\n"
+        "import os\ndef status(pid):\n"
+        "    return dict(l.split(':', 1) for l in open('/proc/%s/status' % pid).read().splitlines())\n"
+        "me, supervisor = status('self'), status(1)\n"
+        "print('CAPS', os.getuid(), os.getgid(), os.getgroups(), *(me[k].strip() for k in ('CapEff', 'CapPrm', 'CapInh',"
+        " 'CapAmb', 'NoNewPrivs')), os.readlink('/proc/self/ns/user').replace(' ', ''), supervisor['Uid'].split()[0],"
+        " supervisor['CapEff'].strip(), supervisor['CapPrm'].strip())\n"
         "import resource\nassert resource.getrlimit(resource.RLIMIT_MSGQUEUE) == (0, 0)  # no POSIX message queues\n"
     )
-    uids, namespaces = set(), set()
-    for _ in range(3):
+    uids = set()
+    for _ in range(2):
         result = run_python(program, runner=pool, limits=LIMITS)
         assert result.passed, result
         fields = next(line for line in result.stdout.splitlines() if line.startswith("CAPS")).split()
@@ -160,13 +168,11 @@ def test_each_run_has_its_own_uid_or_user_namespace_and_no_capabilities(
             assert uid == gid and uid >= 1_900_000_000
         else:
             assert (uid, gid) == (os.getuid(), os.getgid())
+            assert fields[9] != os.readlink("/proc/self/ns/user").replace(" ", "")
         assert fields[3] == "[]" and fields[4:8] == ["0000000000000000"] * 4 and fields[8] == "1"
+        assert int(fields[10]) == uid and fields[11:13] == ["0000000000000000"] * 2  # the supervisor: same uid, no caps
         uids.add(uid)
-        namespaces.add(fields[9])
-    if AS_ROOT:
-        assert len(uids) == 3
-    else:  # (the kernel may give a later run's namespace the number of an earlier one that is gone)
-        assert os.readlink("/proc/self/ns/user").replace(" ", "") not in namespaces
+    assert len(uids) == 1  # one sandbox: one uid
 
 
 def test_a_run_cannot_signal_trace_or_read_the_supervisor(pool: sandbox_pool.PooledBwrapRunner) -> None:
@@ -245,32 +251,45 @@ def test_where_the_pool_cannot_run_programs_get_a_bwrap_each(
     ]
 
 
-def test_without_root_the_pool_gives_each_program_namespaces_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pool is the default for an ordinary user too: a sandbox with a user namespace of its own, read-only
-    but for each run's /tmp, whose supervisor runs each program in fresh namespaces (the suite runs so as
-    uid 65534 in test_verifiers_sandbox_unprivileged.py)."""
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+@pytest.mark.parametrize("root", [True, False])
+def test_the_supervisor_is_the_sandboxs_pid_1_as_root_with_a_uid_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, root: bool
+) -> None:
+    """The pool is the default for root and ordinary users alike; its supervisor is the sandbox's pid 1 (no
+    signal from a program reaches it), read-only everywhere but /tmp. Root's sandbox keeps the root user
+    namespace and lets the supervisor switch to a fresh uid (two capabilities, which the switch drops);
+    an ordinary user's has a user namespace of its own and no capability at all."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
     monkeypatch.delenv(sandbox.BWRAP_MODE_ENV, raising=False)
     assert sandbox.bwrap_mode() == "pool"
     command = sandbox_pool.PooledBwrapRunner()._command(sys.executable, 1 << 20)
-    assert "--unshare-all" in command and "--cap-add" not in command
+    assert "--as-pid-1" in command and ("--unshare-all" in command) is not root
     assert command[command.index("--remount-ro") : command.index("--remount-ro") + 4] == [
         "--remount-ro",
         "/dev",
         "--remount-ro",
         "/",
     ]
-    assert json.loads(command[-1])["mode"] == "namespaces"
+    caps = [command[i + 1] for i, arg in enumerate(command) if arg == "--cap-add"]
+    uid = json.loads(command[-1])["uid"]
+    if root:
+        assert caps == ["CAP_SETUID", "CAP_SETGID"] and uid >= 1_900_000_000
+    else:
+        assert caps == [] and uid is None
 
 
 def test_a_sandbox_that_ended_while_idle_costs_no_program(pool: sandbox_pool.PooledBwrapRunner) -> None:
     assert run_python("pass", runner=pool, limits=LIMITS).passed
     box = _one_sandbox(pool)
-    with open(f"/proc/{box.proc.pid}/task/{box.proc.pid}/children") as handle:
-        (init,) = handle.read().split()
-    with open(f"/proc/{init}/task/{init}/children") as handle:
-        (supervisor,) = handle.read().split()
-    os.kill(int(supervisor), signal.SIGKILL)
+    supervisor = box.proc.pid  # bwrap, then its descendants down to the supervisor (idle: the only leaf)
+    while True:
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as handle:
+            children = handle.read().split()
+        if not children:
+            break
+        (supervisor,) = map(int, children)
+    assert supervisor != box.proc.pid
+    os.kill(supervisor, signal.SIGKILL)
     box.proc.wait()
     box.proc.poll = lambda: None  # type: ignore[method-assign]  # as if it ended just after it was taken
     result = run_python("pass", runner=pool, limits=LIMITS)

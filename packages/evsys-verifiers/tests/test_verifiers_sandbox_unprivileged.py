@@ -68,7 +68,9 @@ scorer = (
     "from evsys.verifiers.runner import run_python\\n"
     "from evsys.verifiers.sandbox_pool import PooledBwrapRunner\\n"
     "pool = PooledBwrapRunner()\\n"
-    "program = \\"import os, sys\\\\nprint('SEEN', sys.prefix, sorted(os.listdir('/tmp')))\\\\nopen('/tmp/left-behind', 'w')\\\\n\\"\\n"
+    "program = (\\"import os, sys\\\\ntop = '/tmp/' + sys.prefix.split('/')[2]\\\\n\\"\\n"
+    "    \\"print('SEEN', sys.prefix, sorted(os.listdir('/tmp')), sorted(os.listdir(top)))\\\\n\\"\\n"
+    "    \\"open('/tmp/left-behind', 'w')\\\\nopen(top + '/left-inside', 'w')  # bubblewrap made it: the user's\\\\n\\")\\n"
     "seen = [run_python(program, runner=pool).stdout.split('\\\\n')[0] for _ in range(2)]\\n"
     "print(json.dumps([sys.prefix, seen]))\\n"
 )
@@ -77,9 +79,9 @@ print(done.stdout.strip().splitlines()[-1] if done.returncode == 0 else 'FAILED 
 """
 
 
-def test_an_interpreter_under_tmp_stays_visible_over_each_runs_fresh_tmp() -> None:
-    """A venv under /tmp (a CI checkout's): each run's fresh /tmp hides the sandbox's, so the supervisor binds
-    the venv again over it; what one run leaves in /tmp is gone for the next."""
+def test_an_interpreter_under_tmp_stays_visible_and_the_rest_of_tmp_is_wiped() -> None:
+    """A venv under /tmp (a CI checkout's): its read-only bind stays in the sandbox's /tmp for every run, and
+    what one run leaves in /tmp, even in the directories bubblewrap made for the bind, is gone for the next."""
     with shared_directory() as home:
         made = run_unprivileged(["-m", "venv", "--without-pip", f"{home}/venv"], home=home, timeout=120)
         assert made.returncode == 0, made.stderr
@@ -88,4 +90,4 @@ def test_an_interpreter_under_tmp_stays_visible_over_each_runs_fresh_tmp() -> No
         prefix, seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert prefix == f"{home}/venv"
     top = home.split("/")[2]  # the sandbox binds the venv at its own path: /tmp/<this directory>/venv
-    assert seen == [f"SEEN {prefix} {sorted([top, 'work'])}"] * 2, seen
+    assert seen == [f"SEEN {prefix} {sorted([top, 'work'])} {['venv']}"] * 2, seen

@@ -18,9 +18,9 @@ Run as root, a user namespace would map the program to root on the host, which i
 user one and the program runs as a fresh unprivileged uid with no capabilities (``setpriv``).
 
 By default programs run in :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner`: the same
-sandbox, one long-lived per worker, each program under a fresh uid (as root) or in fresh user, mount,
-pid and IPC namespaces (as an ordinary user), nothing of a run left for the next (see
-:mod:`evsys.verifiers.sandbox_pool`); ``EVSYS_VERIFIER_BWRAP=per-program`` asks for one ``bwrap`` per
+sandbox, one long-lived per worker, whose supervisor is its pid 1 and runs one program at a time under
+the sandbox's uid (a fresh one as root, yours as an ordinary user), nothing of a run left for the next
+(see :mod:`evsys.verifiers.sandbox_pool`); ``EVSYS_VERIFIER_BWRAP=per-program`` asks for one ``bwrap`` per
 program (:class:`BwrapRunner`).
 
 Which runner runs a program: a runner plugged in with :func:`~evsys.verifiers.runner.set_runner` or

@@ -1,35 +1,26 @@
 """The pooled bubblewrap runner: one long-lived sandbox per worker, each program isolated within it.
 
 :class:`PooledBwrapRunner` keeps the containment of :class:`~evsys.verifiers.sandbox.BwrapRunner`
-(the same namespaces, read-only binds, private ``/tmp`` and ``/dev``, no network) but pays the
-``bwrap`` start once per worker instead of once per program. Inside each sandbox a small supervisor
-(:data:`SUPERVISOR`; bubblewrap has set ``no_new_privs``) runs one program at a time, under the
-resource limits (as the plain runner's, plus ``RLIMIT_MSGQUEUE=0``: no POSIX message queues, and no
-core files), in a session of its own, collects its output (bounded) until it exits or the timeout,
-then makes sure no process of the run is alive before it answers. How it keeps runs apart depends
-on the user:
+(the same namespaces, read-only binds, private size-capped ``/tmp`` and ``/dev``, no network, no
+capability, the same limits through ``prlimit``, plus ``RLIMIT_MSGQUEUE=0``: no POSIX message queues,
+and no core files) but pays the ``bwrap`` start once per worker instead of once per program.
 
-- **as root** (``"mode": "uid"``): the supervisor is root in the sandbox with only
-  :data:`SUPERVISOR_CAPS`. It makes ``/tmp/work`` with the run's files, owned by a fresh random
-  uid/gid, and starts the program as that uid with no groups and no capability; at the end
-  ``kill(-1, SIGKILL)`` (every process but the sandbox's init and the supervisor, atomic against
-  ``fork``) until none is alive; after the answer it deletes everything in ``/tmp`` (the only place
-  a program can write; ``/dev/shm`` is root's) and every SysV IPC object of the sandbox.
-- **as an ordinary user** (``"mode": "namespaces"``; bubblewrap maps one uid only, so there is no
-  other uid to switch to): the sandbox has a user namespace of its own and everything in it is
-  read-only (``--remount-ro`` of ``/`` and ``/dev``). For each program the supervisor clones a
-  process into fresh user, mount, pid and IPC namespaces: pid 1 there, it mounts a fresh
-  size-capped tmpfs on ``/tmp`` holding ``/tmp/work`` and the run's files and a fresh ``/proc``
-  (``/proc/sys`` read-only), sets the limits, drops every capability and starts the program. The
-  program sees no process but its own and that init (non-dumpable, no capabilities), so it cannot
-  signal, trace or read the supervisor; its files, SysV IPC objects and processes go with its
-  namespaces: when its init is reaped the kernel has killed every process of the run. An
-  interpreter that lives under ``/tmp`` (a venv there) is bound once more under ``/.evsys-stash``
-  and bound again over each run's fresh ``/tmp``.
+Inside each sandbox a small supervisor (:data:`SUPERVISOR`) is pid 1 of the sandbox's pid namespace
+(``--as-pid-1``). It runs with the programs' uid and no capability: as an ordinary user, your uid in the
+sandbox's user namespace (bubblewrap maps that one only); as root, a fresh random uid/gid per sandbox,
+no groups, to which it switches before it serves (a user namespace would leave programs root on the
+host). It runs one program at a time in ``/tmp/work`` holding the run's files, in a session of its own,
+collects its output (bounded) until it exits or the timeout, then ``kill(-1, SIGKILL)`` (every process
+of the sandbox but itself, atomic against ``fork``) and reaps until none is left, answers, and removes
+everything the run left: the files in ``/tmp`` (the only place a program can write; ``/`` and ``/dev``
+are read-only or root's), the SysV IPC objects and the keys in the uid's keyrings. A program cannot
+reach the supervisor: the kernel drops every signal a process of the namespace sends its init unless
+the init handles it (it handles none), and the supervisor is not dumpable (no ``ptrace``, no
+``/proc/1/environ``, ``mem`` or ``fd``).
 
-So nothing of one run survives into the next (no file, process, socket or IPC object). A sandbox is
-replaced when its supervisor dies or after :data:`RUNS_PER_SANDBOX` programs; it exits when the
-scorer does (its control pipe closes).
+So nothing of one run survives into the next (no file, process, socket, IPC object or key). A sandbox
+is replaced when its supervisor dies (it exits rather than serve a sandbox it could not clean) or after
+:data:`RUNS_PER_SANDBOX` programs; it exits when the scorer does (its control pipe closes).
 """
 
 from __future__ import annotations
@@ -46,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from evsys.verifiers.runner import DEFAULT_MAX_OUTPUT, Limits, RunResult, _rlimits, limited_argv, minimal_env
 from evsys.verifiers.sandbox import _UID_BASE, WORKDIR, BwrapRunner, _binds, sandbox_limits, sandbox_path
@@ -54,8 +45,7 @@ from evsys.verifiers.sandbox import _UID_BASE, WORKDIR, BwrapRunner, _binds, san
 __all__ = ["RUNS_PER_SANDBOX", "SUPERVISOR", "PooledBwrapRunner", "pool_problem"]
 
 RUNS_PER_SANDBOX = 500
-STASH = "/.evsys-stash"  # the supervisor's name for it too
-SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+SUPERVISOR_CAPS = ("CAP_SETUID", "CAP_SETGID")  # as root: to switch to the sandbox's uid, which drops them
 _HEADER = struct.Struct("!I")
 
 SUPERVISOR = (Path(__file__).parent / "output_pump.py").read_text(encoding="utf-8") + (
@@ -83,27 +73,6 @@ def _bind_ops(binds: Sequence[str]) -> list[tuple[str, ...]]:
         ops.append(tuple(binds[i : i + width]))
         i += width
     return ops
-
-
-def _in_tmp(path: str) -> bool:
-    return PurePosixPath(path).is_relative_to("/tmp")
-
-
-def _stash_binds(binds: Sequence[str]) -> list[str]:
-    """The read-only binds whose target is under /tmp (a venv there), bound again under the supervisor's
-    stash: each run's fresh /tmp hides the first ones, and the supervisor binds them from there."""
-    return [
-        arg for op in _bind_ops(binds) if op[0] == "--ro-bind" and _in_tmp(op[2]) for arg in (*op[:2], STASH + op[2])
-    ]
-
-
-def _under_tmp(binds: Sequence[str]) -> dict[str, list[object]]:
-    """What the supervisor makes again in each run's /tmp: ``stashed`` binds and ``links`` (target, path)."""
-    ops = _bind_ops(binds)
-    return {
-        "stashed": [op[2] for op in ops if op[0] == "--ro-bind" and _in_tmp(op[2])],
-        "links": [[op[1], op[2]] for op in ops if op[0] == "--symlink" and _in_tmp(op[2])],
-    }
 
 
 class _SupervisorDied(RuntimeError):
@@ -186,7 +155,7 @@ class _Sandbox:
 
 
 class PooledBwrapRunner(BwrapRunner):
-    """Runs each program in a pooled bubblewrap sandbox: as root under a fresh uid, else in fresh namespaces
+    """Runs each program in a pooled bubblewrap sandbox: as root under the sandbox's fresh uid, else as the user
     (see the module docs)."""
 
     def __init__(self, bwrap: str | None = None) -> None:
@@ -197,20 +166,17 @@ class PooledBwrapRunner(BwrapRunner):
 
     def _command(self, argv0: str, disk: int | None) -> list[str]:
         binds = _merged_binds(_binds(sys.executable), _binds(argv0))
-        if self.as_root:
+        if self.as_root:  # no user namespace (see the module docs): the supervisor switches to a fresh uid
             namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-            cmd = [self.bwrap, *namespaces, "--new-session", "--dev", "/dev", "--proc", "/proc"]
-            cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp"]
-            # after the private /tmp, so an interpreter under /tmp (a venv there) stays visible
-            cmd += [*binds, "--chdir", "/"]
-            cmd += [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)] + ["--"]
-            config: dict[str, object] = {"mode": "uid"}
+            caps = [arg for cap in SUPERVISOR_CAPS for arg in ("--cap-add", cap)]
+            uid: int | None = _UID_BASE + secrets.randbelow(1_000_000)
         else:
-            cmd = [self.bwrap, "--unshare-all", "--new-session", "--dev", "/dev", "--proc", "/proc"]
-            cmd += ["--perms", "1777", "--tmpfs", "/tmp", *binds, *_stash_binds(binds)]
-            cmd += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/", "--"]  # writable: each run's own /tmp
-            config = {"mode": "namespaces", **_under_tmp(binds)}
-        return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR, json.dumps(config)]
+            namespaces, caps, uid = ["--unshare-all"], [], None
+        cmd = [self.bwrap, *namespaces, "--as-pid-1", "--new-session", "--dev", "/dev", "--proc", "/proc"]
+        cmd += ["--perms", "1777", *(["--size", str(disk)] if disk else []), "--tmpfs", "/tmp"]
+        # after the private /tmp, so an interpreter under /tmp (a venv there) stays visible
+        cmd += [*binds, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/", *caps, "--"]
+        return [*cmd, sys.executable, "-S", "-E", "-s", "-c", SUPERVISOR, json.dumps({"uid": uid})]
 
     def _take(self, key: tuple[str, int | None]) -> _Sandbox:
         with self._lock:
@@ -240,8 +206,13 @@ class PooledBwrapRunner(BwrapRunner):
             box.close()
 
     def _rlimits(self, limits: Limits, timeout: float) -> dict[str, tuple[int, int]]:
-        """The run's resource limits, plus no POSIX message queues and no core files."""
-        return {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
+        """The run's resource limits, plus no POSIX message queues and no core files; the process cap
+        counts the supervisor too (it has the programs' uid), so it is one more."""
+        rlimits = {**_rlimits(limits, timeout), "RLIMIT_MSGQUEUE": (0, 0), "RLIMIT_CORE": (0, 0)}
+        if "RLIMIT_NPROC" in rlimits:
+            soft, hard = rlimits["RLIMIT_NPROC"]
+            rlimits["RLIMIT_NPROC"] = (soft + 1, hard + 1)
+        return rlimits
 
     def run(
         self,
@@ -261,17 +232,12 @@ class PooledBwrapRunner(BwrapRunner):
             data = content if isinstance(content, bytes) else content.encode("utf-8")
             encoded.append([str(target.relative_to(WORKDIR)), data.hex()])
         child_env = minimal_env(WORKDIR, env)
-        rlimits = self._rlimits(limits, timeout)
         request = {
-            # as root the program starts under prlimit; else the run's init sets the limits it starts with
-            "argv": limited_argv(argv, rlimits, self.prlimit) if self.as_root else list(argv),
-            "rlimits": rlimits,
+            "argv": limited_argv(argv, self._rlimits(limits, timeout), self.prlimit),
             "files": encoded,
             "env": child_env,
             "timeout": timeout,
             "max_output": max_output,
-            "uid": _UID_BASE + secrets.randbelow(1_000_000),
-            "disk": limits.disk_bytes,
         }
         key = (argv[0], limits.disk_bytes)
         start = time.monotonic()

@@ -1,13 +1,18 @@
 """The supervisor inside a pooled bubblewrap sandbox (see :mod:`evsys.verifiers.sandbox_pool`).
 
 Not imported: :class:`~evsys.verifiers.sandbox_pool.PooledBwrapRunner` reads this file and runs it with
-``python -S -E -s -c SOURCE CONFIG`` as the sandbox's only long-lived process; ``CONFIG`` (JSON) says how
-it keeps runs apart: ``"mode": "uid"`` (root in the sandbox with a few capabilities: a fresh uid per
-program) or ``"namespaces"`` (unprivileged: fresh namespaces per program). It reads one request at a
-time from stdin (a 4-byte length, then JSON: ``argv``, ``files``, ``env``, ``uid``, ``rlimits``, ``disk``,
-``timeout``, ``max_output``), runs the program, makes sure none of its processes is alive and answers
-on stdout; as root it then removes everything the run left. It exits when stdin closes (the scorer is
-gone). Standard library only: it runs before any site-packages.
+``python -S -E -s -c SOURCE CONFIG`` as the sandbox's pid 1 (``bwrap --as-pid-1``), its only long-lived
+process. ``CONFIG`` (JSON): ``"uid"``, the uid (and gid) it switches to before serving, as root (a fresh
+one per sandbox, which drops every capability), else ``null`` (it already runs as the user, with none).
+
+It reads one request at a time from stdin (a 4-byte length, then JSON: ``argv``, ``files``, ``env``,
+``timeout``, ``max_output``), starts the program in ``/tmp/work`` in a session of its own, collects its
+output, then kills every other process of the sandbox and reaps them all before it answers on stdout;
+after the answer it removes everything the run left (files in ``/tmp``, SysV IPC objects, keys) before it
+reads the next request. Being the pid namespace's init protects it: no process in the sandbox can send
+it a signal it has not asked for (it asks for none), and ``kill(-1, SIGKILL)`` reaches every process but
+it. It exits when stdin closes (the scorer is gone), and the kernel then kills whatever is left. Standard
+library only: it runs before any site-packages.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ import ctypes
 import gc
 import json
 import os
-import resource
-import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -31,16 +35,13 @@ if TYPE_CHECKING:  # in the sandbox, output_pump.py's source runs ahead of this 
     from evsys.verifiers.output_pump import pump_output
 
 HEADER = struct.Struct("!I")
+TMP = "/tmp"
 WORK = "/tmp/work"
-ME = os.getpid()
 libc = ctypes.CDLL(None, use_errno=True)
-CONFIG: dict[str, Any] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}  # {"mode": "uid" | "namespaces", ...}
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
+CONFIG: dict[str, Any] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}  # {"uid": int | None}
 PR_SET_DUMPABLE = 4
-SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220, "ppc64le": 120, "s390x": 120}
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
-PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
-STASH = "/.evsys-stash"  # where an interpreter under /tmp is bound too, to be bound again over a run's fresh /tmp
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 311, "s390x": 280}
+KEYCTL_CLEAR, USER_KEYRING, USER_SESSION_KEYRING = 7, -4, -5
 
 
 def read_exact(size: int) -> bytes:
@@ -62,31 +63,36 @@ def answer(reply: dict[str, Any]) -> None:
         data = data[os.write(1, data) :]
 
 
-def drop_caps(every: bool = False) -> None:
-    """Clear this process's inheritable capabilities, so a program inherits none (its uid drops the rest);
-    ``every``: all of them (effective and permitted too)."""
+def become(uid: int) -> None:
+    """(As root) switch every uid and gid to ``uid``, with no groups: the kernel then clears every capability."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def drop_inheritable() -> None:
+    """Clear this process's inheritable capabilities, so no program inherits any (a uid change keeps them)."""
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (ctypes.c_uint32 * 6)()
+    data = (ctypes.c_uint32 * 6)()  # {effective, permitted, inheritable} x 2 words
     if libc.capget(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capget")
-    for index in range(6) if every else (2, 5):
-        data[index] = 0
+    data[2] = data[5] = 0
     if libc.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
 
 
-def not_dumpable(dumpable: int = 0) -> None:
+def not_dumpable() -> None:
     """Make this process non-dumpable: no process without CAP_SYS_PTRACE over it may ptrace it or read its
-    /proc files (``environ``, ``mem``), even one of the same uid. A program's ``exec`` makes it dumpable again."""
-    if libc.prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0) != 0:
+    /proc files (``environ``, ``mem``, ``fd``), even one of the same uid. (A uid change resets it: call it after.)"""
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl")
 
 
 def alive() -> list[int]:
-    """The sandbox's live processes but its init (pid 1) and this one: the run's."""
+    """The sandbox's live processes but this one (pid 1): the run's."""
     found: list[int] = []
     for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) not in (1, ME):
+        if pid.isdigit() and pid != "1":
             try:
                 with open(f"/proc/{pid}/stat", "rb") as handle:
                     state = handle.read().rsplit(b")", 1)[1].split()[0]
@@ -97,27 +103,85 @@ def alive() -> list[int]:
     return found
 
 
-def kill_all(proc: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGKILL every process of the run, until none is alive (at most 5 s: one stuck in the kernel)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ProcessLookupError):  # every process but init and this one (atomic against fork)
-            os.kill(-1, signal.SIGKILL)
-        if proc is not None:
-            proc.poll()  # this process's only child; orphans go to init, which reaps them
-        if not alive():
+def reap() -> None:
+    """Reap every child that has exited (orphans of the run come to this process, the namespace's init)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
             return
+        if pid == 0:
+            return
+
+
+def kill_all() -> None:
+    """SIGKILL every process of the run and reap them, until none is left (at most 5 s: one stuck in the
+    kernel; then this supervisor exits and the scorer starts a fresh sandbox)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with contextlib.suppress(ProcessLookupError):  # every process but this one (atomic against fork)
+            os.kill(-1, signal.SIGKILL)
+        reap()
+        if not alive():
+            reap()
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("a process of the run outlived SIGKILL")
         time.sleep(0.001)
 
 
-def wipe() -> None:
-    """Remove everything in /tmp (the only place a program can write) and every SysV IPC object."""
-    for entry in os.scandir("/tmp"):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
+def skeleton() -> tuple[int, dict[str, int]]:
+    """The device of /tmp and the directories under it that bubblewrap made (parents of the read-only binds
+    of an interpreter under /tmp), with their modes: :func:`wipe` keeps them, empty but for those binds."""
+    device = os.stat(TMP).st_dev
+    dirs = {TMP: stat.S_IMODE(os.stat(TMP).st_mode)}
+    for root, names, _ in os.walk(TMP):
+        for name in list(names):
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if info.st_dev != device:
+                names.remove(name)  # a bind: not walked
+            else:
+                dirs[path] = stat.S_IMODE(info.st_mode)
+    return device, dirs
+
+
+def remove_tree(path: str) -> None:
+    """Remove the directory ``path`` and everything in it, whatever modes the program gave them."""
+    os.chmod(path, 0o700)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                remove_tree(entry.path)
+            else:
                 os.unlink(entry.path)
+    os.rmdir(path)
+
+
+def clear(path: str, device: int, kept: dict[str, int]) -> None:
+    """Remove everything in ``path`` but the read-only binds and the directories in ``kept``, which are
+    emptied the same way and get their modes back (where they are this uid's: a program could change them)."""
+    mine = os.stat(path).st_uid == os.getuid()
+    if mine:
+        os.chmod(path, kept[path] | 0o700)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.stat(follow_symlinks=False).st_dev != device:
+                continue  # an interpreter's read-only bind
+            if entry.path in kept:
+                clear(entry.path, device, kept)
+            elif entry.is_dir(follow_symlinks=False):
+                remove_tree(entry.path)
+            else:
+                os.unlink(entry.path)
+    if mine:
+        os.chmod(path, kept[path])
+
+
+def wipe(device: int, kept: dict[str, int]) -> None:
+    """Remove what a run can leave once its processes are gone: everything in /tmp (the only place a program
+    can write), every SysV IPC object of the sandbox and every key in its user keyrings."""
+    clear(TMP, device, kept)
     removers: dict[str, Callable[[int], int]] = {
         "shm": lambda ident: libc.shmctl(ident, 0, None),  # IPC_RMID
         "msg": lambda ident: libc.msgctl(ident, 0, None),
@@ -128,189 +192,26 @@ def wipe() -> None:
             rows = handle.read().splitlines()
         head = rows[0].split()
         for row in rows[1:]:
-            cells = dict(zip(head, row.split(), strict=False))
-            os.setresuid(-1, int(cells["uid"]), -1)  # only its owner may remove it (no CAP_SYS_ADMIN here)
-            try:
-                remove(int(cells[head[1]]))
-            finally:
-                os.setresuid(-1, 0, -1)
+            if remove(int(dict(zip(head, row.split(), strict=False))[head[1]])) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot remove a SysV {kind} object")
+    keyctl = SYS_KEYCTL.get(os.uname().machine)
+    if keyctl is not None:
+        for keyring in (USER_KEYRING, USER_SESSION_KEYRING):  # (the session keyrings went with the processes)
+            libc.syscall(keyctl, KEYCTL_CLEAR, keyring)
 
 
-def write_files(request: dict[str, Any], uid: int | None) -> None:
-    """Make /tmp/work holding the run's files (owned by ``uid`` where given)."""
+def write_files(request: dict[str, Any]) -> None:
+    """Make /tmp/work holding the run's files."""
     os.mkdir(WORK, 0o755)
-    if uid is not None:
-        os.chown(WORK, uid, uid)
     for name, data in request["files"]:
         path = os.path.join(WORK, name)
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            os.makedirs(parent)
-            while parent != WORK and uid is not None:
-                os.chown(parent, uid, uid)
-                parent = os.path.dirname(parent)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:
             handle.write(bytes.fromhex(data))
-        if uid is not None:
-            os.chown(path, uid, uid)
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    """mount(2), raising OSError."""
-
-    def arg(text: str | None) -> bytes | None:
-        return text.encode() if text is not None else None
-
-    if libc.mount(arg(source), arg(target), arg(fstype), flags, arg(data)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
-
-
-def write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` in one write (a /proc control file)."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def clone_into_namespaces() -> int:
-    """fork(2) into new user, mount, pid and IPC namespaces: 0 in the child (pid 1 there), its pid in the parent."""
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | signal.SIGCHLD
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = libc.syscall(SYS_CLONE[os.uname().machine], ctypes.c_ulong(flags), None, None, None, None)
-    errno = ctypes.get_errno()
-    if pid == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()
-        return 0
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(errno, f"clone: {os.strerror(errno)}")
-    return int(pid)
-
-
-def isolate(request: dict[str, Any]) -> None:
-    """(Pid 1 of the run's new namespaces) map the sandbox's uid to itself (not 0: the program's exec drops
-    every capability), make a fresh size-capped tmpfs on /tmp holding /tmp/work and the run's files and a
-    fresh /proc, then drop every capability."""
-    uid, gid = os.getuid(), os.getgid()
-    not_dumpable(1)  # (the supervisor is not) only a dumpable process owns its /proc files, to write its maps
-    write_text("/proc/self/setgroups", "deny")
-    write_text("/proc/self/uid_map", f"{uid} {uid} 1")
-    write_text("/proc/self/gid_map", f"{gid} {gid} 1")
-    not_dumpable()  # the program (dumpable again after its exec) cannot ptrace its init
-    size = f",size={request['disk']}" if request.get("disk") else ""
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" + size)
-    for path in CONFIG.get("stashed", []):  # an interpreter (a venv) under /tmp: bound again, read-only
-        os.makedirs(path, exist_ok=True)
-        mount(STASH + path, path, None, MS_BIND | MS_REC)
-    for target, path in CONFIG.get("links", []):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.symlink(target, path)
-    write_files(request, None)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for path in PROC_READ_ONLY:  # as bubblewrap's --proc: the kernel's knobs read-only
-        if os.path.exists(path):
-            mount(path, path, None, MS_BIND | MS_REC)
-            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    drop_caps(every=True)
-
-
-def be_init(request: dict[str, Any], status: int) -> None:
-    """Pid 1 of the run's namespaces: set them up (:func:`isolate`), start the program (a session of its own,
-    in /tmp/work), write its wait status to ``status`` and exit when it exits (the kernel then kills
-    whatever is left of the run)."""
-    try:
-        isolate(request)
-        os.chdir(WORK)
-        os.umask(0o022)
-        for name, (soft, hard) in request["rlimits"].items():  # the program's, inherited (this init forks no more)
-            if name == "RLIMIT_NPROC":  # counted in the run's own user namespace: this init is one of them
-                soft, hard = soft + 1, hard + 1
-            resource.setrlimit(getattr(resource, name), (soft, hard))
-        argv = request["argv"]
-        try:
-            program = os.posix_spawnp(
-                argv[0], argv, request["env"], setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
-            )
-        except OSError as exc:
-            os.write(2, f"evsys sandbox: cannot run {argv[0]}: {exc}\n".encode())
-            os.write(status, f"exit {127 << 8}".encode())
-            os._exit(0)
-        for fd in (0, 1, 2):
-            os.close(fd)  # the run's output closes when the program's processes are gone
-        while True:
-            pid, wait_status = os.waitpid(-1, 0)
-            if pid == program:
-                os.write(status, f"exit {wait_status}".encode())
-                os._exit(0)
-    except BaseException as exc:
-        os.write(status, f"error {type(exc).__name__}: {exc}".encode())
-    os._exit(1)
-
-
-class Nested:
-    """A program started in namespaces of its own (see :func:`be_init`); ``poll``, ``wait``, ``returncode``
-    and its output pipes as :class:`subprocess.Popen`'s."""
-
-    def __init__(self, request: dict[str, Any]) -> None:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r, status_w = os.pipe()
-        self.pid = clone_into_namespaces()
-        if self.pid == 0:
-            try:
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-                os.closerange(3, status_w)
-                os.closerange(status_w + 1, 65536)
-                be_init(request, status_w)
-            finally:
-                os._exit(1)
-        for fd in (out_w, err_w, status_w):
-            os.close(fd)
-        os.set_blocking(status_r, False)
-        self.stdout, self.stderr, self.status = os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), status_r
-        self.returncode: int | None = None
-        self.error: str | None = None
-        self.reaped = False
-
-    def poll(self) -> int | None:
-        """The program's exit code (negative: the signal that ended it) once it ended, else ``None``."""
-        if not self.reaped and os.waitpid(self.pid, os.WNOHANG)[0]:
-            self.reaped = True
-        if self.returncode is None:
-            try:
-                message = os.read(self.status, 4096).decode()
-            except BlockingIOError:
-                return None
-            if message.startswith("exit "):
-                self.returncode = os.waitstatus_to_exitcode(int(message[5:]))
-            elif message.startswith("error "):
-                self.error, self.returncode = message[6:], -1
-            else:  # its init was killed (the run's end)
-                self.returncode = -signal.SIGKILL
-        return self.returncode
-
-    def wait(self) -> int:
-        """Reap the run's init (every process of the run is dead by now) and return the exit code."""
-        if not self.reaped:
-            os.waitpid(self.pid, 0)
-            self.reaped = True
-        os.set_blocking(self.status, True)
-        code = self.poll()
-        os.close(self.status)
-        return -signal.SIGKILL if code is None else code
-
-
-def start(request: dict[str, Any]) -> Any:
-    """The program started: in namespaces of its own (the supervisor is unprivileged), else as the request's uid."""
-    if CONFIG.get("mode") == "namespaces":
-        return Nested(request)
-    uid = request["uid"]
-    write_files(request, uid)
+def start(request: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """The program started in /tmp/work, in a session of its own (its limits: ``argv`` starts with ``prlimit``)."""
     return subprocess.Popen(
         request["argv"],
         cwd=WORK,
@@ -318,89 +219,77 @@ def start(request: dict[str, Any]) -> Any:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        user=uid,
-        group=uid,
-        extra_groups=[],
         start_new_session=True,
-        umask=0o022,
     )
 
 
-def run(request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Run one program; returns its exit status and output (hex), and the program for :func:`finish`.
-    Every process of the run has been sent SIGKILL when it returns (:func:`finish` reaps them)."""
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one program; returns its exit status and output (hex). No process of the run is alive after it."""
     start_time = time.monotonic()
-    proc = start(request)
-    deadline = start_time + request["timeout"]
+    write_files(request)
+    try:
+        proc = start(request)
+    except OSError as exc:
+        return {"returncode": 127, "timed_out": False, "exceeded": False, "stdout": "",
+                "stderr": f"evsys sandbox: cannot run {request['argv'][0]}: {exc}\n".encode().hex()}
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = proc.stdout.fileno(), proc.stderr.fileno()
-    status = getattr(proc, "status", None)  # Nested: the exit status arrives on a pipe of its own
 
     def control() -> bool:
-        if not os.read(0, 1):  # the scorer is gone: so is every run
-            kill_all(proc)
+        if not os.read(0, 1):  # the scorer is gone: so is every run (the kernel kills them when this exits)
             os._exit(0)
         return True
 
-    others: dict[int, Callable[[], bool]] = {0: control}
-    if status is not None:
-        others[status] = lambda: False  # readable once the exit status is in: poll() reads it
-    stdout, stderr, timed_out, exceeded = pump_output(
-        out, err, deadline=deadline, max_output=request["max_output"], exited=lambda: proc.poll() is not None,
-        others=others, poll_s=0.05,
-    )
-    if not timed_out and not exceeded:
-        until = min(deadline, time.monotonic() + 0.2)
-        while proc.poll() is None and time.monotonic() < until:
-            time.sleep(0.0005)  # its output closed: the program is exiting
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(-1, signal.SIGKILL)  # every process of the run at once (see kill_all); finish() reaps them
-    returncode = proc.poll() if status is not None else proc.wait()
-    if getattr(proc, "error", None):
-        return {"error": proc.error}, proc
-    reply = {
-        "returncode": -signal.SIGKILL if returncode is None else returncode,
+    try:
+        stdout, stderr, timed_out, exceeded = pump_output(
+            proc.stdout.fileno(), proc.stderr.fileno(), deadline=start_time + request["timeout"],
+            max_output=request["max_output"], exited=lambda: proc.poll() is not None, others={0: control},
+            poll_s=0.05,
+        )
+        if not timed_out and not exceeded:
+            until = min(start_time + request["timeout"], time.monotonic() + 0.2)
+            while proc.poll() is None and time.monotonic() < until:
+                time.sleep(0.0005)  # its output closed: the program is exiting
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)  # every process of the run at once (see kill_all)
+        returncode = proc.wait()  # (before kill_all reaps every child: the program's status is its own)
+        proc.stdout.close()
+        proc.stderr.close()
+        kill_all()
+    return {
+        "returncode": returncode,
         "timed_out": timed_out,
         "exceeded": exceeded,
         "stdout": stdout.hex(),
         "stderr": stderr.hex(),
     }
-    return reply, proc
-
-
-def finish(proc: Any) -> None:
-    """Make sure no process of the run is alive, and reap it."""
-    if not isinstance(proc, Nested):
-        kill_all(proc)  # (a run in namespaces of its own is over once its init is reaped: the kernel killed the rest)
-    if proc is not None:
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def main() -> None:
     """Serve requests until stdin closes."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    gc.freeze()  # a forked run's init then copies fewer of this process's pages
+    for signum in (signal.SIGPIPE, signal.SIGINT):  # no handler: the kernel drops them when a program sends them
+        signal.signal(signum, signal.SIG_DFL)
+    drop_inheritable()
+    if CONFIG.get("uid") is not None:
+        become(int(CONFIG["uid"]))
     not_dumpable()
-    drop_caps()
+    os.umask(0o022)
+    device, kept = skeleton()
+    gc.freeze()
     answer({"ready": True})
     while True:
         request = json.loads(read_exact(HEADER.unpack(read_exact(HEADER.size))[0]))
-        proc = None
         try:
-            reply, proc = run(request)
+            reply = run(request)
         except Exception as exc:
+            try:
+                kill_all()
+            except Exception:
+                sys.exit(1)  # never run a program in a sandbox that is not clean: the scorer starts a fresh one
             reply = {"error": f"{type(exc).__name__}: {exc}"}
+        answer(reply)  # when the scorer has it, no process of the run is alive
         try:
-            finish(proc)  # before the answer: when the scorer has it, nothing of the run is alive
-        except Exception:
-            sys.exit(1)  # never run a program in a sandbox that is not clean: the scorer starts a fresh one
-        answer(reply)
-        if CONFIG.get("mode") == "namespaces":
-            continue  # the run's /tmp and IPC namespace went with it; the rest is read-only to programs
-        try:
-            wipe()  # every process of the run is dead: its files and IPC objects go before the next request
+            wipe(device, kept)  # before the next request: nothing of this run reaches it
         except Exception:
             sys.exit(1)
 

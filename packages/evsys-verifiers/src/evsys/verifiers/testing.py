@@ -1,7 +1,7 @@
 """Testing support (scoring never imports it): run Python as an ordinary, unprivileged user from root.
 
 The sandbox differs by who runs it: as root the pooled sandbox gives each program a uid of its own, as
-an ordinary user fresh namespaces (:mod:`evsys.verifiers.sandbox_pool`). CI runs as root; to check what
+an ordinary user its own uid in a user namespace of the sandbox's (:mod:`evsys.verifiers.sandbox_pool`). CI runs as root; to check what
 ordinary users get, tests and benchmarks run Python through :func:`run_unprivileged` as uid/gid
 :data:`UNPRIVILEGED_UID` (``nobody``), no supplementary groups, no capabilities. :func:`unprivileged_problem`
 says why that cannot be done here (tests skip with it as the reason).
