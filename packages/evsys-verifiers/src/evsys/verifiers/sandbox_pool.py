@@ -117,7 +117,7 @@ class _Sandbox:
                 if left <= 0 or not selector.select(left):
                     raise _SupervisorDied("the sandbox's supervisor did not answer in time")
                 chunk = os.read(fd, max(need - len(buffer), 65536) if header_done else need - len(buffer))
-                if not chunk:  # it ended (a program cannot end it: it runs as another uid), so try once more
+                if not chunk:  # it ended (no program can signal it: it is the sandbox's init), so try once more
                     raise _SupervisorDied(f"the sandbox's supervisor exited: {self._stderr()}", unsent=not buffer)
                 buffer += chunk
                 if not header_done and len(buffer) >= _HEADER.size:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import json
 import os
 import signal
@@ -275,7 +274,6 @@ def main() -> None:
     not_dumpable()
     os.umask(0o022)
     device, kept = skeleton()
-    gc.freeze()
     answer({"ready": True})
     while True:
         request = json.loads(read_exact(HEADER.unpack(read_exact(HEADER.size))[0]))
