@@ -81,10 +81,12 @@ class FusedLinear:
         self.lora_bt = bt
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # rows in 2-D throughout: the low-rank and outlier terms are added in place by addmm_ (one op each)
-        flat = x.reshape(-1, x.shape[-1])
+        """``x`` ``[rows, in]`` through the base weights plus the low-rank update: ``[rows, out]``.
+
+        The low-rank and outlier terms are added in place by ``addmm_`` (one op each): a decode step runs
+        this ~120 times per token, so every op counts."""
         if self.packed is not None:
-            xq = flat if (self.in_scale is None or self.prescaled) else flat * self.in_scale
+            xq = x if (self.in_scale is None or self.prescaled) else x * self.in_scale
             row_max = None
             if xq.shape[0] > 1:
                 # fbgemm quantizes the activations with one range for the whole matrix: scaling each row
@@ -98,18 +100,18 @@ class FusedLinear:
             if row_max is not None:
                 y.mul_(row_max)
             if self.outlier_weight_t is not None:
-                y.addmm_(flat.index_select(-1, self.outliers), self.outlier_weight_t)
+                y.addmm_(x.index_select(-1, self.outliers), self.outlier_weight_t)
             if self.bias is not None:
                 y.add_(self.bias)
         else:
-            y = F.linear(flat, self.weight, self.bias)
+            y = F.linear(x, self.weight, self.bias)
         if self.lora_a is not None and self.lora_bt is not None:
-            low = F.linear(flat if flat.dtype == self.lora_a.dtype else flat.to(self.lora_a.dtype), self.lora_a)
+            low = F.linear(x if x.dtype == self.lora_a.dtype else x.to(self.lora_a.dtype), self.lora_a)
             if low.dtype == y.dtype:
                 y.addmm_(low, self.lora_bt)
             else:
                 y = y + (low @ self.lora_bt).to(y.dtype)
-        return y.view(*x.shape[:-1], self.out_features)
+        return y
 
 
 def row_block(weights: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
