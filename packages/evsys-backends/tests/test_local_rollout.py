@@ -233,6 +233,31 @@ def test_int8_outlier_channels_stay_float() -> None:
 
 
 @needs_int8
+def test_int8_gate_up_hands_down_proj_its_input_reordered_and_scaled() -> None:
+    """gate|up's output comes in down_proj's channel order (outliers last) with down_proj's SmoothQuant scale
+    on up's rows: silu(gate) * up feeds down_proj's int8 GEMM and float outlier term as it is."""
+    import torch.nn.functional as F
+
+    from evsys.backends.local.engines.fused_linear import build_linear, gated_input_for
+
+    gen = torch.Generator().manual_seed(4)
+    gate, up, down = (torch.randn(rows, cols, generator=gen) for rows, cols in ((128, 32), (128, 32), (32, 128)))
+    x = torch.randn(6, 32, generator=gen)
+    inner = F.silu(x @ gate.T) * (x @ up.T)
+    down_max = inner.abs().amax(dim=0)
+    down_max[[5, 77]] = 300.0  # two channels calibration saw loud: they stay float, ordered last
+    down_lin = build_linear(_plain([down]), int8=True, act_max=down_max, outliers=2, alpha=0.5)
+    feed = gated_input_for(down_lin)
+    assert down_lin.prescaled and down_lin.in_order is not None and down_lin.in_order[-2:].tolist() == [5, 77]
+    gate_up = build_linear(_plain([gate, up]), int8=True, act_max=x.abs().amax(dim=0), **feed)
+    with torch.inference_mode():
+        g, u = gate_up(x).chunk(2, dim=-1)
+        got = down_lin(F.silu(g) * u)
+    want = inner @ down.T
+    assert float((got - want).abs().max() / want.abs().max()) < 0.03
+
+
+@needs_int8
 def test_int8_rows_get_their_own_activation_range() -> None:
     from evsys.backends.local.engines.fused_linear import build_linear
 

@@ -38,6 +38,7 @@ from evsys.backends.local.engines.fused_linear import (
     DOWN_SMOOTH_ALPHA,
     FusedLinear,
     build_linear,
+    gated_input_for,
     release_build_memory,
 )
 from evsys.backends.local.engines.shared_prefix import shared_layout_valid, shared_prefix_length
@@ -110,12 +111,23 @@ class _Layer:
             layer.post_attention_layernorm.weight,
             float(layer.post_attention_layernorm.variance_epsilon),
         )
+        # down_proj's input (silu(gate) * up) has a few channels with outliers that per-tensor int8
+        # activations cannot carry: in int8 mode those channels stay float, the rest is int8
+        self.down = build_linear(
+            [mlp.down_proj], int8, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA, packer
+        )
         if int8:
             self.qkv: list[FusedLinear] = [
                 build_linear([getattr(attn, n) for n in _ATTN], True, stats.get("qkv"), packer=packer)
             ]
             self.gate_up: list[FusedLinear] = [
-                build_linear([getattr(mlp, n) for n in _MLP], True, stats.get("gate_up"), packer=packer)
+                build_linear(
+                    [getattr(mlp, n) for n in _MLP],
+                    True,
+                    stats.get("gate_up"),
+                    packer=packer,
+                    **gated_input_for(self.down),
+                )
             ]
             # SmoothQuant's input scaling folded into the RMSNorm weights that feed these two linears
             qkv, gate_up = self.qkv[0], self.gate_up[0]
@@ -127,11 +139,6 @@ class _Layer:
             self.qkv = [build_linear([getattr(attn, n)], False) for n in _ATTN]
             self.gate_up = [build_linear([getattr(mlp, n)], False) for n in _MLP]
         self.o = build_linear([attn.o_proj], int8, stats.get("o"), packer=packer)
-        # down_proj's input (silu(gate) * up) has a few channels with outliers that per-tensor int8
-        # activations cannot carry: in int8 mode those channels stay float, the rest is int8
-        self.down = build_linear(
-            [mlp.down_proj], int8, stats.get("down"), DOWN_OUTLIER_CHANNELS, DOWN_SMOOTH_ALPHA, packer
-        )
 
     def linears(self) -> list[FusedLinear]:
         return [*self.qkv, *self.gate_up, self.o, self.down]
