@@ -77,6 +77,11 @@ def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_rollouts(tiny_di
                 assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
                 assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
     assert [p.tolist() for p in prefixes] == [[SHARED]] * 3  # the whole shared start, once per sample
+    # a GRPO group: every row has the same prompt, so each one prefills only its last token
+    a = fused.sample([SHARED_PROMPTS[0]], n=6, max_tokens=6, temperature=1.0, seed=3)
+    b = library.sample([SHARED_PROMPTS[0]], n=6, max_tokens=6, temperature=1.0, seed=3)
+    assert [s.tokens for s in a[0]] == [s.tokens for s in b[0]]
+    assert prefixes[-1].tolist() == [SHARED_PROMPTS[0][:-1]]
 
 
 def test_shared_prefix_length() -> None:

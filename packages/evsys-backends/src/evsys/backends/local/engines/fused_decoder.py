@@ -366,7 +366,7 @@ class FusedDecoder:
             k_cache.narrow(2, at, t).copy_(k)
             v_cache.narrow(2, at, t).copy_(v)
             keys, values = k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end)
-            if t == 1 and mask is not None:
+            if mask is not None and mask.dim() == 3:  # a decode step's grouped mask (see step)
                 a = self._attend_one(q, keys, values, mask)
             else:
                 a = F.scaled_dot_product_attention(
