@@ -147,8 +147,9 @@ class _Layer:
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama's RMSNorm (normalized in float32, then scaled by ``weight``).
 
-    In float32, five ops: ``rsqrt(|x|^2 / n + eps)`` from one ``vector_norm``, then two products
-    (``F.rms_norm`` runs ~12 ops on a CPU, and a decode step normalizes 61 times per token)."""
+    In float32, seven ops: one ``vector_norm``, four in-place ops on one number per row for
+    ``rsqrt(|x|^2 / n + eps)``, then two products (``F.rms_norm`` runs ~12 ops on a CPU, and a decode step
+    normalizes 61 times per token)."""
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = norm.mul_(norm).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
