@@ -144,16 +144,20 @@ class _Layer:
         return [*self.qkv, *self.gate_up, self.o, self.down]
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm (normalized in float32, then scaled by ``weight``).
+def _rms_int8(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm in seven float32 ops (:attr:`FusedDecoder.shortcuts`): one ``vector_norm``, four in-place ops on one
+    number per row for ``rsqrt(|x|^2 / n + eps)``, then two products (``F.rms_norm`` runs ~12 ops on a CPU,
+    and a decode step normalizes 61 times per token). It rounds differently from :func:`_rms`, which the
+    float path keeps so that its rollouts stay the same numbers."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    scale = norm.mul_(norm).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
+    return torch.mul(x, weight).mul_(scale)
 
-    In float32, seven ops: one ``vector_norm``, four in-place ops on one number per row for
-    ``rsqrt(|x|^2 / n + eps)``, then two products (``F.rms_norm`` runs ~12 ops on a CPU, and a decode step
-    normalizes 61 times per token)."""
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm (normalized in float32, then scaled by ``weight``)."""
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        scale = norm.mul_(norm).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
-        return torch.mul(x, weight).mul_(scale)
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -182,6 +186,11 @@ class FusedDecoder:
         if weights == "int8" and calibration is not None:
             stats = FusedDecoder(causal_lm, "model").activation_maxima(calibration)
         self.int8 = weights == "int8"
+        #: the shortcuts that compute the same function but round differently: a shared prompt prefix
+        #: prefilled once, no mask without padding, one-query attention, the seven-op RMSNorm. On with int8
+        #: weights; off with float ones, whose rollouts keep their numbers from version to version (the
+        #: walkthroughs' exact rollouts). Tests turn them on in float to check they compute the same rollouts.
+        self.shortcuts = self.int8
         #: per-layer activation maxima while :meth:`activation_maxima` runs, else None
         self._stats: list[dict[str, torch.Tensor]] | None = None
         self.causal_lm = causal_lm
@@ -227,12 +236,12 @@ class FusedDecoder:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
         valid = valid.bool()
-        shared = shared_prefix_length(input_ids, valid) if self._stats is None else 0
+        shared = shared_prefix_length(input_ids, valid) if self.shortcuts and self._stats is None else 0
         valid = shared_layout_valid(valid, shared)
         #: the additive mask of every cached position over the whole capacity: the prompt's pads are
         #: masked, every later position is a real token, so a step only slices it (None: no pads at all)
         self.bias: torch.Tensor | None = None
-        if not bool(valid.all()):
+        if not self.shortcuts or not bool(valid.all()):
             self.bias = torch.zeros(batch, 1, 1, capacity, dtype=dtype, device=device)
             self.bias[:, 0, 0, :width].masked_fill_(~valid, torch.finfo(dtype).min)
         self.length = width
@@ -270,10 +279,10 @@ class FusedDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Append one token per row at ``positions`` ``[B]``; float32 logits ``[B, V]`` of the next token."""
         at = self.length
-        mask = None
-        if self.bias is not None:  # padded rows: the mask in the grouped layout _attend_one reads, once per step
+        mask = None if self.bias is None else self.bias[..., : at + 1]
+        if mask is not None and self.shortcuts:  # padded rows: the grouped layout _attend_one reads, once per step
             batch, groups = tokens.shape[0], self.heads // self.kv_heads
-            mask = self.bias[..., : at + 1].expand(batch, self.kv_heads, groups, at + 1).reshape(-1, groups, at + 1)
+            mask = mask.expand(batch, self.kv_heads, groups, at + 1).reshape(-1, groups, at + 1)
         return self._logits(self._forward(tokens[:, None], positions[:, None], mask, at))
 
     def finish(self) -> None:
@@ -350,8 +359,9 @@ class FusedDecoder:
         end = at + t
         hd, nh, nkv, q_out = self.head_dim, self.heads, self.kv_heads, self.q_out
         record = self._stats is not None
+        rms = _rms_int8 if self.shortcuts and x.dtype == torch.float32 else _rms
         for i, layer in enumerate(self.layers):
-            h = _rms(x, layer.norm1, layer.eps1)
+            h = rms(x, layer.norm1, layer.eps1)
             if record:
                 self._record(i, "qkv", h)
             if len(layer.qkv) == 1:  # fused q|k|v: rotate q and k in one go
@@ -377,7 +387,7 @@ class FusedDecoder:
             if record:
                 self._record(i, "o", a)
             x = x + layer.o(a)
-            h = _rms(x, layer.norm2, layer.eps2)
+            h = rms(x, layer.norm2, layer.eps2)
             if record:
                 self._record(i, "gate_up", h)
             if len(layer.gate_up) == 1:
