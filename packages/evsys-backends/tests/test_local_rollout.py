@@ -9,6 +9,7 @@ import torch
 
 from evsys.backends.local.backend import LocalBackend
 from evsys.backends.local.engines.fused_decoder import int8_available, unsupported_reason
+from evsys.backends.local.engines.shared_prefix import MIN_ROWS_SAVED, shared_prefix_length
 from evsys.backends.local.params import LocalBackendParams
 from evsys.schema.errors import EvsysError
 from evsys.schema.protocols import BackendSetup, Datum
@@ -54,6 +55,53 @@ def test_fused_equals_the_transformers_engine(tiny_dir: Path) -> None:
     assert fused.engines.fused is not None and fused.engines.fused.built and library.engines.fused is None
 
 
+#: a system turn every prompt starts with, then different questions (the shared-prefix prefill's case)
+SHARED = [1, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70]
+SHARED_PROMPTS = [[*SHARED, 87, 85, 71], [*SHARED, 90], [*SHARED, 40, 41, 42, 43, 44, 45], [*SHARED, 50, 51]]
+
+
+def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_rollouts(tiny_dir: Path) -> None:
+    """Prompts that start alike (and GRPO groups) prefill their common start once. The int8 path's
+    shortcuts (this one, no mask without padding, one-query attention, the seven-op RMSNorm), turned on
+    in float, give the transformers engine's rollouts: same tokens at temperature 0, 0.7 and 1, logprobs
+    within 1e-5."""
+    fused, library = make(tiny_dir, rollout_engine="fused"), make(tiny_dir, rollout_engine="transformers")
+    same_lora(fused, library)
+    prefixes: list[torch.Tensor] = []
+    decoder = fused.engines.fused.decoder  # type: ignore[union-attr]
+    assert not decoder.shortcuts  # float weights keep their numbers
+    decoder.shortcuts = True
+    prefill = decoder._prefill_prefix
+    decoder._prefill_prefix = lambda prefix: (prefixes.append(prefix), prefill(prefix))[1]  # type: ignore[method-assign]
+    for temperature in (0.0, 0.7, 1.0):
+        a = fused.sample(SHARED_PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
+        b = library.sample(SHARED_PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
+        for ga, gb in zip(a, b, strict=True):
+            for sa, sb in zip(ga, gb, strict=True):
+                assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
+                assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
+    assert [p.tolist() for p in prefixes] == [[SHARED]] * 3  # the whole shared start, once per sample
+    # a GRPO group: every row has the same prompt, so each one prefills only its last token
+    a = fused.sample([SHARED_PROMPTS[0]], n=6, max_tokens=6, temperature=1.0, seed=3)
+    b = library.sample([SHARED_PROMPTS[0]], n=6, max_tokens=6, temperature=1.0, seed=3)
+    assert [s.tokens for s in a[0]] == [s.tokens for s in b[0]]
+    assert prefixes[-1].tolist() == [SHARED_PROMPTS[0][:-1]]
+
+
+def test_shared_prefix_length() -> None:
+    def length(prompts: list[list[int]]) -> int:
+        width = max(map(len, prompts))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+        valid = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        return shared_prefix_length(ids, valid)
+
+    assert length([[*SHARED, 1, 2]] * 2 + [[*SHARED, 3]] * 2) == len(SHARED)
+    assert length([SHARED] * 8) == len(SHARED) - 1  # every row keeps one token of its own
+    assert length([[5, *SHARED], [*SHARED, 5]] * 4) == 0
+    assert length([[*SHARED[:5], 1], [*SHARED[:5], 2]]) == 0  # saves 5 rows: not worth a second weight pass
+    assert MIN_ROWS_SAVED > 5
+
+
 def test_fused_sees_every_optimizer_step(tiny_dir: Path) -> None:
     """The decoder reads the live LoRA parameters: after a training step its logprobs are the new policy's."""
     backend = make(tiny_dir, rollout_engine="fused")
@@ -83,9 +131,12 @@ def test_fused_bfloat16_model_with_float32_lora(tiny_dir: Path) -> None:
 def test_int8_rollouts_stay_close_to_the_float_policy(tiny_dir: Path) -> None:
     backend = make(tiny_dir, rollout_weights="int8")
     same_lora(backend, backend)
-    out = backend.sample(PROMPTS, n=4, max_tokens=12, seed=0)
+    prompts = PROMPTS + SHARED_PROMPTS  # both prefills: all rows at once, and a shared start once
+    out = backend.sample(prompts, n=4, max_tokens=12, seed=0)
+    out += backend.sample(SHARED_PROMPTS, n=2, max_tokens=12, seed=1)
+    prompts += SHARED_PROMPTS
     diffs = []
-    for prompt, group in zip(PROMPTS, out, strict=True):
+    for prompt, group in zip(prompts, out, strict=True):
         for s in group:
             assert len(s.tokens) == len(s.logprobs) >= 1
             diffs += [a - b for a, b in zip(s.logprobs, policy_logprobs(backend, prompt, s.tokens), strict=True)]
@@ -188,6 +239,31 @@ def test_int8_outlier_channels_stay_float() -> None:
             errors[outliers] = float((lin(x) - want).abs().mean())
     assert lin.outliers is not None and lin.outliers.tolist() == [3, 50]
     assert errors[2] < errors[0] / 5, errors
+
+
+@needs_int8
+def test_int8_gate_up_hands_down_proj_its_input_reordered_and_scaled() -> None:
+    """gate|up's output comes in down_proj's channel order (outliers last) with down_proj's SmoothQuant scale
+    on up's rows: silu(gate) * up feeds down_proj's int8 GEMM and float outlier term as it is."""
+    import torch.nn.functional as F
+
+    from evsys.backends.local.engines.fused_linear import build_linear, gated_input_for
+
+    gen = torch.Generator().manual_seed(4)
+    gate, up, down = (torch.randn(rows, cols, generator=gen) for rows, cols in ((128, 32), (128, 32), (32, 128)))
+    x = torch.randn(6, 32, generator=gen)
+    inner = F.silu(x @ gate.T) * (x @ up.T)
+    down_max = inner.abs().amax(dim=0)
+    down_max[[5, 77]] = 300.0  # two channels calibration saw loud: they stay float, ordered last
+    down_lin = build_linear(_plain([down]), int8=True, act_max=down_max, outliers=2, alpha=0.5)
+    feed = gated_input_for(down_lin)
+    assert down_lin.prescaled and down_lin.in_order is not None and down_lin.in_order[-2:].tolist() == [5, 77]
+    gate_up = build_linear(_plain([gate, up]), int8=True, act_max=x.abs().amax(dim=0), **feed)
+    with torch.inference_mode():
+        g, u = gate_up(x).chunk(2, dim=-1)
+        got = down_lin(F.silu(g) * u)
+    want = inner @ down.T
+    assert float((got - want).abs().max() / want.abs().max()) < 0.03
 
 
 @needs_int8
