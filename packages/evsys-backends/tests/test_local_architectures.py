@@ -8,6 +8,7 @@ through the default library engine (``rollout_engine: transformers``), scores, t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,9 @@ def test_architecture_samples_scores_trains_and_checkpoints(
 
 
 @pytest.mark.parametrize("architecture", FUSED)
-def test_fused_engine_equals_the_transformers_engine(arch_dirs: dict[str, Path], architecture: str) -> None:
+def test_fused_engine_equals_the_transformers_engine(
+    arch_dirs: dict[str, Path], architecture: str, assert_same_rollouts: Callable[..., None]
+) -> None:
     """Same tokens under greedy and under the same seeded draws; logprobs within 1e-5 absolute or relative
     (float32 rounding: the two engines sum the same products in different orders)."""
     fused = make(arch_dirs[architecture], architecture, rollout_engine="fused", rollout_weights="model")
@@ -111,10 +114,7 @@ def test_fused_engine_equals_the_transformers_engine(arch_dirs: dict[str, Path],
     for temperature in (0.0, 1.0, 0.7):
         a = fused.sample(PROMPTS, n=3, max_tokens=8, temperature=temperature, seed=11)
         b = library.sample(PROMPTS, n=3, max_tokens=8, temperature=temperature, seed=11)
-        for ga, gb in zip(a, b, strict=True):
-            for sa, sb in zip(ga, gb, strict=True):
-                assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
-                assert sa.logprobs == pytest.approx(sb.logprobs, rel=1e-5, abs=1e-5)
+        assert_same_rollouts(a, b, rel=1e-5)
     assert fused.engines.fused is not None and fused.engines.fused.built
     assert library.engines.fused is None
     fused.close()

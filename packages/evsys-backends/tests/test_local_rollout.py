@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,17 +42,14 @@ def policy_logprobs(backend: LocalBackend, prompt: list[int], tokens: list[int])
     return [float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(tokens)]
 
 
-def test_fused_equals_the_transformers_engine(tiny_dir: Path) -> None:
+def test_fused_equals_the_transformers_engine(tiny_dir: Path, assert_same_rollouts: Callable[..., None]) -> None:
     """Same tokens (greedy, and the same seeded draws at temperature 1), logprobs within 1e-5 (float32)."""
     fused, library = make(tiny_dir, rollout_engine="fused"), make(tiny_dir, rollout_engine="transformers")
     same_lora(fused, library)
     for temperature in (0.0, 1.0):
         a = fused.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
         b = library.sample(PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
-        for ga, gb in zip(a, b, strict=True):
-            for sa, sb in zip(ga, gb, strict=True):
-                assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
-                assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
+        assert_same_rollouts(a, b)
     assert fused.engines.fused is not None and fused.engines.fused.built and library.engines.fused is None
 
 
@@ -60,7 +58,9 @@ SHARED = [1, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70]
 SHARED_PROMPTS = [[*SHARED, 87, 85, 71], [*SHARED, 90], [*SHARED, 40, 41, 42, 43, 44, 45], [*SHARED, 50, 51]]
 
 
-def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_rollouts(tiny_dir: Path) -> None:
+def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_rollouts(
+    tiny_dir: Path, assert_same_rollouts: Callable[..., None]
+) -> None:
     """Prompts that start alike (and GRPO groups) prefill their common start once. The int8 path's
     shortcuts (this one, no mask without padding, one-query attention, the seven-op RMSNorm), turned on
     in float, give the transformers engine's rollouts: same tokens at temperature 0, 0.7 and 1, logprobs
@@ -76,10 +76,7 @@ def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_rollouts(tiny_di
     for temperature in (0.0, 0.7, 1.0):
         a = fused.sample(SHARED_PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
         b = library.sample(SHARED_PROMPTS, n=2, max_tokens=10, temperature=temperature, seed=7)
-        for ga, gb in zip(a, b, strict=True):
-            for sa, sb in zip(ga, gb, strict=True):
-                assert (sa.tokens, sa.stop_reason, sa.text) == (sb.tokens, sb.stop_reason, sb.text)
-                assert sa.logprobs == pytest.approx(sb.logprobs, abs=1e-5)
+        assert_same_rollouts(a, b)
     assert [p.tolist() for p in prefixes] == [[SHARED]] * 3  # the whole shared start, once per sample
     # a GRPO group: every row has the same prompt, so each one prefills only its last token
     a = fused.sample([SHARED_PROMPTS[0]], n=6, max_tokens=6, temperature=1.0, seed=3)
