@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -219,6 +220,18 @@ def test_output_limits_and_exit_status_as_in_the_plain_runner(pool: sandbox_pool
     assert failed.returncode == 3 and failed.stderr == "boom"
     with pytest.raises(ValueError, match="leaves the run directory"):
         pool.run([sys.executable, "x.py"], files={"../x.py": ""})
+
+
+def test_a_program_the_sandbox_cannot_start_is_an_error_and_the_sandbox_serves_on(
+    pool: sandbox_pool.PooledBwrapRunner,
+) -> None:
+    pool.prlimit = "/nonexistent/prlimit"  # every program starts through it: none can start
+    result = run_python("pass", runner=pool, limits=LIMITS)
+    assert result.returncode is None and not result.passed
+    assert result.stderr.startswith("evsys sandbox: FileNotFoundError: ") and "/nonexistent/prlimit" in result.stderr
+    pool.prlimit = shutil.which("prlimit")
+    assert run_python("pass", runner=pool, limits=LIMITS).passed
+    assert _one_sandbox(pool).runs == 2  # the same sandbox: nothing of the failed start was left
 
 
 def test_the_pool_is_the_default_and_per_program_stays_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
