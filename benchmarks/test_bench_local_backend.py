@@ -1,5 +1,6 @@
-"""Local-backend throughput on the bundled SmolLM2-135M-Instruct (CPU, float32): rollout tokens per second,
-seconds per sdft / sft / grpo step at batch 1 and 8, and peak RSS.
+"""Local-backend throughput on the bundled SmolLM2-135M-Instruct (CPU, float32): rollout tokens per second
+(and batch 8's over batch 1's, the two alternating), seconds per sdft / sft / grpo step at batch 1 and 8,
+and peak RSS.
 
 Run (the workspace's addopts skip benchmarks by default)::
 
@@ -91,6 +92,37 @@ def test_bench_sample(benchmark, batch: int, weights: str) -> None:
         f"sample batch={batch} weights={weights}",
         tokens=generated,
         tokens_per_s=round(generated / median, 1),
+    )
+
+
+def test_bench_batch_scaling(benchmark) -> None:
+    """Rollout tokens/s of ``sample`` at batch 8 over batch 1 with the backend's default rollout weights:
+    the two batch sizes alternate call by call (1, 8, 1, 8, ...), so a machine's drifting speed moves both
+    alike; medians over the rounds after a warm-up pair."""
+    import statistics
+    import time
+
+    weights = os.environ.get("EVSYS_BENCH_ROLLOUT_WEIGHTS", "auto")
+    backend = get_backend(weights)
+    rounds = int(os.environ.get("EVSYS_BENCH_SCALING_ROUNDS", "8"))
+    prompts = {b: [backend.render_chat([{"role": "user", "content": q}]) for q, _ in DATA[:b]] for b in (1, 8)}
+    seconds: dict[int, list[float]] = {1: [], 8: []}
+
+    def alternate() -> None:
+        for _ in range(rounds + 1):
+            for batch, batch_prompts in prompts.items():
+                start = time.perf_counter()
+                backend.sample(batch_prompts, n=1, max_tokens=NEW_TOKENS, temperature=1.0, seed=0)
+                seconds[batch].append(time.perf_counter() - start)
+
+    benchmark.pedantic(alternate, rounds=1, iterations=1)
+    rate = {b: b * NEW_TOKENS / statistics.median(s[1:]) for b, s in seconds.items()}
+    report(
+        benchmark,
+        f"batch scaling weights={weights}",
+        tokens_per_s_batch1=round(rate[1], 1),
+        tokens_per_s_batch8=round(rate[8], 1),
+        batch8_over_batch1=round(rate[8] / rate[1], 2),
     )
 
 

@@ -168,3 +168,26 @@ def test_the_command_check_catches_what_it_should() -> None:
     assert command_problem("evsys validate a.yaml b.yaml") == "evsys validate: 2 arguments given, it takes 1"
     assert command_problem("evsys-verify tasks.jsonl preds.jsonl --metric pass@1") == "evsys-verify: no option --metric"
     assert documented_commands("docs/cli.md")  # the extraction finds commands at all
+
+
+def test_documented_backend_line_is_what_a_run_prints() -> None:
+    """The ``backend: ...`` line the docs show for an AVX-512 VNNI CPU is the one the local backend logs there."""
+    import torch
+
+    from evsys.backends.local import auto_settings
+    from evsys.backends.local.cpu_features import CpuFeatures, fbgemm_in_build
+
+    if not fbgemm_in_build():
+        pytest.skip("this torch has no fbgemm int8 kernels: auto resolves to model here")
+    vnni = CpuFeatures(avx2=True, avx512=True, vnni=True)
+    weights = auto_settings.resolve_rollout_weights(
+        "auto", device=torch.device("cpu"), engine="auto", features=vnni, unsupported=None
+    )
+    expected = auto_settings.describe(weights, auto_settings.resolve_checkpointing("auto", weights.value, 30))
+    shown = [
+        line.split("] ", 1)[1]
+        for page in ("docs/performance.md", "docs/cli.md")
+        for line in (ROOT / page).read_text(encoding="utf-8").splitlines()
+        if "] backend: rollout_weights" in line
+    ]
+    assert len(shown) >= 2 and set(shown) == {expected}
