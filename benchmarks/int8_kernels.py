@@ -19,7 +19,6 @@ channels: a 576-wide weight packs at ~1.8x its size)::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -53,8 +52,10 @@ def token_shapes() -> list[tuple[int, int]]:
 
 
 def _rss_anon_mib() -> float:
+    from evsys.backends.local.memory import release_freed_memory
+
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
 
