@@ -35,6 +35,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: the CPU flags every benchmark prints beside its figures: the ones that decide which kernels run
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni")
+
+
+def cpu_report() -> dict[str, Any]:
+    """``{"kind", "flags"}``: the int8 kernels' CPU kind (after any kernel cap) and :data:`SHOWN_FLAGS` present."""
+    from evsys.backends.local.cpu_features import cpu_flags, detect
+
+    return {"kind": detect().kind, "flags": sorted(f for f in cpu_flags() if f in SHOWN_FLAGS)}
+
+
+def set_bench_threads() -> None:
+    """torch's intra-op threads from ``EVSYS_BENCH_THREADS`` (unset: torch's own choice)."""
+    import os
+
+    threads = os.environ.get("EVSYS_BENCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def copy_bandwidth_gbs(mib: int = 128, rounds: int = 5) -> float:
     """The machine's memory copy bandwidth, GB/s: bytes read plus bytes written by ``torch``'s copy of a
     ``mib`` MiB float32 buffer (far larger than any cache), best of ``rounds``, with torch's threads."""

@@ -20,27 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_common import RANK, TARGETS, copy_bandwidth_gbs, rollout_bytes_per_token
+from bench_common import RANK, TARGETS, copy_bandwidth_gbs, rollout_bytes_per_token, set_bench_threads
 
 
 def build() -> Any:
-    import torch
 
     from evsys.backends.local.backend import LocalBackend
     from evsys.backends.local.params import LocalBackendParams
     from evsys.backends.local.resolve import BUNDLED_ALIAS
     from evsys.schema.protocols import BackendSetup
 
-    threads = os.environ.get("EVSYS_BENCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_bench_threads()
     return LocalBackend(
         BackendSetup(model_name=BUNDLED_ALIAS, lora_rank=RANK, seed=0),
         LocalBackendParams(device="cpu", target_modules=TARGETS, rollout_engine="fused", rollout_weights="int8"),

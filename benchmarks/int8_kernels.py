@@ -3,7 +3,8 @@
 own weights, so the weights come from memory as in a real decode step) run back to back, batch 1 and 8.
 
 Kernels: ``F.linear`` in float32 and bf16; fbgemm's fp16-weight GEMM; fbgemm's dynamic-quantization
-int8 GEMM (``quantized::linear_dynamic``, what ``rollout_weights: int8`` runs); ``_weight_int8pack_mm``
+int8 GEMM (``quantized::linear_dynamic`` on weights packed by the rollout copy's own ``pack_int8``, what
+``rollout_weights: int8`` runs); ``_weight_int8pack_mm``
 (int8 weights, bf16 or float32 activations); ``_weight_int4pack_mm_for_cpu`` (int4 weights in groups of
 64, bf16 activations). The shapes come from the bundled model's config; the weights are random (a
 kernel's speed does not depend on the values). One JSON line per kernel: the milliseconds of one token's
@@ -26,9 +27,10 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench_common import copy_bandwidth_gbs
+from bench_common import copy_bandwidth_gbs, cpu_report, set_bench_threads
 
 
 def token_shapes() -> list[tuple[int, int]]:
@@ -103,19 +105,15 @@ def kernels(shapes: list[tuple[int, int]]) -> tuple[dict[str, Kernel], float]:
     out["F.linear bf16"] = (2 * total, run(F.linear, bf16, torch.bfloat16))
     packed_fp16 = [torch.ops.quantized.linear_prepack_fp16(w, None) for w in weights]
     out["fbgemm fp16 weights"] = (2 * total, run(torch.ops.quantized.linear_dynamic_fp16, packed_fp16))
-    before = _rss_anon_mib()
-    packed_int8 = [
-        torch.ops.quantized.linear_prepack(
-            torch._make_per_channel_quantized_tensor(q, s.double(), torch.zeros(len(s), dtype=torch.long), 0), None
-        )
-        for q, s in zip(int8, scales, strict=True)
-    ]
-    packed_mib = _rss_anon_mib() - before
-    from evsys.backends.local.engines.fused_linear import REDUCE_RANGE
+    from evsys.backends.local.engines.fused_linear import REDUCE_RANGE, pack_int8
 
+    before = _rss_anon_mib()
+    with ThreadPoolExecutor(max_workers=1) as packer:  # as the rollout copy is built: packed on its own thread
+        packed_int8 = [pack_int8([w], packer=packer) for w in weights]
+    packed_mib = _rss_anon_mib() - before
     out["fbgemm dynamic int8"] = (
         total,
-        run(lambda x, p: torch.ops.quantized.linear_dynamic(x, p, REDUCE_RANGE), packed_int8),
+        run(lambda x, pieces: [torch.ops.quantized.linear_dynamic(x, p, REDUCE_RANGE) for p in pieces], packed_int8),
     )
     pairs_bf16 = [(q, s.bfloat16()) for q, s in zip(int8, scales, strict=True)]
     pairs_f32 = list(zip(int8, scales, strict=True))
@@ -152,19 +150,14 @@ def main() -> None:
 
     import torch
 
-    from evsys.backends.local.cpu_features import cpu_flags, detect
-
-    threads = os.environ.get("EVSYS_BENCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_bench_threads()
     warnings.simplefilter("ignore")  # the quantized-tensor deprecation notices
     torch.manual_seed(0)
     shapes = token_shapes()
     table, packed_mib = kernels(shapes)
-    shown = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16")
     int8_mib = sum(n * k for n, k in shapes) / 2**20
     machine = {
-        "cpu": {"kind": detect().kind, "flags": sorted(f for f in cpu_flags() if f in shown)},
+        "cpu": cpu_report(),
         "caps": {k: os.environ[k] for k in ("FBGEMM_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if k in os.environ},
         "torch_threads": torch.get_num_threads(),
         "copy_gbs": round(copy_bandwidth_gbs(), 1),

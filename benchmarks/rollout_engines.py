@@ -17,25 +17,13 @@ first call, compile included, is printed apart).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from bench_common import DATA, RANK, TARGETS, peak_rss_mib
+from bench_common import DATA, RANK, TARGETS, cpu_report, peak_rss_mib
 
 VARIANTS = ("fused", "fused-int8", "transformers", "transformers-static", "transformers-compile")
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that decide the CPU kernels (avx2, avx512f, avx512_vnni, avx_vnni)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni)\b", text))
-    return " ".join(sorted(found)) or "none of avx2/avx512f/avx512_vnni/avx_vnni"
 
 
 def build(variant: str) -> Any:
@@ -73,7 +61,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"cpu flags: {cpu_flags()}; torch threads {torch.get_num_threads()}; torch {torch.__version__}")
+    print(f"cpu flags: {' '.join(cpu_report()['flags'])}; torch threads {torch.get_num_threads()}; torch {torch.__version__}")
     backends = {v: build(v) for v in args.variants}
     some = next(iter(backends.values()))
     prompts = [some.render_chat([{"role": "user", "content": q}]) for q, _ in DATA]

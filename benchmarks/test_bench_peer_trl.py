@@ -56,18 +56,12 @@ from bench_common import (
     TARGETS,
     TOP_K,
     copy_bandwidth_gbs,
+    cpu_report,
     decode_ms_per_token,
     peak_rss_mib,
     rollout_bytes_per_token,
+    set_bench_threads,
 )
-
-
-def _threads() -> None:
-    import torch
-
-    threads = os.environ.get("EVSYS_BENCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
 
 
 class Timer:
@@ -219,7 +213,7 @@ def run_interleaved(
     """Time TRL and EvSys steps alternately in this process; medians over the timed steps."""
     from transformers import TrainerCallback
 
-    _threads()
+    set_bench_threads()
     evsys = EvsysSide(batch, rollout_weights, **params) if sides in ("both", "evsys") else None
     trl_times: list[float] = []
     evsys_times: list[float] = []
@@ -249,11 +243,9 @@ def run_interleaved(
     result: dict[str, Any] = {"batch": batch, "steps": steps, "warmup": warmup}
     import torch
 
-    from evsys.backends.local.cpu_features import cpu_flags, detect
     from evsys.backends.local.loading import decoder_layers
 
-    shown = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    result["cpu"] = {"kind": detect().kind, "flags": sorted(f for f in cpu_flags() if f in shown)}
+    result["cpu"] = cpu_report()
     result["torch_threads"] = torch.get_num_threads()
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     if trl_times:
