@@ -26,10 +26,12 @@ what a user gets without tuning) unless told otherwise. ``EVSYS_PEER_STEPS`` / `
 ``--no-gradient-checkpointing``), ``EVSYS_PEER_CHECKPOINT_LAYERS=N`` (the first N layers;
 ``--checkpoint-layers N``).
 
-Beside the step times, the EvSys side reports the decode bound: the machine's copy bandwidth
+Beside the step times, the EvSys side reports the decode bound (``bench_common.decode_against_bound``:
+medians over five pairs of a bandwidth probe and a round of decode steps): the machine's copy bandwidth
 (``copy_gbs``), the bytes one batch-1 decode step reads from the rollout weights
-(``rollout_bytes_per_token``), their quotient (``decode_bound_ms``) and the fused decoder's measured
-step time (``decode_ms_per_token``), plus rollout tokens per second of ``sample``.
+(``rollout_bytes_per_token``), their quotient (``decode_bound_ms``), the fused decoder's measured step
+time (``decode_ms_per_token``) and their ratio (``decode_over_bound``), plus rollout tokens per second
+of ``sample``.
 """
 
 from __future__ import annotations
@@ -55,11 +57,9 @@ from bench_common import (
     RANK,
     TARGETS,
     TOP_K,
-    copy_bandwidth_gbs,
     cpu_report,
-    decode_ms_per_token,
+    decode_against_bound,
     peak_rss_mib,
-    rollout_bytes_per_token,
     set_bench_threads,
 )
 
@@ -262,7 +262,7 @@ def run_interleaved(
         )
         result["rollout_tokens_per_s"] = round(batch * NEW_TOKENS / result["evsys_pieces_s"]["sample"], 1)
         result["peak_rss_mib"] = round(peak_rss_mib())  # before the bound's probes, which allocate their own
-        result.update(decode_bound(evsys.backend))
+        result.update(decode_against_bound(evsys.backend))
     if trl_times and evsys_times:
         result["ratio_evsys_over_trl"] = result["evsys_s_per_step"] / result["trl_s_per_step"]
         # each EvSys step against the TRL step just before it: robust to the machine's speed drifting
@@ -270,20 +270,6 @@ def run_interleaved(
         result["ratio_paired_median"] = statistics.median(pairs)
     result.setdefault("peak_rss_mib", round(peak_rss_mib()))
     return result
-
-
-def decode_bound(backend: Any) -> dict[str, Any]:
-    """The batch-1 decode step against the bandwidth bound: copy GB/s, bytes per token, bound and measured ms."""
-    bandwidth = copy_bandwidth_gbs()
-    size = rollout_bytes_per_token(backend)
-    out: dict[str, Any] = {"copy_gbs": round(bandwidth, 1), "rollout_bytes_per_token": size}
-    if size is not None:
-        measured = decode_ms_per_token(backend)
-        assert measured is not None
-        bound = size / (bandwidth * 1e9) * 1e3
-        out.update(decode_bound_ms=round(bound, 2), decode_ms_per_token=round(measured, 2))
-        out["decode_over_bound"] = round(measured / bound, 2)
-    return out
 
 
 def side_alone(
