@@ -136,20 +136,20 @@ def decode_against_bound(backend: object, pairs: int = 5) -> dict[str, Any]:
     import statistics
 
     size = rollout_bytes_per_token(backend)
-    bandwidths, steps, ratios = [], [], []
-    for _ in range(pairs if size is not None else 1):
-        bandwidth = copy_bandwidth_gbs(rounds=3)
-        bandwidths.append(bandwidth)
-        if size is None:
-            break
-        measured = decode_ms_per_token(backend, rounds=1)
-        assert measured is not None
-        steps.append(measured)
-        ratios.append(measured / (size / (bandwidth * 1e9) * 1e3))
-    bandwidth = statistics.median(bandwidths)
-    out: dict[str, Any] = {"copy_gbs": round(bandwidth, 1), "rollout_bytes_per_token": size}
-    if size is not None:
-        out["decode_bound_ms"] = round(size / (bandwidth * 1e9) * 1e3, 2)
-        out["decode_ms_per_token"] = round(statistics.median(steps), 2)
-        out["decode_over_bound"] = round(statistics.median(ratios), 2)
-    return out
+    if size is None:
+        return {"copy_gbs": round(copy_bandwidth_gbs(), 1), "rollout_bytes_per_token": None}
+
+    def pair() -> tuple[float, float]:
+        gbs, ms = copy_bandwidth_gbs(rounds=3), decode_ms_per_token(backend, rounds=1)
+        assert ms is not None  # the bytes per token are known only when a fused decoder exists
+        return gbs, ms
+
+    measured = [pair() for _ in range(pairs)]
+    bandwidth = statistics.median(gbs for gbs, _ in measured)
+    return {
+        "copy_gbs": round(bandwidth, 1),
+        "rollout_bytes_per_token": size,
+        "decode_bound_ms": round(size / bandwidth / 1e6, 2),
+        "decode_ms_per_token": round(statistics.median(ms for _, ms in measured), 2),
+        "decode_over_bound": round(statistics.median(ms / (size / gbs / 1e6) for gbs, ms in measured), 2),
+    }
