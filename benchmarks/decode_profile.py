@@ -30,7 +30,7 @@ from bench_common import RANK, TARGETS, copy_bandwidth_gbs, rollout_bytes_per_to
 
 
 def build() -> Any:
-
+    """The local backend on the bundled model with the int8 fused decoder, LoRA rank 1 on q/v."""
     from evsys.backends.local.backend import LocalBackend
     from evsys.backends.local.params import LocalBackendParams
     from evsys.backends.local.resolve import BUNDLED_ALIAS
